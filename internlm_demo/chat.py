@@ -1,0 +1,104 @@
+"""ChatModel: the original ``chat`` / ``stream_chat`` semantics over a native model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import ContextOverflowError
+from .families import Family
+from .generation import GenerationParams, GenerationStats, generate_ids
+from .tokenizer import InternLMTokenizer, StreamingDetokenizer
+
+History = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How a conversation fits the context window."""
+
+    history: History  # the turns that are kept
+    dropped: list[int]  # indices (into the original history) of turns left out, oldest first
+    prompt_tokens: int
+    max_new_tokens: int
+    window: int
+
+
+class ChatModel:
+    """A loaded model with its tokenizer and family; holds only what it is given."""
+
+    def __init__(self, model, tokenizer: InternLMTokenizer, family: Family, info, extra_stop_ids: set[int] = frozenset()):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.family = family
+        self.info = info
+        self.stop_ids = {tokenizer.eos_id, *extra_stop_ids, *(tokenizer.token_id(w) for w in family.stop_words)}
+
+    @property
+    def context_window(self) -> int:
+        return self.info.context_window
+
+    def build_prompt(self, query: str, history: History | None = None, meta_instruction: str | None = None) -> str:
+        """The exact prompt string the original ``build_inputs`` makes (BOS comes from the tokenizer)."""
+        family = self.family
+        meta = family.default_meta_instruction if meta_instruction is None else meta_instruction
+        prompt = family.system_turn.format(meta=meta) if family.has_system_prompt and meta else ""
+        for old_query, old_response in history or []:
+            prompt += family.user_turn.format(query=old_query) + old_response + family.assistant_end
+        return prompt + family.user_turn.format(query=query)
+
+    def count_tokens(self, query: str, history: History | None = None, meta_instruction: str | None = None) -> int:
+        """Prompt length in tokens, BOS included."""
+        return len(self.tokenizer.encode(self.build_prompt(query, history, meta_instruction)))
+
+    def fit_history(self, query: str, history: History | None, max_new_tokens: int,
+                    meta_instruction: str | None = None, window: int | None = None) -> Budget:
+        """Drop the oldest whole turns until prompt + ``max_new_tokens`` fit the window.
+
+        When even the query alone leaves less room than ``max_new_tokens``, the reply is shortened;
+        when the query alone does not fit, ContextOverflowError says by how much.
+        """
+        window = window or self.context_window
+        history = list(history or [])
+        dropped: list[int] = []
+        kept_from = 0
+        while True:
+            kept = history[kept_from:]
+            tokens = self.count_tokens(query, kept, meta_instruction)
+            if tokens + max_new_tokens <= window or kept_from == len(history):
+                break
+            dropped.append(kept_from)
+            kept_from += 1
+        if tokens >= window:
+            raise ContextOverflowError(
+                f"the message is {tokens} tokens long with the prompt format, but the model's context window is "
+                f"{window} tokens; shorten it by at least {tokens - window + 1} tokens."
+            )
+        return Budget(kept, dropped, tokens, min(max_new_tokens, window - tokens), window)
+
+    def stream_chat(self, query: str, history: History | None = None, meta_instruction: str | None = None,
+                    stats: GenerationStats | None = None, stop: threading.Event | None = None,
+                    **generate_kwargs) -> Iterator[str]:
+        """Yield the response so far after each token that completes text; never trims history."""
+        params = GenerationParams.from_kwargs(self.family.chat_defaults, generate_kwargs)
+        prompt_ids = self.tokenizer.encode(self.build_prompt(query, history, meta_instruction))
+        detokenizer = StreamingDetokenizer(self.tokenizer)
+        for token in generate_ids(self.model, prompt_ids, params, self.stop_ids, stats, stop):
+            text = detokenizer.push(token)
+            if text is not None:
+                yield self._cut_at_stop_word(text)
+
+    def chat(self, query: str, history: History | None = None, meta_instruction: str | None = None,
+             **generate_kwargs) -> tuple[str, History]:
+        """Generate a whole reply; returns it and the history with the new turn appended."""
+        stats = GenerationStats()
+        for _ in self.stream_chat(query, history, meta_instruction, stats=stats, **generate_kwargs):
+            pass
+        response = self._cut_at_stop_word(self.tokenizer.decode(stats.output_ids, skip_special_tokens=True))
+        return response, [*(history or []), (query, response)]
+
+    def _cut_at_stop_word(self, text: str) -> str:
+        for word in self.family.stop_words:
+            text = text.split(word)[0]
+        return text

@@ -1,0 +1,267 @@
+"""Turn an original InternLM folder into a native transformers Llama model: all I/O happens here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from . import registry
+from .checkpoint import iter_tensors, read_config, read_json, weight_files
+from .errors import ModelFolderError
+from .families import Family, family_for
+from .placement import balanced_device_map, dispatch
+from .tokenizer import InternLMTokenizer, read_tokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# InternLM-20B's "rotary": {"type": "dynamic"} carries no factor; its model card claims 16k on a 4k window.
+V1_DYNAMIC_ROTARY_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a loaded model, for the UI and for exported conversations."""
+
+    model_id: str
+    folder: Path
+    family: str
+    dtype: str
+    device_map: dict
+    context_window: int
+    is_demo: bool = False
+
+
+def resolve_folder(path_or_id: str | Path | None) -> tuple[Path, str, bool]:
+    """(folder, model id, is_demo) for a folder path, a known model id, or None (the embedded demo)."""
+    from .tiny import ensure_demo_model
+
+    if path_or_id is None or str(path_or_id) == "demo":
+        for model_id in ("internlm-chat-7b", "internlm2_5-7b-chat"):
+            folder = registry.downloaded_folder(model_id)
+            if folder is not None:
+                return folder, model_id, False
+        return ensure_demo_model(), "internlm-demo-tiny", True
+    text = str(path_or_id)
+    if text in registry.KNOWN_MODELS:
+        folder = registry.downloaded_folder(text)
+        if folder is None:
+            raise ModelFolderError(
+                f"{text} is not downloaded yet (looked in {registry.models_dir() / text}); "
+                f"run `python download.py {text}` first, or pass the folder that holds its weights."
+            )
+        return folder, text, False
+    folder = Path(text).expanduser()
+    if not folder.exists():
+        known = ", ".join(registry.KNOWN_MODELS)
+        raise ModelFolderError(f"{text} is neither a folder nor a known model id ({known}).")
+    return folder.resolve(), folder.name, False
+
+
+def llama_config_for(family: Family, config: dict) -> LlamaConfig:
+    """The native config equivalent to an original InternLM ``config.json``."""
+    try:
+        heads = config["num_attention_heads"]
+        rope = {"rope_type": "default", "rope_theta": float(config.get("rope_theta", 10000.0))}
+        scaling = config.get("rope_scaling") or {}
+        rotary = config.get("rotary") or {}
+        if scaling.get("type", scaling.get("rope_type")) == "dynamic":
+            rope.update(rope_type="dynamic", factor=float(scaling.get("factor", 1.0)))
+        elif rotary.get("type") == "dynamic":
+            rope.update(rope_type="dynamic", factor=1.0, rope_theta=float(rotary.get("base", 10000.0)))
+        elif rotary.get("base"):
+            rope["rope_theta"] = float(rotary["base"])
+        attention_bias = config.get("qkv_bias", config.get("bias", False))
+        return LlamaConfig(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            intermediate_size=config["intermediate_size"],
+            num_hidden_layers=config["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            max_position_embeddings=config.get("max_position_embeddings", 2048),
+            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+            rope_parameters=rope,
+            attention_bias=bool(attention_bias),
+            mlp_bias=bool(config.get("mlp_bias", False)) if family.name == "internlm3" else False,
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            bos_token_id=config.get("bos_token_id", 1),
+            eos_token_id=config.get("eos_token_id", 2),
+            pad_token_id=config.get("pad_token_id", 2),
+        )
+    except KeyError as exc:
+        raise ModelFolderError(f"config.json lacks {exc.args[0]!r}; re-download the model's config.json.") from exc
+
+
+def context_window_of(config: LlamaConfig, family: Family, original: dict) -> int:
+    """Tokens the model can attend to: the trained window times a dynamic-rope factor."""
+    rope = config.rope_parameters
+    factor = rope.get("factor", 1.0) if rope.get("rope_type") == "dynamic" else 1.0
+    if family.name == "internlm" and (original.get("rotary") or {}).get("type") == "dynamic":
+        factor = V1_DYNAMIC_ROTARY_FACTOR
+    return int(config.max_position_embeddings * factor)
+
+
+def split_fused_wqkv(wqkv: torch.Tensor, heads: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split InternLM2's ``wqkv`` (per KV group: q heads, then k, then v) into q, k and v weights."""
+    group = heads // kv_heads
+    head_dim = wqkv.shape[0] // (kv_heads * (group + 2))
+    grouped = wqkv.reshape(kv_heads, group + 2, head_dim, wqkv.shape[-1])
+    q = grouped[:, :group].reshape(heads * head_dim, -1)
+    k = grouped[:, group].reshape(kv_heads * head_dim, -1)
+    v = grouped[:, group + 1].reshape(kv_heads * head_dim, -1)
+    return q, k, v
+
+
+def native_tensors(family: Family, config: LlamaConfig, tensors):
+    """Rename (and split) original tensors into Llama names; rotary buffers are passed through."""
+    for name, tensor in tensors:
+        for old, new in family.tensor_renames:
+            if old.startswith("."):
+                name = name.replace(old, new)
+            elif name.startswith(old):
+                name = new + name[len(old):]
+        if family.fused_qkv and family.fused_qkv in name:
+            prefix, suffix = name.split(family.fused_qkv)
+            parts = split_fused_wqkv(tensor, config.num_attention_heads, config.num_key_value_heads)
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), parts):
+                yield f"{prefix}.self_attn.{proj}.{suffix}", part
+            continue
+        yield name, tensor
+
+
+def assign_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` in place of the (meta) parameter ``name``."""
+    module_path, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_path)
+    module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+
+
+def load_llama_weights(model: LlamaForCausalLM, tensors, device_map: dict, dtype: torch.dtype, shard_names) -> torch.Tensor | None:
+    """Load mapped tensors onto their devices, checking names and shapes; returns a stored rotary inv_freq."""
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    loaded: set[str] = set()
+    stored_inv_freq = None
+    for name, tensor in tensors:
+        if name.endswith("rotary_emb.inv_freq"):
+            stored_inv_freq = tensor
+            continue
+        if name not in expected:
+            log.info("ignoring tensor %s, which the model does not use", name)
+            continue
+        if tuple(tensor.shape) != tuple(expected[name]):
+            raise ModelFolderError(
+                f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(expected[name])}; "
+                f"the weights in {', '.join(shard_names)} do not belong to this config.json."
+            )
+        assign_tensor(model, name, tensor.to(device=device_for(name, device_map), dtype=dtype))
+        loaded.add(name)
+    missing = sorted(set(expected) - loaded)
+    if missing:
+        raise ModelFolderError(
+            f"{len(missing)} tensors are missing from the checkpoint (first: {missing[0]}); "
+            "a shard is incomplete — re-download the model."
+        )
+    return stored_inv_freq
+
+
+def device_for(name: str, device_map: dict):
+    """The device of the module that owns parameter ``name`` under ``device_map``."""
+    parts = name.split(".")
+    for end in range(len(parts), -1, -1):
+        key = ".".join(parts[:end])
+        if key in device_map:
+            return device_map[key]
+    raise KeyError(name)
+
+
+def choose_device(device: str | None, dtype: str | None, num_gpus: int | None) -> tuple[str, torch.dtype]:
+    """Default placement: float16 on a GPU when one exists, float32 on the CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelFolderError("a GPU was asked for but torch sees none; pass --device cpu or install a CUDA build of torch.")
+    if num_gpus and num_gpus > max(torch.cuda.device_count(), 1 if device == "cpu" else 0):
+        raise ModelFolderError(f"--num-gpus {num_gpus} asked for, but torch sees {torch.cuda.device_count()} GPUs.")
+    if dtype is None:
+        dtype = "float32" if device == "cpu" else "float16"
+    if dtype not in DTYPES:
+        raise ModelFolderError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    return device, DTYPES[dtype]
+
+
+def read_model_folder(folder: Path) -> tuple[dict, Family, InternLMTokenizer, dict]:
+    """config.json, family, tokenizer and generation_config.json of an original folder."""
+    config = read_config(folder)
+    if not (folder / "tokenizer.model").is_file():
+        raise ModelFolderError(f"{folder / 'tokenizer.model'} is missing; re-download the model (the tokenizer is part of it).")
+    tokenizer_config_path = folder / "tokenizer_config.json"
+    tokenizer_config = read_json(tokenizer_config_path, "tokenizer settings") if tokenizer_config_path.is_file() else {}
+    try:
+        tokenizer = read_tokenizer(folder, tokenizer_config)
+    except (RuntimeError, OSError) as exc:
+        raise ModelFolderError(f"{folder / 'tokenizer.model'} cannot be read ({exc}); re-download it.") from exc
+    model_type = config.get("model_type", "")
+    family = family_for(model_type, tokenizer.special_tokens)
+    if family is None:
+        raise ModelFolderError(
+            f"{folder / 'config.json'} has model_type {model_type!r}, which this loader does not know; "
+            "supported: internlm, internlm2, internlm3, llama (XComposer folders open in apps/xcomposer.py)."
+        )
+    generation_path = folder / "generation_config.json"
+    generation_config = read_json(generation_path, "generation settings") if generation_path.is_file() else {}
+    return config, family, tokenizer, generation_config
+
+
+def build_llama(config: LlamaConfig, tensors, device: str, dtype: torch.dtype, num_gpus: int | None, shard_names) -> tuple[LlamaForCausalLM, dict]:
+    """Instantiate a Llama without allocating, then fill it from ``tensors`` directly on its devices."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    device_map = balanced_device_map(model, num_gpus) if num_gpus and num_gpus > 1 else {"": device}
+    stored_inv_freq = load_llama_weights(model, tensors, device_map, dtype, shard_names)
+    rotary_device = device_for("model.rotary_emb", device_map)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config).to(rotary_device)
+    if stored_inv_freq is not None:
+        # The original code reads inv_freq from the checkpoint, where it was stored rounded to float16.
+        rounded = stored_inv_freq.to(device=rotary_device, dtype=torch.float32)
+        model.model.rotary_emb.inv_freq.copy_(rounded)
+        model.model.rotary_emb.original_inv_freq.copy_(rounded)
+    model.eval()
+    if len(set(map(str, device_map.values()))) > 1:
+        dispatch(model, device_map)
+    return model, device_map
+
+
+def load_chat_model(path_or_id: str | Path | None = None, device: str | None = None, dtype: str | None = None,
+                    num_gpus: int | None = None, progress: bool = True):
+    """Load an InternLM chat model (folder or known id; None → a downloaded model or the embedded demo)."""
+    from .chat import ChatModel
+
+    folder, model_id, is_demo = resolve_folder(path_or_id)
+    config, family, tokenizer, generation_config = read_model_folder(folder)
+    llama_config = llama_config_for(family, config)
+    device, torch_dtype = choose_device(device, dtype, num_gpus)
+    shards = weight_files(folder)
+    tensors = native_tensors(family, llama_config, iter_tensors(shards))
+    if progress:
+        tensors = tqdm(tensors, desc=f"loading {model_id}", unit=" tensors", leave=False)
+    model, device_map = build_llama(llama_config, tensors, device, torch_dtype, num_gpus, [s.name for s in shards])
+    info = ModelInfo(
+        model_id=model_id,
+        folder=folder,
+        family=family.name,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        device_map={k: str(v) for k, v in device_map.items()},
+        context_window=context_window_of(llama_config, family, config),
+        is_demo=is_demo,
+    )
+    eos = generation_config.get("eos_token_id", config.get("eos_token_id", tokenizer.eos_id))
+    return ChatModel(model, tokenizer, family, info, extra_stop_ids=set(eos if isinstance(eos, list) else [eos]))
+

@@ -1,0 +1,40 @@
+"""One settings object for every app, filled from command-line flags and environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What an app needs to start. Each field can come from ``--flag`` or ``INTERNLM_DEMO_<FIELD>``."""
+
+    model: str | None = None  # folder or known model id; None → a downloaded model or the embedded demo
+    num_gpus: int | None = None
+    device: str | None = None  # "cuda", "cuda:1", "cpu"; None → GPU when there is one
+    dtype: str | None = None  # "float16", "bfloat16", "float32"; None → float16 on GPU, float32 on CPU
+    host: str = "127.0.0.1"
+    port: int = 6006
+    api_base: str | None = None  # an OpenAI-compatible server to use instead of a local model
+    api_model: str | None = None  # the model name to ask that server for
+    gallery: str | None = None  # image folder for XComposer's article writer
+    share: bool = False  # Gradio public link; off unless asked for
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None, prog: str | None = None) -> Settings:
+        """Flags win over environment variables, which win over the defaults."""
+        environ = os.environ if environ is None else environ
+        parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+        for field in fields(cls):
+            flag = "--" + field.name.replace("_", "-")
+            env_value = environ.get(f"INTERNLM_DEMO_{field.name.upper()}")
+            if field.type == "bool":
+                default = env_value.lower() in ("1", "true", "yes") if env_value is not None else field.default
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+                continue
+            convert = int if field.type.startswith("int") else str
+            default = convert(env_value) if env_value not in (None, "") else field.default
+            parser.add_argument(flag, type=convert, default=default, metavar=field.name.upper())
+        return cls(**vars(parser.parse_args(argv)))

@@ -1,0 +1,132 @@
+"""The InternLM tokenizers (v1, v2, v3) on sentencepiece, as the original slow tokenizers behave."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sentencepiece
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Markers that are matched as whole strings before sentencepiece sees the text."""
+
+    bos: str = "<s>"
+    eos: str = "</s>"
+    unk: str = "<unk>"
+    by_id: dict[int, str] = field(default_factory=dict)  # id -> text for added tokens
+
+
+class InternLMTokenizer:
+    """Encode and decode as the original ``InternLMTokenizer`` / ``InternLM2Tokenizer`` do.
+
+    Text is split on the special-token strings, each piece in between goes through
+    sentencepiece unchanged, and BOS is prepended by default. Decoding reproduces the
+    original's join of special tokens (a space before a special token that follows text).
+    """
+
+    def __init__(self, processor: sentencepiece.SentencePieceProcessor, special: SpecialTokens, add_bos: bool = True):
+        self.sp = processor
+        self.special = special
+        self.add_bos = add_bos
+        self._id_to_special: dict[int, str] = dict(special.by_id)
+        for text in (special.bos, special.eos, special.unk):
+            self._id_to_special.setdefault(processor.piece_to_id(text), text)
+        self._special_to_id = {text: i for i, text in self._id_to_special.items()}
+        ordered = sorted(self._special_to_id, key=len, reverse=True)
+        self._split_re = re.compile("(" + "|".join(re.escape(t) for t in ordered) + ")")
+
+    @property
+    def bos_id(self) -> int:
+        return self._special_to_id[self.special.bos]
+
+    @property
+    def eos_id(self) -> int:
+        return self._special_to_id[self.special.eos]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def special_tokens(self) -> set[str]:
+        return set(self._special_to_id)
+
+    def token_id(self, text: str) -> int:
+        """The id of a special token or of a single sentencepiece piece (e.g. ``<eoa>``)."""
+        if text in self._special_to_id:
+            return self._special_to_id[text]
+        ids = self.sp.encode(text)
+        if len(ids) != 1:
+            raise KeyError(f"{text!r} is not a single token in this tokenizer")
+        return ids[0]
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of ``text``; BOS first unless ``add_bos`` is False."""
+        ids = [self.bos_id] if (self.add_bos if add_bos is None else add_bos) else []
+        for chunk in self._split_re.split(text):
+            if not chunk:
+                continue
+            special = self._special_to_id.get(chunk)
+            ids.extend([special] if special is not None else self.sp.encode(chunk))
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``, with the original slow tokenizer's spacing around special tokens."""
+        out: list[str] = []
+        pending: list[int] = []
+        previous_was_special = False
+        for token in (int(i) for i in ids):
+            special = self._id_to_special.get(token)
+            if special is None:
+                pending.append(token)
+                previous_was_special = False
+                continue
+            if skip_special_tokens:
+                continue
+            if not previous_was_special:
+                out.append(" ")
+            out.append(self.sp.decode(pending) + special)
+            pending = []
+            previous_was_special = True
+        out.append(self.sp.decode(pending))
+        return "".join(out)
+
+
+def read_tokenizer(folder: Path, tokenizer_config: dict) -> InternLMTokenizer:
+    """Build the tokenizer from ``tokenizer.model`` and the ``tokenizer_config.json`` contents."""
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+
+    def text_of(value, default):
+        if isinstance(value, dict):
+            return value.get("content", default)
+        return value or default
+
+    by_id = {int(i): entry["content"] for i, entry in (tokenizer_config.get("added_tokens_decoder") or {}).items()}
+    special = SpecialTokens(
+        bos=text_of(tokenizer_config.get("bos_token"), "<s>"),
+        eos=text_of(tokenizer_config.get("eos_token"), "</s>"),
+        unk=text_of(tokenizer_config.get("unk_token"), "<unk>"),
+        by_id=by_id,
+    )
+    return InternLMTokenizer(processor, special, add_bos=tokenizer_config.get("add_bos_token", True))
+
+
+class StreamingDetokenizer:
+    """Turns a growing list of ids into text that never ends in half a character."""
+
+    def __init__(self, tokenizer: InternLMTokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token: int) -> str | None:
+        """Add one id; returns the whole text so far when it grew and is complete, else None."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") or text == self.text:
+            return None
+        self.text = text
+        return text

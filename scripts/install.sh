@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create .venv and install what the demos need; re-runs are no-ops until a requirements file changes.
+# Usage: scripts/install.sh [requirements-dev.txt]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${INTERNLM_DEMO_VENV:-.venv}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+
+stamp="$VENV/.internlm-demo-installed"
+wanted=$(cat requirements.txt "$@" scripts/install.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+  exit 0
+fi
+
+# torch: keep whatever build is installed (a CUDA build on a GPU box); otherwise take 2.13.0
+# (a CPU wheel on CI machines), so that the unpinned requirement never pulls a multi-GB build.
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  pip install -q "torch==2.13.0"
+fi
+pip install -q -r requirements.txt "${@/#/-r}"
+# openxlab 0.1.3 pins setuptools~=60.2, requests~=2.28, rich~=13.4, ... which would downgrade them and
+# drag torch to another build; it imports fine with only oss2 beside what we already have.
+pip install -q --no-deps "openxlab==0.1.3"
+pip install -q "oss2~=2.17.0"
+echo "$wanted" > "$stamp"

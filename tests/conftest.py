@@ -1,0 +1,57 @@
+"""Shared test setup: the golden fixtures, a private cache for generated demo models, output folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES_DIR = REPO.parent / "shared" / "fixtures"
+OUTPUT_DIR = REPO / "test-output"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives a real Chromium through playwright")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_demo_cache(tmp_path_factory):
+    """Generated demo models and downloads go to a temporary folder, never the user's cache."""
+    cache = tmp_path_factory.mktemp("internlm-demo-cache")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("INTERNLM_DEMO_CACHE", str(cache))
+    patcher.setenv("INTERNLM_DEMO_MODELS", str(cache / "models"))
+    yield cache
+    patcher.undo()
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES_DIR.is_dir():
+        pytest.fail(f"golden fixtures not found at {FIXTURES_DIR}")
+    return FIXTURES_DIR
+
+
+@pytest.fixture
+def output_dir(request) -> Path:
+    """A folder under test-output/ named after the test, for screenshots and other artefacts."""
+    folder = OUTPUT_DIR / request.node.name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def reference(name: str) -> dict:
+    """The ``NAME.reference.json`` of a golden fixture."""
+    return json.loads((FIXTURES_DIR / f"{name}.reference.json").read_text(encoding="utf-8"))
+
+
+def copy_fixture(name: str, destination: Path) -> Path:
+    """A writable copy of a fixture folder."""
+    target = destination / name
+    shutil.copytree(FIXTURES_DIR / name, target)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    return target

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted: the folder is not marked complete; run the same command again to resume.", file=sys.stderr)
+        print("\ninterrupted: the folder is not marked complete; run the same command again to resume.",
+              file=sys.stderr)
         return 130
     return 0
 

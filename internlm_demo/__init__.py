@@ -1,8 +1,27 @@
-"""Run InternLM, InternLM2/2.5/3 and InternLM-XComposer natively on current transformers."""
+"""Run InternLM, InternLM2/2.5/3 and InternLM-XComposer natively on current transformers.
 
-from .chat import ChatModel
-from .errors import ContextOverflowError, ModelFolderError
-from .generation import GenerationParams, GenerationStats
-from .loading import load_chat_model
+Names are imported on first use, so that light entry points (``download.py --help``) do not
+pay for importing torch and transformers.
+"""
 
-__all__ = ["ChatModel", "ContextOverflowError", "GenerationParams", "GenerationStats", "ModelFolderError", "load_chat_model"]
+from importlib import import_module
+
+_EXPORTS = {
+    "ChatModel": ".chat",
+    "ContextOverflowError": ".errors",
+    "ModelFolderError": ".errors",
+    "GenerationParams": ".generation",
+    "GenerationStats": ".generation",
+    "load_chat_model": ".loading",
+    "download_model": ".download",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'internlm_demo' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -28,8 +28,10 @@ class Budget:
 class ChatModel:
     """A loaded model with its tokenizer and family; holds only what it is given."""
 
-    def __init__(self, model, tokenizer: InternLMTokenizer, family: Family, info, extra_stop_ids: set[int] = frozenset()):
+    def __init__(self, model, tokenizer: InternLMTokenizer, family: Family, info, extra_stop_ids: set[int] = frozenset(),
+                 engine=None):
         self.model = model
+        self.engine = engine  # a FastEngine, or None for the simple generate_ids path
         self.tokenizer = tokenizer
         self.family = family
         self.info = info
@@ -84,7 +86,9 @@ class ChatModel:
         params = GenerationParams.from_kwargs(self.family.chat_defaults, generate_kwargs)
         prompt_ids = self.tokenizer.encode(self.build_prompt(query, history, meta_instruction))
         detokenizer = StreamingDetokenizer(self.tokenizer)
-        for token in generate_ids(self.model, prompt_ids, params, self.stop_ids, stats, stop):
+        tokens = (self.engine.generate(prompt_ids, params, self.stop_ids, stats, stop) if self.engine is not None
+                  else generate_ids(self.model, prompt_ids, params, self.stop_ids, stats, stop))
+        for token in tokens:
             text = detokenizer.push(token)
             if text is not None:
                 yield self._cut_at_stop_word(text)

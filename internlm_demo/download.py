@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import glob
 import io
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -23,6 +25,8 @@ from pathlib import Path
 from . import registry
 from .errors import ModelFolderError
 from .registry import KnownModel
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("modelscope", "openxlab")
 PARTIAL_STATE = ".internlm-demo-partial.json"  # which source and revision the files on disk came from
@@ -92,8 +96,9 @@ def download_model(
     model = resolve_known_model(model_id)
     folder = Path(output).expanduser() if output is not None else registry.models_dir() / model.id
     sources = sources_to_try(model, source, revision, allow_fallback)
-    check_folder_holds(folder, model)
-    if is_complete(folder):
+    origin = files_origin(folder)
+    check_folder_is_ours(folder, model, origin)
+    if is_complete(folder) and revision in (None, origin["revision"]):
         return folder
     (folder / registry.COMPLETE_MARKER).unlink(missing_ok=True)
     intact = discard_damaged_files(folder) if folder.is_dir() else {}
@@ -102,32 +107,40 @@ def download_model(
 
     failures = []
     for name in sources:
-        trusted = intact if read_partial_state(folder) == partial_state(model, name, revision) else {}
-        write_partial_state(folder, partial_state(model, name, revision))
+        trusted = intact if origin == partial_state(model, name, revision) else {}
+        origin = partial_state(model, name, revision)
+        (folder / PARTIAL_STATE).write_text(json.dumps(origin), encoding="utf-8")
         try:
             with total_progress(folder, int(model.download_gb * 10**9), progress):
                 fetch(name, model.repo_on(name), folder, revision, sorted(trusted), progress)
-        except DownloadError as failure:
+        except (SourceUnavailableError, SourceRefusedError) as failure:
             failures.append(failure)
             intact = discard_damaged_files(folder)
+            if name != sources[-1]:
+                log.warning("%s; trying the next source.", str(failure).rstrip("."))
             continue
         finish(folder, model, name, revision)
         return folder
-    if len(failures) == 1:
-        raise failures[0]
     reasons = "; ".join(str(failure).rstrip(".") for failure in failures)
+    if any(isinstance(failure, SourceUnavailableError) for failure in failures):
+        reasons += f"; files fetched so far are kept in {folder}, re-run the same command to resume"
+    if len(failures) == 1:
+        raise type(failures[0])(f"{reasons}.") from failures[0]
     raise DownloadError(f"could not download {model.id} from any source: {reasons}.")
 
 
 def sources_to_try(model: KnownModel, source: str, revision: str | None, allow_fallback: bool) -> list[str]:
     """The sources to try in order, or DownloadError when none can serve this request."""
+    source = source.lower()
     if source not in SOURCES:
         raise DownloadError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}.")
     other = next(s for s in SOURCES if s != source)
     if not model.repo_on(source) and not allow_fallback:
         raise DownloadError(f"{model.id} is not published on {source}; use --source {other}.")
     if revision and source == "openxlab" and not allow_fallback:
-        raise DownloadError("openxlab serves only the latest files of a repository; drop --revision or use --source modelscope.")
+        raise DownloadError(
+            "openxlab serves only the latest files of a repository; drop --revision or use --source modelscope."
+        )
     candidates = [source, other] if allow_fallback else [source]
     return [s for s in candidates if model.repo_on(s) and not (revision and s == "openxlab")]
 
@@ -139,6 +152,8 @@ def fetch(source: str, repo: str, folder: Path, revision: str | None, skip: list
     try:
         with quiet:
             fetcher(repo, folder, revision, skip, progress)
+    except DownloadError:
+        raise
     except ImportError as exc:
         raise SourceUnavailableError(
             f"{source}: its SDK is not installed ({exc}); install it with `{INSTALL_HINTS[source]}`."
@@ -193,6 +208,9 @@ def describe_source_failure(source: str, repo: str, revision: str | None, exc: E
         or getattr(exc.__cause__, "status_code", None)
     )
     reason = first_line(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return NotEnoughSpaceError(f"the disk filled up during the download ({reason}); free some space "
+                                   "and re-run the same command to resume.")
     if status in (401, 403):
         return SourceRefusedError(f"{source} refused access to {repo} (HTTP {status}: {reason}); {AUTH_HINTS[source]}.")
     if status == 404:
@@ -204,8 +222,7 @@ def describe_source_failure(source: str, repo: str, revision: str | None, exc: E
                    requests.exceptions.ChunkedEncodingError, requests.exceptions.HTTPError)
     if isinstance(exc, unreachable) or is_modelscope_hub_error(exc):
         return SourceUnavailableError(
-            f"{source} could not be reached or failed mid-transfer ({type(exc).__name__}: {reason}); "
-            "files fetched so far are kept, re-run the same command to resume."
+            f"{source} could not be reached or failed mid-transfer ({type(exc).__name__}: {reason})."
         )
     return None
 
@@ -227,7 +244,8 @@ def local_files(folder: Path) -> dict[str, int]:
     files = {}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts) and not path.name.endswith(SDK_TEMP_SUFFIXES):
+        hidden = any(part.startswith(".") for part in relative.parts)
+        if path.is_file() and not hidden and not path.name.endswith(SDK_TEMP_SUFFIXES):
             files[relative.as_posix()] = path.stat().st_size
     return files
 
@@ -235,12 +253,10 @@ def local_files(folder: Path) -> dict[str, int]:
 def check_file(path: Path) -> bool:
     """Check one file whose format can be checked; True when it was checked and is intact, False when uncheckable.
 
-    Raises ModelFolderError when the file is empty, truncated or corrupt.
+    Raises ModelFolderError when a checkable file (shard, JSON, tokenizer.model) is empty, truncated or corrupt.
     """
     from .checkpoint import read_shard_header
 
-    if path.stat().st_size == 0:
-        raise ModelFolderError(f"{path} is empty.")
     if path.suffix == ".safetensors" or (path.suffix == ".bin" and path.name.startswith("pytorch_model")):
         read_shard_header(path)
     elif path.suffix == ".json":
@@ -278,26 +294,34 @@ def discard_damaged_files(folder: Path) -> dict[str, int]:
 def verify_folder(folder: Path) -> dict[str, int]:
     """Check that ``folder`` holds a complete checkpoint; return every file's size. Raises ModelFolderError.
 
-    Complete means: config.json and tokenizer.model load, every shard named in the index exists
-    and its header reads, and the shards hold at least the bytes the index declares.
+    Complete means: config.json, tokenizer.model and every shard named in the index exist; the shard
+    headers read; JSON files parse and the tokenizer loads; the shards hold the bytes the index declares.
     """
-    from .checkpoint import WEIGHT_INDEXES, read_config, read_json, read_shard_header, weight_files
+    from .checkpoint import (
+        WEIGHT_INDEXES,
+        read_config,
+        read_json,
+        read_shard_header,
+        weight_files,
+    )
 
     read_config(folder)
-    tokenizer = folder / "tokenizer.model"
-    if not tokenizer.is_file():
-        raise ModelFolderError(f"{tokenizer} is missing.")
-    check_file(tokenizer)
+    if not (folder / "tokenizer.model").is_file():
+        raise ModelFolderError(f"{folder / 'tokenizer.model'} is missing.")
     shards = weight_files(folder)
     for shard in shards:
         read_shard_header(shard)
+    for name in local_files(folder):
+        if folder / name not in shards:
+            check_file(folder / name)
     for index_name in WEIGHT_INDEXES:
         if (folder / index_name).is_file():
             declared = read_json(folder / index_name, "the shard index").get("metadata", {}).get("total_size")
             held = sum(shard.stat().st_size for shard in shards)
             if declared and held < declared * MIN_SHARD_FILL:
                 raise ModelFolderError(
-                    f"the shards in {folder} hold {held} bytes but {index_name} declares {declared}; some are truncated."
+                    f"the shards in {folder} hold {held} bytes but {index_name} declares {declared}; "
+                    "some are truncated."
                 )
     return local_files(folder)
 
@@ -310,12 +334,16 @@ def read_record(path: Path) -> dict | None:
         return None
 
 
-def check_folder_holds(folder: Path, model: KnownModel) -> None:
-    """DownloadError when ``folder`` holds (part of) a different known model."""
-    for path in (folder / registry.COMPLETE_MARKER, folder / PARTIAL_STATE):
-        other = (read_record(path) or {}).get("model")
-        if other not in (None, model.id):
-            raise DownloadError(f"{folder} already holds {other}; choose another --output for {model.id}.")
+def check_folder_is_ours(folder: Path, model: KnownModel, origin: dict | None) -> None:
+    """DownloadError unless ``folder`` is new, empty, or a (partial) download of this model.
+
+    Resuming deletes files that fail their checks, so folders this module did not create are left alone.
+    """
+    if origin is not None and origin["model"] != model.id:
+        raise DownloadError(f"{folder} already holds {origin['model']}; choose another --output for {model.id}.")
+    if origin is None and folder.is_dir() and any(folder.iterdir()):
+        raise DownloadError(f"{folder} already holds files that download.py did not put there; "
+                            f"choose a new or empty folder with --output for {model.id}.")
 
 
 def is_complete(folder: Path) -> bool:
@@ -327,18 +355,14 @@ def is_complete(folder: Path) -> bool:
 
 
 def partial_state(model: KnownModel, source: str, revision: str | None) -> dict:
-    """What a partial download records about where its files come from."""
+    """Where the files of a download come from; a resume trusts only files of the same origin."""
     return {"model": model.id, "source": source, "revision": revision}
 
 
-def read_partial_state(folder: Path) -> dict | None:
-    """The partial-download record of ``folder``, or None."""
-    return read_record(folder / PARTIAL_STATE)
-
-
-def write_partial_state(folder: Path, state: dict) -> None:
-    """Record where the files being downloaded come from, so a resume trusts only files of the same origin."""
-    (folder / PARTIAL_STATE).write_text(json.dumps(state), encoding="utf-8")
+def files_origin(folder: Path) -> dict | None:
+    """The origin recorded by an unfinished download, else by the complete marker, else None."""
+    record = read_record(folder / PARTIAL_STATE) or read_record(folder / registry.COMPLETE_MARKER)
+    return {key: record.get(key) for key in ("model", "source", "revision")} if record else None
 
 
 def finish(folder: Path, model: KnownModel, source: str, revision: str | None) -> None:
@@ -393,16 +417,21 @@ def total_progress(folder: Path, expected_bytes: int, enabled: bool) -> Iterator
     from tqdm.auto import tqdm
 
     def on_disk() -> int:
-        return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        total = 0
+        for path in folder.rglob("*"):
+            with contextlib.suppress(OSError):  # the SDK renames and deletes files meanwhile
+                total += path.stat().st_size if path.is_file() and path.name != PARTIAL_STATE else 0
+        return total
 
     stop = threading.Event()
     bar = tqdm(total=expected_bytes, initial=on_disk(), unit="B", unit_scale=True, desc="total")
 
     def refresh() -> None:
         while not stop.wait(0.5):
-            bar.n = on_disk()
-            bar.total = max(bar.total, bar.n)
-            bar.refresh()
+            with contextlib.suppress(OSError):
+                bar.n = on_disk()
+                bar.total = max(bar.total, bar.n)
+                bar.refresh()
 
     watcher = threading.Thread(target=refresh, daemon=True)
     watcher.start()

@@ -188,7 +188,7 @@ def choose_device(device: str | None, dtype: str | None, num_gpus: int | None) -
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelFolderError("a GPU was asked for but torch sees none; pass --device cpu or install a CUDA build of torch.")
-    if num_gpus and num_gpus > max(torch.cuda.device_count(), 1 if device == "cpu" else 0):
+    if num_gpus and num_gpus > 1 and num_gpus > torch.cuda.device_count():
         raise ModelFolderError(f"--num-gpus {num_gpus} asked for, but torch sees {torch.cuda.device_count()} GPUs.")
     if dtype is None:
         dtype = "float32" if device == "cpu" else "float16"
@@ -220,11 +220,16 @@ def read_model_folder(folder: Path) -> tuple[dict, Family, InternLMTokenizer, di
     return config, family, tokenizer, generation_config
 
 
-def build_llama(config: LlamaConfig, tensors, device: str, dtype: torch.dtype, num_gpus: int | None, shard_names) -> tuple[LlamaForCausalLM, dict]:
-    """Instantiate a Llama without allocating, then fill it from ``tensors`` directly on its devices."""
+def build_llama(config: LlamaConfig, tensors, device: str, dtype: torch.dtype, num_gpus: int | None, shard_names,
+                device_map: dict | None = None) -> tuple[LlamaForCausalLM, dict]:
+    """Instantiate a Llama without allocating, then fill it from ``tensors`` directly on its devices.
+
+    ``device_map`` overrides the balanced split over ``num_gpus`` (XComposer plans it with its vision tower).
+    """
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    device_map = balanced_device_map(model, num_gpus) if num_gpus and num_gpus > 1 else {"": device}
+    if device_map is None:
+        device_map = balanced_device_map(model, num_gpus) if num_gpus and num_gpus > 1 else {"": device}
     stored_inv_freq = load_llama_weights(model, tensors, device_map, dtype, shard_names)
     rotary_device = device_for("model.rotary_emb", device_map)
     model.model.rotary_emb = type(model.model.rotary_emb)(config).to(rotary_device)
@@ -240,9 +245,13 @@ def build_llama(config: LlamaConfig, tensors, device: str, dtype: torch.dtype, n
 
 
 def load_chat_model(path_or_id: str | Path | None = None, device: str | None = None, dtype: str | None = None,
-                    num_gpus: int | None = None, progress: bool = True):
-    """Load an InternLM chat model (folder or known id; None → a downloaded model or the embedded demo)."""
+                    num_gpus: int | None = None, progress: bool = True, engine: str = "auto"):
+    """Load an InternLM chat model (folder or known id; None → a downloaded model or the embedded demo).
+
+    ``engine``: "auto" (the fast engine on a single GPU, else the simple path), "fast" or "simple".
+    """
     from .chat import ChatModel
+    from .engine import engine_for
 
     folder, model_id, is_demo = resolve_folder(path_or_id)
     config, family, tokenizer, generation_config = read_model_folder(folder)
@@ -263,5 +272,6 @@ def load_chat_model(path_or_id: str | Path | None = None, device: str | None = N
         is_demo=is_demo,
     )
     eos = generation_config.get("eos_token_id", config.get("eos_token_id", tokenizer.eos_id))
-    return ChatModel(model, tokenizer, family, info, extra_stop_ids=set(eos if isinstance(eos, list) else [eos]))
+    return ChatModel(model, tokenizer, family, info, extra_stop_ids=set(eos if isinstance(eos, list) else [eos]),
+                     engine=engine_for(model, engine, device_map))
 

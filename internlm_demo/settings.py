@@ -21,6 +21,7 @@ class Settings:
     api_model: str | None = None  # the model name to ask that server for
     gallery: str | None = None  # image folder for XComposer's article writer
     share: bool = False  # Gradio public link; off unless asked for
+    agent_script: str | None = None  # JSON of canned model outputs the agent app replays instead of a model
 
     @classmethod
     def parse(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None, prog: str | None = None) -> Settings:

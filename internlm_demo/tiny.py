@@ -30,8 +30,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "internlm-demo"
 
 
-def train_demo_tokenizer(out_dir: Path) -> sentencepiece.SentencePieceProcessor:
-    """A small sentencepiece model in the InternLM v1 style (no dummy prefix, byte fallback, <eoh>/<eoa>)."""
+def train_demo_tokenizer(out_dir: Path, markers: tuple[str, ...] = ("<eoh>", "<eoa>")) -> sentencepiece.SentencePieceProcessor:
+    """A small sentencepiece model in the InternLM v1 style (no dummy prefix, byte fallback, ``markers`` as pieces)."""
     sentencepiece.SentencePieceTrainer.train(
         input=str(DEMO_CORPUS),
         model_prefix=str(out_dir / "tokenizer"),
@@ -42,7 +42,7 @@ def train_demo_tokenizer(out_dir: Path) -> sentencepiece.SentencePieceProcessor:
         byte_fallback=True,
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
-        user_defined_symbols=["<eoh>", "<eoa>", "\n"],
+        user_defined_symbols=[*markers, "\n"],
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         minloglevel=2,
     )

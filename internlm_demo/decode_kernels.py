@@ -1,0 +1,229 @@
+"""Triton kernels for one decode step at batch 1, with the rounding steps of the transformers Llama.
+
+Each kernel does what a few torch ops do in ``engine.TorchDecodeKernels`` (the reference the tests
+check them against), in one launch: RMSNorm fused into the matrix-vector product that follows it,
+bias / SiLU-gate / residual add fused into its epilogue, RoPE fused with the KV-cache store, and a
+split-sequence attention that reads only the cache positions in use (its length comes from a device
+tensor, so one CUDA graph serves every length).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per weight shape (rows, columns); measured on an H200
+# with bench/decode.py --sweep. Shapes not listed use DEFAULT_GEMV_CONFIG.
+DEFAULT_GEMV_CONFIG = (16, 512, 4, 2)
+GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, res_ptr, out_ptr, n_out, eps, up_offset, k_dim: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                 GATED: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    dtype = out_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_out
+    offsets = tl.arange(0, BLOCK_K)
+    if HAS_NORM:
+        # The row is a few KiB and sits in L2: every program recomputes its RMS instead of a separate launch.
+        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for start in range(0, k_dim, BLOCK_K):
+            cols = start + offsets
+            xs = tl.load(x_ptr + cols, mask=cols < k_dim, other=0.0).to(tl.float32)
+            squares += xs * xs
+        rstd = tl.rsqrt(tl.sum(squares, axis=0) / k_dim + eps)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for start in range(0, k_dim, BLOCK_K):
+        cols = start + offsets
+        w_offsets = rows[:, None] * k_dim + cols[None, :]
+        if EVEN_K:
+            xs = tl.load(x_ptr + cols)
+            w_mask = row_ok[:, None]
+        else:
+            xs = tl.load(x_ptr + cols, mask=cols < k_dim, other=0.0)
+            w_mask = row_ok[:, None] & (cols < k_dim)[None, :]
+        if HAS_NORM:
+            norm_w = tl.load(norm_ptr + cols, mask=cols < k_dim, other=0.0)
+            xs = (norm_w.to(tl.float32) * (xs.to(tl.float32) * rstd).to(dtype).to(tl.float32)).to(dtype)
+        xf = xs.to(tl.float32)[None, :]
+        w = tl.load(w_ptr + w_offsets, mask=w_mask, other=0.0)
+        acc += w.to(tl.float32) * xf
+        if GATED:
+            w_up = tl.load(w_ptr + up_offset * k_dim + w_offsets, mask=w_mask, other=0.0)
+            acc_up += w_up.to(tl.float32) * xf
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    y = y.to(dtype)
+    if GATED:
+        up = tl.sum(acc_up, axis=1)
+        if HAS_BIAS:
+            up += tl.load(bias_ptr + up_offset + rows, mask=row_ok, other=0.0).to(tl.float32)
+        gate = y.to(tl.float32)
+        activated = (gate / (1.0 + tl.exp(-gate))).to(dtype)
+        y = (activated.to(tl.float32) * up.to(dtype).to(tl.float32)).to(dtype)
+    if HAS_RESIDUAL:
+        residual = tl.load(res_ptr + rows, mask=row_ok, other=0.0)
+        y = (residual.to(tl.float32) + y.to(tl.float32)).to(dtype)
+    tl.store(out_ptr + rows, y, mask=row_ok)
+
+
+@triton.jit
+def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
+                       cache_head_stride, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    dtype = q_ptr.dtype.element_ty
+    head = tl.program_id(0)
+    half = tl.arange(0, HEAD_DIM // 2)
+    source = qkv_ptr + head * HEAD_DIM
+    position = tl.load(pos_ptr)
+    first = tl.load(source + half)
+    second = tl.load(source + HEAD_DIM // 2 + half)
+    if head < HEADS + KV_HEADS:
+        # x * cos + rotate_half(x) * sin, rounding after each op as the float16 torch code does
+        cos1 = tl.load(cos_ptr + half).to(tl.float32)
+        cos2 = tl.load(cos_ptr + HEAD_DIM // 2 + half).to(tl.float32)
+        sin1 = tl.load(sin_ptr + half).to(tl.float32)
+        sin2 = tl.load(sin_ptr + HEAD_DIM // 2 + half).to(tl.float32)
+        a = first.to(tl.float32)
+        b = second.to(tl.float32)
+        out1 = ((a * cos1).to(dtype).to(tl.float32) + (-b * sin1).to(dtype).to(tl.float32)).to(dtype)
+        out2 = ((b * cos2).to(dtype).to(tl.float32) + (a * sin2).to(dtype).to(tl.float32)).to(dtype)
+        if head < HEADS:
+            target = q_ptr + head * HEAD_DIM
+        else:
+            target = k_cache_ptr + (head - HEADS) * cache_head_stride + position * HEAD_DIM
+        tl.store(target + half, out1)
+        tl.store(target + HEAD_DIM // 2 + half, out2)
+    else:
+        target = v_cache_ptr + (head - HEADS - KV_HEADS) * cache_head_stride + position * HEAD_DIM
+        tl.store(target + half, first)
+        tl.store(target + HEAD_DIM // 2 + half, second)
+
+
+@triton.jit
+def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out_ptr, part_lse_ptr,
+                              scale, cache_head_stride, num_splits, CHUNK: tl.constexpr,
+                              GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                              BLOCK_T: tl.constexpr):
+    kv_head = tl.program_id(0)
+    split = tl.program_id(1)
+    length = tl.load(pos_ptr) + 1
+    start = split * CHUNK
+    end = tl.minimum(start + CHUNK, length)
+    groups = tl.arange(0, GROUP_PAD)
+    dims = tl.arange(0, HEAD_DIM)
+    heads = kv_head * GROUP + groups
+    group_ok = groups < GROUP
+    q = tl.load(q_ptr + heads[:, None] * HEAD_DIM + dims[None, :], mask=group_ok[:, None], other=0.0)
+    q = q.to(tl.float32) * scale
+    best = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([GROUP_PAD], dtype=tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
+    steps = tl.arange(0, BLOCK_T)
+    k_base = k_cache_ptr + kv_head * cache_head_stride
+    v_base = v_cache_ptr + kv_head * cache_head_stride
+    # A fixed trip count (positions past the length are masked, so they cost no memory traffic).
+    for block in range(0, CHUNK, BLOCK_T):
+        t = start + block + steps
+        t_ok = t < end
+        keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+        scores = tl.sum(q[:, None, :] * keys[None, :, :], axis=2)
+        scores = tl.where(t_ok[None, :], scores, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        rescale = tl.exp(best - new_best)
+        weights = tl.exp(scores - new_best[:, None])
+        values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+        acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * values[None, :, :], axis=1)
+        total = total * rescale + tl.sum(weights, axis=1)
+        best = new_best
+    part = (heads * num_splits + split)
+    tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc / total[:, None], mask=group_ok[:, None])
+    tl.store(part_lse_ptr + part, best + tl.log(total), mask=group_ok)
+
+
+@triton.jit
+def _attention_reduce_kernel(part_out_ptr, part_lse_ptr, pos_ptr, out_ptr, chunk, num_splits,
+                             SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+    head = tl.program_id(0)
+    length = tl.load(pos_ptr) + 1
+    active = (length + chunk - 1) // chunk
+    splits = tl.arange(0, SPLITS_PAD)
+    dims = tl.arange(0, HEAD_DIM)
+    split_ok = splits < active
+    lse = tl.load(part_lse_ptr + head * num_splits + splits, mask=split_ok, other=float("-inf"))
+    weights = tl.where(split_ok, tl.exp(lse - tl.max(lse, axis=0)), 0.0)
+    parts = tl.load(part_out_ptr + (head * num_splits + splits[:, None]) * HEAD_DIM + dims[None, :],
+                    mask=split_ok[:, None], other=0.0)
+    out = tl.sum(parts * weights[:, None], axis=0) / tl.sum(weights, axis=0)
+    tl.store(out_ptr + head * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
+
+
+def gemv_config(rows: int, cols: int) -> tuple[int, int, int, int]:
+    return GEMV_CONFIGS.get((rows, cols), DEFAULT_GEMV_CONFIG)
+
+
+class TritonDecodeKernels:
+    """The decode-step operations of ``engine.TorchDecodeKernels`` as single Triton launches (one row)."""
+
+    name = "triton"
+
+    def __init__(self, configs: dict[tuple[int, int], tuple[int, int, int, int]] | None = None):
+        self.configs = configs
+
+    def _gemv(self, x, weight, bias, out, norm_weight=None, eps=0.0, residual=None, gated=False):
+        rows, cols = weight.shape
+        n_out = rows // 2 if gated else rows
+        block_n, block_k, warps, stages = (self.configs or {}).get((rows, cols)) or gemv_config(rows, cols)
+        _gemv_kernel[(triton.cdiv(n_out, block_n),)](
+            x, weight, bias if bias is not None else weight, norm_weight if norm_weight is not None else x,
+            residual if residual is not None else out, out, n_out, eps, n_out, cols,
+            HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None,
+            GATED=gated, EVEN_K=cols % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
+            num_warps=warps, num_stages=stages,
+        )
+        return out
+
+    def norm_linear(self, x, norm_weight, eps, weight, bias):
+        out = torch.empty((1, weight.shape[0]), dtype=x.dtype, device=x.device)
+        return self._gemv(x, weight, bias, out, norm_weight, eps)
+
+    def norm_gated_linear(self, x, norm_weight, eps, weight, bias):
+        out = torch.empty((1, weight.shape[0] // 2), dtype=x.dtype, device=x.device)
+        return self._gemv(x, weight, bias, out, norm_weight, eps, gated=True)
+
+    def linear_add(self, x, weight, bias, residual):
+        self._gemv(x, weight, bias, residual, residual=residual)
+
+    def rope_store(self, qkv, cos, sin, k_cache, v_cache, position, heads, kv_heads):
+        head_dim = k_cache.shape[-1]
+        q = torch.empty((1, heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+        _rope_store_kernel[(heads + 2 * kv_heads,)](
+            qkv, cos, sin, position, q, k_cache, v_cache, k_cache.stride(1),
+            HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, num_warps=1,
+        )
+        return q
+
+    def attention(self, q, k_cache, v_cache, position, scale):
+        _, heads, head_dim = q.shape
+        kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]
+        group = heads // kv_heads
+        group_pad = triton.next_power_of_2(group)
+        # Up to 64 splits of at least 128 positions: enough programs to fill the GPU at any length.
+        chunk = max(128, triton.next_power_of_2(triton.cdiv(capacity, 64)))
+        splits = triton.cdiv(capacity, chunk)
+        part_out = torch.empty((heads, splits, head_dim), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((heads, splits), dtype=torch.float32, device=q.device)
+        _attention_partial_kernel[(kv_heads, splits)](
+            q, k_cache, v_cache, position, part_out, part_lse, scale, k_cache.stride(1), splits, CHUNK=chunk,
+            GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_T=max(16, 64 // group_pad), num_warps=4,
+        )
+        out = torch.empty((1, heads * head_dim), dtype=q.dtype, device=q.device)
+        _attention_reduce_kernel[(heads,)](
+            part_out, part_lse, position, out, chunk, splits,
+            SPLITS_PAD=triton.next_power_of_2(splits), HEAD_DIM=head_dim, num_warps=4,
+        )
+        return out

@@ -1,0 +1,19 @@
+"""InternLM-XComposer v1 on current transformers: image understanding, chat and the demo's prompts."""
+
+from .decoding import GenerationSettings
+from .loading import load_xcomposer
+from .model import ImageChoice, XComposer
+from .preprocess import ImageRejectedError, load_image, pixel_values
+from .prompts import Exchange, Turn
+
+__all__ = [
+    "Exchange",
+    "GenerationSettings",
+    "ImageChoice",
+    "ImageRejectedError",
+    "Turn",
+    "XComposer",
+    "load_image",
+    "load_xcomposer",
+    "pixel_values",
+]

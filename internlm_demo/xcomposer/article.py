@@ -1,0 +1,481 @@
+"""XComposer's article with images: the original web demo's pipeline, over a local gallery.
+
+The stages, as ``examples/web_demo.py`` runs them: write the article from the title (streamed); split it
+into sections (blank lines collapsed, at most 60); let the model choose the sections to illustrate
+(or a fixed number of them); write a caption per chosen section with the earlier captions as context;
+retrieve 4 candidate images per caption from the gallery, never one already placed; let the model
+pick the best candidate (A–D) in context; assemble Markdown with the images inline.
+
+When the model's choice of sections or of a candidate does not parse, a documented fallback is used
+(evenly spaced sections; candidate A) and ``Article.notes`` says so. The pipeline is plain generators
+of ``StageEvent``; the model is anything with the three methods of ``ComposerModel``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import re
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from ..gallery import Captioner, GalleryIndex
+from .preprocess import ImageRejectedError, load_image
+from .prompts import EOH, IMAGE_HERE, SELECT_INSTRUCTION, Text, align_text
+
+MAX_SECTIONS = 60
+MAX_TITLE_CHARS = 200
+CANDIDATE_COUNT = 4
+CANDIDATE_LETTERS = "ABCD"
+STAGES = ("writing", "placing", "captioning", "retrieving", "selecting")
+
+# The original demo's prompts (fixture reference: demo_templates).
+ARTICLE_PROMPT = " <|User|>:根据给定标题写一个图文并茂，不重复的文章：{title}\n" + EOH + " <|Bot|>:"
+LOCATION_ANSWER_START = "适合插入图像的行是"
+LOCATION_PROMPT = ' <|User|>:给定文章"{article}" 根据上述文章，选择适合插入图像的{count}行 \n' + EOH + " <|Bot|>:" + LOCATION_ANSWER_START
+CAPTION_PROMPT = ' <|User|>: 给定文章"{article}" {past}给出适合在<Seg{position}>后插入的图像对应的标题。 \n' + EOH + ' <|Bot|>: 标题是"'
+FIRST_PAST_CAPTION = '现在<Seg{position}>后插入图像对应的标题是"{caption}"， '
+NEXT_PAST_CAPTION = '<Seg{position}>后插入图像对应的标题是"{caption}"， '
+SELECT_QUESTION = "\n\n候选图像包括: {choices}\n\n" + EOH + " <|Bot|>:最合适的图是"
+SEGMENT_MARK = re.compile(r"<Seg(\d+)>")
+
+# Generation settings of each stage. The demo passed transformers 4.33 ``max_length``, which counted a
+# BOS placeholder, so ``max_length=N`` gave N - 1 new tokens.
+LOCATION_GENERATION = {"num_beams": 5, "max_new_tokens": 299, "repetition_penalty": 1.0, "do_sample": False}
+CAPTION_GENERATION = {"num_beams": 1, "max_new_tokens": 99, "repetition_penalty": 5.0, "do_sample": False}
+SELECT_GENERATION = {"num_beams": 5, "max_new_tokens": 9, "repetition_penalty": 1.0, "do_sample": False}
+# Fallback when the model names no usable section: one image per this many sections, 1 to 5 images.
+FALLBACK_SECTIONS_PER_IMAGE = 3
+FALLBACK_MAX_IMAGES = 5
+CAPTION_FALLBACK_CHARS = 50
+
+
+class ArticleError(ValueError):
+    """Input the pipeline cannot work with; the message says what to do."""
+
+
+class ComposerModel(Protocol):
+    """What the pipeline needs from XComposer; ``XComposerWriter`` provides it. Prompts are raw text (BOS added)."""
+
+    def stream_text(self, prompt: str, **generation) -> Iterator[str]:
+        """The reply so far, after each step; the last value is the whole reply."""
+
+    def generate_text(self, prompt: str, **generation) -> str:
+        """The whole reply."""
+
+    def choose_image(self, prompt: str, images: list[Image.Image]) -> str:
+        """The raw reply to ``prompt`` with one image per ``<ImageHere>``, as the demo's ``model_select_image``."""
+
+
+@dataclass
+class ComposeSettings:
+    """The article tab's controls; the defaults are the original demo's."""
+
+    num_beams: int = 5
+    repetition_penalty: float = 5.0
+    max_output_tokens: int = 1000  # the demo's max_length: 999 new tokens
+    model_selects_images: bool = True
+    do_sample: bool = False
+    image_count: int | None = None  # None: the model decides how many images
+
+    def article_generation(self) -> dict:
+        return {"num_beams": int(self.num_beams), "repetition_penalty": float(self.repetition_penalty),
+                "max_new_tokens": max(1, int(self.max_output_tokens) - 1), "do_sample": bool(self.do_sample)}
+
+
+@dataclass
+class Placement:
+    """The image after one section: its caption, the candidates found for it, and the one chosen."""
+
+    caption: str
+    candidates: list[str]  # gallery-relative paths, best match first
+    chosen: int = 0
+
+    @property
+    def image(self) -> str | None:
+        return self.candidates[self.chosen] if self.candidates else None
+
+
+@dataclass
+class Article:
+    """An article being composed or edited."""
+
+    title: str
+    sections: list[str]
+    gallery_root: str
+    placements: dict[int, Placement] = field(default_factory=dict)  # section index → image
+    notes: list[str] = field(default_factory=list)  # fallbacks and problems, for the UI
+
+    def placed_images(self, except_section: int | None = None) -> set[str]:
+        return {p.image for i, p in self.placements.items() if p.image and i != except_section}
+
+
+@dataclass
+class StageEvent:
+    """Progress of the pipeline: the stage, a line for the UI, and the work so far."""
+
+    stage: str  # one of STAGES, or "done"
+    message: str
+    step: int = 0
+    total: int = 0
+    text: str = ""  # the article text so far, while writing
+    article: Article | None = None
+
+
+# --- input ----------------------------------------------------------------------------------------
+
+
+def check_title(title: str | None) -> str:
+    """The title, stripped; ArticleError when it is empty or too long."""
+    title = (title or "").strip()
+    if not title:
+        raise ArticleError("Type a title first, for example 又见敦煌 or “Shanghai travel guide in English”.")
+    if len(title) > MAX_TITLE_CHARS:
+        raise ArticleError(f"The title is {len(title)} characters long; keep it under {MAX_TITLE_CHARS} characters. "
+                           "Give a title or a short topic: the model writes the article itself.")
+    return title
+
+
+def check_gallery(gallery: GalleryIndex) -> None:
+    if not len(gallery):
+        raise ArticleError(gallery.status() + " Put some images in it (subfolders count) or choose another gallery folder.")
+
+
+# --- text stages ----------------------------------------------------------------------------------
+
+
+def split_sections(text: str) -> list[str]:
+    """The article's lines: blank lines collapsed as the demo does, at most ``MAX_SECTIONS``."""
+    text = re.sub(r"(\n[ \t]*)+", "\n", text).strip("\n")
+    return text.split("\n")[:MAX_SECTIONS] if text.strip() else []
+
+
+def numbered_sections(sections: list[str]) -> list[str]:
+    return [f"<Seg{i}> {line}\n" for i, line in enumerate(sections)]
+
+
+def location_prompt(sections: list[str], count: int | None) -> str:
+    """The demo's prompt for choosing sections; ``count`` None lets the model decide how many."""
+    return LOCATION_PROMPT.format(article="".join(numbered_sections(sections)), count="" if count is None else count)
+
+
+def parse_locations(output: str, section_count: int) -> list[int]:
+    """Section indices in the model's answer (``<SegN>`` marks), in range, each once, in the model's order."""
+    positions: list[int] = []
+    for match in SEGMENT_MARK.finditer(LOCATION_ANSWER_START + output):
+        position = int(match.group(1))
+        if position < section_count and position not in positions:
+            positions.append(position)
+    return positions
+
+
+def evenly_spaced(section_count: int, image_count: int) -> list[int]:
+    """``image_count`` sections, one in the middle of each of that many equal runs of sections."""
+    image_count = max(0, min(image_count, section_count))
+    return [(2 * i + 1) * section_count // (2 * image_count) for i in range(image_count)]
+
+
+def fallback_image_count(section_count: int) -> int:
+    return max(1, min(FALLBACK_MAX_IMAGES, section_count // FALLBACK_SECTIONS_PER_IMAGE))
+
+
+def choose_positions(parsed: list[int], section_count: int, fixed_count: int | None) -> tuple[list[int], str | None]:
+    """The sections to illustrate, ascending, and a note when a fallback decided (some of) them."""
+    if fixed_count is None:
+        if parsed:
+            return sorted(parsed), None
+        count = fallback_image_count(section_count)
+        return evenly_spaced(section_count, count), (
+            f"The model's choice of sections did not parse; {count} evenly spaced section(s) were illustrated instead.")
+    wanted = max(1, min(int(fixed_count), section_count))
+    positions = parsed[:wanted]
+    if len(positions) == wanted:
+        return sorted(positions), None
+    for position in evenly_spaced(section_count, wanted) + list(range(section_count)):
+        if len(positions) == wanted:
+            break
+        if position not in positions:
+            positions.append(position)
+    return sorted(positions), (
+        f"The model named {len(parsed[:wanted])} usable section(s) of the {wanted} asked for; "
+        "the rest were chosen evenly spaced.")
+
+
+def past_captions_text(earlier: list[tuple[int, str]]) -> str:
+    """The demo's context of earlier captions: 现在<SegA>后…"a"， <SegB>后…"b"。 ('' when there are none)."""
+    if not earlier:
+        return ""
+    pasts = "".join((FIRST_PAST_CAPTION if i == 0 else NEXT_PAST_CAPTION).format(position=p, caption=c)
+                    for i, (p, c) in enumerate(earlier))
+    return pasts[:-2] + "。"
+
+
+def caption_prompt(sections: list[str], position: int, earlier: list[tuple[int, str]], inserting: bool = False) -> str:
+    """The demo's caption prompt: the article up to the section after ``position`` and the earlier captions.
+
+    ``inserting``: the demo's ➕ variant, whose context ends in "。" even when there is no earlier caption.
+    """
+    article = "".join(numbered_sections(sections)[:position + 2])
+    past = past_captions_text(earlier) or ("。" if inserting else "")
+    return CAPTION_PROMPT.format(article=article, past=past, position=position)
+
+
+def parse_caption(output: str) -> str:
+    """The caption is the reply up to the closing quote."""
+    return output.split('"')[0].strip()
+
+
+def fallback_caption(section: str) -> str:
+    """The demo's fallback when no caption comes back: the section's last 50 characters."""
+    return section.strip()[-CAPTION_FALLBACK_CHARS:]
+
+
+def select_prompt(sections: list[str], positions: list[int], candidate_count: int = CANDIDATE_COUNT) -> str:
+    """The demo's prompt for choosing the candidate of the last of ``positions``, after ``align_text``.
+
+    The context is the article up to that section with an ``<ImageHere>`` for the image already chosen
+    after each earlier position, then the candidates (A–D; fewer letters when fewer images were found).
+    ``align_text`` appends ``<TOKENS_UNUSED_1> </s>``, whose two positions the model boundary drops.
+    """
+    context, text = [], ""
+    for i, section in enumerate(sections[:positions[-1] + 1]):
+        text += section + "\n"
+        if i in positions:
+            context.append(text)
+            text = ""
+    choices = "\n".join(f"{letter}.{IMAGE_HERE}" for letter in CANDIDATE_LETTERS[:candidate_count])
+    return align_text(SELECT_INSTRUCTION + IMAGE_HERE.join(context) + SELECT_QUESTION.format(choices=choices))
+
+
+def parse_choice(output: str, candidate_count: int = CANDIDATE_COUNT) -> int | None:
+    """The candidate index the reply names (its first character, after one leading space), else None."""
+    if not output:
+        return None
+    answer = output[1] if output[0] == " " and len(output) > 1 else output[0]
+    index = CANDIDATE_LETTERS.find(answer)
+    return index if 0 <= index < candidate_count else None
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+
+def find_candidates(gallery: GalleryIndex, caption: str, placed: set[str], shown: set[str]) -> list[str]:
+    """Up to 4 images for ``caption``: never one already placed; images not yet shown as candidates first."""
+    hits = gallery.search(caption, CANDIDATE_COUNT, exclude=placed | shown)
+    if len(hits) < CANDIDATE_COUNT:
+        taken = {hit.path for hit in hits}
+        hits += gallery.search(caption, CANDIDATE_COUNT - len(hits), exclude=placed | taken)
+    return [hit.path for hit in hits]
+
+
+def select_candidate(model: ComposerModel, gallery: GalleryIndex, article: Article, position: int) -> str | None:
+    """Let the model pick among the candidates of ``position``; returns a note when it fell back to A."""
+    placement = article.placements[position]
+    placement.chosen = 0
+    if len(placement.candidates) < 2:
+        return None
+    earlier = sorted(p for p, pl in article.placements.items() if p < position and pl.image)
+    paths = [article.placements[p].image for p in earlier] + placement.candidates
+    try:
+        images = [load_image(gallery.absolute(path)) for path in paths]
+    except ImageRejectedError as error:
+        return f"Section {position + 1}: {error} Candidate A was kept."
+    prompt = select_prompt(article.sections, [*earlier, position], len(placement.candidates))
+    choice = parse_choice(model.choose_image(prompt, images), len(placement.candidates))
+    if choice is None:
+        return f"Section {position + 1}: the model's pick of a candidate did not parse; candidate A was used."
+    placement.chosen = choice
+    return None
+
+
+# --- the pipeline ---------------------------------------------------------------------------------
+
+
+def compose(model: ComposerModel, gallery: GalleryIndex, title: str, settings: ComposeSettings) -> Iterator[StageEvent]:
+    """Write an article for ``title`` and illustrate it from ``gallery``; the last event is "done".
+
+    Raises ArticleError before generating anything for an empty or overlong title or an empty gallery.
+    """
+    title = check_title(title)
+    check_gallery(gallery)
+    yield StageEvent("writing", "Writing the article…")
+    text = ""
+    for text in model.stream_text(ARTICLE_PROMPT.format(title=title), **settings.article_generation()):
+        yield StageEvent("writing", "Writing the article…", text=text)
+    sections = split_sections(text)
+    if not sections:
+        raise ArticleError("The model wrote nothing for this title; try again with sampling on, or another title.")
+    article = Article(title, sections, str(gallery.root))
+    yield from illustrate(model, gallery, article, settings)
+
+
+def illustrate(model: ComposerModel, gallery: GalleryIndex, article: Article, settings: ComposeSettings) -> Iterator[StageEvent]:
+    """Place, caption, retrieve and select the images of ``article`` (replacing any it had)."""
+    check_gallery(gallery)
+    sections = article.sections
+    article.placements = {}
+    yield StageEvent("placing", "Choosing the sections to illustrate…", article=article)
+    output = model.generate_text(location_prompt(sections, settings.image_count), **LOCATION_GENERATION)
+    positions, note = choose_positions(parse_locations(output, len(sections)), len(sections), settings.image_count)
+    if note:
+        article.notes.append(note)
+
+    captions: list[tuple[int, str]] = []
+    for step, position in enumerate(positions):
+        yield StageEvent("captioning", f"Captioning image {step + 1} of {len(positions)}…", step, len(positions), article=article)
+        captions.append((position, write_caption(model, article, position, captions)))
+
+    shown: set[str] = set()
+    for step, (position, caption) in enumerate(captions):
+        yield StageEvent("retrieving", f"Finding images for section {position + 1}…", step, len(captions), article=article)
+        candidates = find_candidates(gallery, caption, article.placed_images(), shown)
+        shown.update(candidates)
+        if not candidates:
+            article.notes.append(f"Section {position + 1}: the gallery has no unused image left; it stays without one.")
+            continue
+        article.placements[position] = Placement(caption, candidates)
+        yield StageEvent("selecting", f"Choosing the best image for section {position + 1}…", step, len(captions), article=article)
+        if settings.model_selects_images:
+            note = select_candidate(model, gallery, article, position)
+            if note:
+                article.notes.append(note)
+    yield StageEvent("done", f"Done: {len(article.placements)} image(s) in {len(sections)} section(s).", article=article)
+
+
+def write_caption(model: ComposerModel, article: Article, position: int, earlier: list[tuple[int, str]]) -> str:
+    output = model.generate_text(caption_prompt(article.sections, position, earlier), **CAPTION_GENERATION)
+    caption = parse_caption(output)
+    if not caption:
+        caption = fallback_caption(article.sections[position])
+        article.notes.append(f"Section {position + 1}: the model wrote no caption; the section's last words were used.")
+    return caption
+
+
+# --- editing --------------------------------------------------------------------------------------
+
+
+def edited(article: Article) -> Article:
+    """A copy to edit, so that a UI's earlier state stays as it was."""
+    return copy.deepcopy(article)
+
+
+def check_section(article: Article, position: int) -> int:
+    position = int(position)
+    if not 0 <= position < len(article.sections):
+        raise ArticleError(f"There is no section {position + 1}; the article has {len(article.sections)}.")
+    return position
+
+
+def search_again(gallery: GalleryIndex, article: Article, position: int, caption: str) -> Article:
+    """New candidates for ``position`` from an edited caption (images placed elsewhere left out); picks the first."""
+    position = check_section(article, position)
+    caption = caption.strip()
+    if not caption:
+        raise ArticleError("Type a caption to search for.")
+    check_gallery(gallery)
+    article = edited(article)
+    candidates = find_candidates(gallery, caption, article.placed_images(except_section=position), set())
+    if not candidates:
+        raise ArticleError("No unused image in the gallery matches; delete an image elsewhere or add images to the gallery.")
+    article.placements[position] = Placement(caption, candidates)
+    return article
+
+
+def pick_candidate(article: Article, position: int, index: int) -> Article:
+    """Use candidate ``index`` for the image after section ``position``."""
+    position = check_section(article, position)
+    placement = article.placements.get(position)
+    if placement is None:
+        raise ArticleError(f"Section {position + 1} has no image; add one first.")
+    if not 0 <= int(index) < len(placement.candidates):
+        raise ArticleError(f"There is no candidate {int(index) + 1} for section {position + 1}.")
+    if placement.candidates[int(index)] in article.placed_images(except_section=position):
+        raise ArticleError("That image is already placed after another section; pick another one.")
+    article = edited(article)
+    article.placements[position].chosen = int(index)
+    return article
+
+
+def delete_image(article: Article, position: int) -> Article:
+    position = check_section(article, position)
+    article = edited(article)
+    article.placements.pop(position, None)
+    return article
+
+
+def add_image(model: ComposerModel, gallery: GalleryIndex, article: Article, position: int) -> Article:
+    """Caption the section as the demo's ➕ did (earlier captions as context) and place the best match."""
+    position = check_section(article, position)
+    check_gallery(gallery)
+    article = edited(article)
+    earlier = [(p, pl.caption) for p, pl in sorted(article.placements.items()) if p < position + 2 and p != position]
+    prompt = caption_prompt(article.sections, position, earlier, inserting=True)
+    caption = parse_caption(model.generate_text(prompt, **CAPTION_GENERATION))
+    if not caption:
+        caption = fallback_caption(article.sections[position])
+        article.notes.append(f"Section {position + 1}: the model wrote no caption; the section's last words were used.")
+    candidates = find_candidates(gallery, caption, article.placed_images(except_section=position), set())
+    if not candidates:
+        raise ArticleError("The gallery has no unused image left; delete an image elsewhere or add images to the gallery.")
+    article.placements[position] = Placement(caption, candidates)
+    return article
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def to_markdown(article: Article, image_link: Callable[[int, Placement], str], heading: bool = True) -> str:
+    """The article as Markdown, each image (linked by ``image_link``) after its section."""
+    blocks = [f"# {article.title}"] if heading else []
+    for position, section in enumerate(article.sections):
+        blocks.append(section)
+        placement = article.placements.get(position)
+        if placement is not None and placement.image:
+            alt = placement.caption.replace("[", "(").replace("]", ")").replace("\n", " ")
+            blocks.append(f"![{alt}]({image_link(position, placement)})")
+    return "\n\n".join(blocks) + "\n"
+
+
+# Formats every browser and Markdown viewer shows; others are converted to PNG in the zip.
+PORTABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+
+
+def exported_name(position: int, source: str) -> str:
+    suffix = Path(source).suffix.lower()
+    return f"images/section-{position + 1:02d}{suffix if suffix in PORTABLE_SUFFIXES else '.png'}"
+
+
+def safe_file_stem(title: str) -> str:
+    stem = re.sub(r'[\\/:*?"<>|\s]+', "_", title).strip("._")[:60]
+    return stem or "article"
+
+
+def export_zip(article: Article, destination: Path) -> Path:
+    """A zip of ``article.md`` and the chosen images under ``images/``, linked by relative path."""
+    root = Path(article.gallery_root)
+    for position, placement in sorted(article.placements.items()):
+        if placement.image and not (root / placement.image).is_file():
+            raise ArticleError(f"The image for section {position + 1} ({placement.image}) is no longer in the gallery; "
+                               "pick another candidate or search again.")
+    destination.mkdir(parents=True, exist_ok=True)
+    target = destination / f"{safe_file_stem(article.title)}.zip"
+    markdown = to_markdown(article, lambda position, placement: exported_name(position, placement.image))
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("article.md", markdown)
+        for position, placement in sorted(article.placements.items()):
+            if not placement.image:
+                continue
+            source, name = root / placement.image, exported_name(position, placement.image)
+            if Path(name).suffix == source.suffix.lower():
+                archive.write(source, name)
+            else:
+                converted = io.BytesIO()
+                with Image.open(source) as image:
+                    image.save(converted, format="PNG")
+                archive.writestr(name, converted.getvalue())
+    return target

@@ -1,0 +1,159 @@
+"""``load_xcomposer``: every file read, check and device placement for an XComposer v1 folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LlamaForCausalLM
+
+from .. import registry
+from ..checkpoint import iter_tensors, read_config, read_json, weight_files
+from ..errors import ModelFolderError
+from ..families import INTERNLM
+from ..loading import ModelInfo, assign_tensor, build_llama, choose_device, device_for, llama_config_for, resolve_folder
+from ..placement import model_blocks, plan_device_map
+from ..tokenizer import InternLMTokenizer, read_tokenizer
+from .checkpoint import image_tensors, llm_tensors, lora_spec_for, merge_lora
+from .model import XComposer
+from .network import ImageEncoder, qformer_config_for, vision_config_for
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPE = "InternLMXComposer"
+DOWNLOADABLE = ("internlm-xcomposer-7b", "internlm-xcomposer-vl-7b")
+DEMO_MODEL_ID = "internlm-xcomposer-demo-tiny"
+
+
+def resolve_xcomposer_folder(path_or_id: str | Path | None) -> tuple[Path, str, bool]:
+    """(folder, model id, is_demo): a folder, a known id, or None → a downloaded XComposer or the embedded demo."""
+    from .demo import ensure_demo_xcomposer
+
+    if path_or_id is None or str(path_or_id) == "demo":
+        for model_id in DOWNLOADABLE:
+            folder = registry.downloaded_folder(model_id)
+            if folder is not None:
+                return folder, model_id, False
+        return ensure_demo_xcomposer(), DEMO_MODEL_ID, True
+    return resolve_folder(path_or_id)
+
+
+def read_xcomposer_folder(folder: Path) -> tuple[dict, InternLMTokenizer]:
+    """config.json (checked to be XComposer v1) and the tokenizer of an original folder."""
+    config = read_config(folder)
+    model_type = config.get("model_type", "")
+    if model_type != MODEL_TYPE:
+        raise ModelFolderError(
+            f"{folder / 'config.json'} has model_type {model_type!r}, not {MODEL_TYPE!r}: this is not an "
+            "InternLM-XComposer v1 folder (chat models open in the chat apps; XComposer2 is not supported)."
+        )
+    if not (folder / "tokenizer.model").is_file():
+        raise ModelFolderError(f"{folder / 'tokenizer.model'} is missing; re-download the model (the tokenizer is part of it).")
+    tokenizer_config_path = folder / "tokenizer_config.json"
+    tokenizer_config = read_json(tokenizer_config_path, "tokenizer settings") if tokenizer_config_path.is_file() else {}
+    try:
+        tokenizer = read_tokenizer(folder, tokenizer_config)
+    except (RuntimeError, OSError) as exc:
+        raise ModelFolderError(f"{folder / 'tokenizer.model'} cannot be read ({exc}); re-download it.") from exc
+    return config, tokenizer
+
+
+def build_image_encoder(config: dict, llm_hidden_size: int) -> ImageEncoder:
+    """The image side on the meta device (no memory), sized from config.json."""
+    vision = vision_config_for(config)
+    with torch.device("meta"):
+        return ImageEncoder(vision, qformer_config_for(config, vision.hidden_size),
+                            int(config.get("num_query_token", 64)), llm_hidden_size)
+
+
+def image_encoder_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The ViT runs in the model dtype; the small Q-Former bridge stays float32, as BLIP-2 keeps it."""
+    return dtype if name.startswith("visual_encoder.") else torch.float32
+
+
+def plan_xcomposer_devices(image_encoder_bytes: int, llm_blocks: list[tuple[str, int]], num_gpus: int) -> tuple[int, dict[str, int]]:
+    """(GPU of the image encoder, GPU per language-model block) for a balanced, contiguous split.
+
+    The image encoder and the token embeddings form one block, so both land on the first GPU
+    together (image embeddings join the text embeddings there); the layers follow in order.
+    """
+    (embed_name, embed_bytes), *rest = llm_blocks
+    plan = plan_device_map([("image encoder + embeddings", image_encoder_bytes + embed_bytes), *rest], num_gpus)
+    first = plan.pop("image encoder + embeddings")
+    return first, {embed_name: first, **plan}
+
+
+def xcomposer_device_map(image_encoder: ImageEncoder, llm_config, dtype: torch.dtype, device: str,
+                         num_gpus: int | None) -> tuple[str, dict]:
+    """(image encoder device, language-model device map) for ``num_gpus`` GPUs, or everything on ``device``."""
+    if not num_gpus or num_gpus <= 1:
+        return device, {"": device}
+    with torch.device("meta"):
+        llm = LlamaForCausalLM(llm_config)
+    # model_blocks sizes the meta model in float32; the weights will be stored in ``dtype``.
+    llm_blocks = [(name, size * dtype.itemsize // 4) for name, size in model_blocks(llm)]
+    image_bytes = sum(p.numel() * image_encoder_dtype(n, dtype).itemsize for n, p in image_encoder.named_parameters())
+    first, plan = plan_xcomposer_devices(image_bytes, llm_blocks, num_gpus)
+    return f"cuda:{first}", {name: f"cuda:{gpu}" for name, gpu in plan.items()}
+
+
+def load_image_encoder_weights(encoder: ImageEncoder, tensors, device: str, dtype: torch.dtype, shard_names) -> None:
+    """Fill the meta ImageEncoder from mapped tensors on ``device``, checking names and shapes."""
+    expected = {name: p.shape for name, p in encoder.named_parameters()}
+    loaded: set[str] = set()
+    for name, tensor in tensors:
+        if name not in expected:
+            log.info("ignoring tensor %s, which the image encoder does not use", name)
+            continue
+        if tuple(tensor.shape) != tuple(expected[name]):
+            raise ModelFolderError(
+                f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(expected[name])}; "
+                f"the weights in {', '.join(shard_names)} do not belong to this config.json."
+            )
+        assign_tensor(encoder, name, tensor.to(device=device, dtype=image_encoder_dtype(name, dtype)))
+        loaded.add(name)
+    missing = sorted(set(expected) - loaded)
+    if missing:
+        raise ModelFolderError(
+            f"{len(missing)} image-encoder tensors are missing from the checkpoint (first: {missing[0]}); "
+            "a shard is incomplete — re-download the model."
+        )
+    encoder.eval()
+
+
+def load_xcomposer(path_or_id: str | Path | None = None, device: str | None = None, dtype: str | None = None,
+                   num_gpus: int | None = None, progress: bool = True) -> XComposer:
+    """Load an original InternLM-XComposer v1 folder (or known id; None → a downloaded one or the embedded demo).
+
+    Each tensor goes straight from the checkpoint to its device, so ``num_gpus`` > 1 never needs the
+    whole model on one GPU. Raises ModelFolderError with the file and the fix when the folder is unusable.
+    """
+    folder, model_id, is_demo = resolve_xcomposer_folder(path_or_id)
+    config, tokenizer = read_xcomposer_folder(folder)
+    llm_config = llama_config_for(INTERNLM, {**config, "pad_token_id": None})  # the original -1 is not a token
+    device, torch_dtype = choose_device(device, dtype, num_gpus)
+    shards = weight_files(folder)
+    shard_names = [s.name for s in shards]
+    image_encoder = build_image_encoder(config, llm_config.hidden_size)
+    image_device, llm_map = xcomposer_device_map(image_encoder, llm_config, torch_dtype, device, num_gpus)
+
+    lora = lora_spec_for(config)
+    tensors = merge_lora(llm_tensors(iter_tensors(shards)), lora, lambda module: device_for(module, llm_map))
+    if progress:
+        tensors = tqdm(tensors, desc=f"loading {model_id} (language model)", unit=" tensors", leave=False)
+    llm, llm_map = build_llama(llm_config, tensors, device, torch_dtype, num_gpus, shard_names, device_map=llm_map)
+    load_image_encoder_weights(image_encoder, image_tensors(iter_tensors(shards)), image_device, torch_dtype, shard_names)
+
+    info = ModelInfo(
+        model_id=model_id,
+        folder=folder,
+        family="xcomposer",
+        dtype=str(torch_dtype).removeprefix("torch."),
+        device_map={"image_encoder": str(image_device), **{f"llm.{k}" if k else "llm": str(v) for k, v in llm_map.items()}},
+        context_window=llm_config.max_position_embeddings,
+        is_demo=is_demo,
+    )
+    return XComposer(image_encoder, llm, tokenizer, info)
+

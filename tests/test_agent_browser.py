@@ -1,0 +1,106 @@
+"""The agent page in a real Chromium: a scripted model calls the interpreter, the page shows the code and its real output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SECRET_CODE = 'import hashlib\nprint(hashlib.sha256(b"browser agent").hexdigest())'
+SECRET_OUTPUT = hashlib.sha256(b"browser agent").hexdigest()
+LONG_TAIL = "END-OF-A-LONG-ANSWER"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def agent_url(tmp_path_factory):
+    """apps/agent.py served by Streamlit on 127.0.0.1, replaying a script; the sandbox is real."""
+    script = tmp_path_factory.mktemp("agent-script") / "session.json"
+    script.write_text(json.dumps({"family": "internlm", "delay_s": 0.02, "outputs": [
+        f"Thought: I will hash it in Python.\nAction: PythonInterpreter\nAction Input: ```python\n{SECRET_CODE}\n```",
+        "Thought: The digest is in the output.\nFinal Answer: The SHA-256 digest is shown in the step above.",
+        "Thought: " + "this takes a while, " * 150 + LONG_TAIL,
+    ]}))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "INTERNLM_DEMO_AGENT_SCRIPT": str(script)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "apps/agent.py", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.read() == b"ok":
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    output = server.stdout.read().decode() if server.poll() is not None else ""
+                    pytest.fail(f"streamlit did not start on {url}: {output}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(agent_url):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(agent_url)
+        page.get_by_test_id("stChatInputTextArea").wait_for(timeout=30_000)
+        yield page
+        browser.close()
+
+
+def ask(page, question: str) -> None:
+    box = page.get_by_test_id("stChatInputTextArea")
+    box.fill(question)
+    box.press("Enter")
+
+
+def test_browser_shows_the_code_and_its_real_output(page, output_dir):
+    ask(page, "What is the SHA-256 digest of 'browser agent'?")
+    page.get_by_text("The SHA-256 digest is shown in the step above.").wait_for(timeout=30_000)
+
+    step = page.get_by_test_id("stExpander").filter(has_text="Step 1 · PythonInterpreter")
+    code_blocks = step.get_by_test_id("stCode")
+    assert "hashlib.sha256" in code_blocks.nth(0).inner_text()
+    assert code_blocks.nth(1).inner_text().strip() == SECRET_OUTPUT
+    assert step.get_by_text("I will hash it in Python.").is_visible()
+    page.screenshot(path=str(output_dir / "agent-interpreter.png"), full_page=True)
+
+
+def test_browser_stop_ends_a_streaming_answer(page, output_dir):
+    ask(page, "Something slow, please")
+    page.get_by_text("this takes a while").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_test_id("stAlertContentWarning").filter(has_text="Stopped.").wait_for(timeout=15_000)
+    time.sleep(1.0)  # had the stream gone on, its end would arrive within the next seconds
+    assert page.get_by_text(LONG_TAIL).count() == 0
+    page.screenshot(path=str(output_dir / "agent-stopped.png"), full_page=True)

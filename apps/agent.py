@@ -13,6 +13,7 @@ import contextlib
 import io
 import sys
 import time
+from pathlib import Path
 
 import streamlit as st
 
@@ -143,7 +144,7 @@ def main() -> None:
         st.warning("This is the embedded demo model with random weights: its replies are noise and it will not "
                    "call tools sensibly. Start the app with `-- --model internlm-chat-7b` (or a model folder).")
     with st.sidebar:
-        model_name = model.source if isinstance(model, ScriptedModel) else model.info.model_id
+        model_name = Path(model.source).name if isinstance(model, ScriptedModel) else model.info.model_id
         st.caption(f"Model: {model_name} · protocol: {protocol.name}")
         use_interpreter = st.toggle("Python interpreter", value=True,
                                     help="Let the model run Python code in a sandboxed process.")
@@ -156,12 +157,12 @@ def main() -> None:
         st.caption(f"Code runs in a separate sandboxed process: no network, a fresh temporary folder, "
                    f"killed after {interpreter.limits.timeout_s:g} s.")
 
-    last = len(conversation.exchanges) - 1
+    latest = None if question else len(conversation.exchanges) - 1  # only the newest exchange shows its steps open
     for index, exchange in enumerate(conversation.exchanges):
         with st.chat_message("user"):
             st.markdown(exchange.query)
         with st.chat_message("assistant"):
-            render_steps(exchange.steps, expanded=index == last)
+            render_steps(exchange.steps, expanded=index == latest)
 
     if question:
         with st.chat_message("user"):

@@ -58,16 +58,20 @@ def estimate_tokens(text: str) -> int:
     return wide + math.ceil((len(text) - wide) / 4)
 
 
-def error_message(response: httpx.Response) -> str:
-    """The server's own explanation of a failed request (OpenAI, vLLM and FastAPI shapes)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
+def described_error(body) -> str:
+    """The explanation inside an error body (OpenAI, vLLM and FastAPI shapes)."""
     error = body.get("error", body.get("detail", body)) if isinstance(body, dict) else body
     if isinstance(error, dict):
         return str(error.get("message", error))
     return str(error)
+
+
+def error_message(response: httpx.Response) -> str:
+    """The server's own explanation of a failed request."""
+    try:
+        return described_error(response.json())
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
 
 
 class RemoteChatModel:
@@ -210,7 +214,7 @@ class RemoteChatModel:
             except ValueError as exc:
                 raise RemoteBackendError(f"the server at {self.api_base} sent a malformed event: {payload[:200]}") from exc
             if event.get("error"):
-                raise RemoteBackendError(f"the server at {self.api_base} failed: {error_message_of(event)}")
+                raise RemoteBackendError(f"the server at {self.api_base} failed: {described_error(event)}")
             yield event
 
     @staticmethod
@@ -230,8 +234,3 @@ class RemoteChatModel:
             raise RemoteBackendError(f"{url} did not answer with JSON; is {api_base} an OpenAI-compatible API?") from exc
         return response
 
-
-def error_message_of(event: dict) -> str:
-    """The message of an ``{"error": ...}`` event."""
-    error = event["error"]
-    return str(error.get("message", error)) if isinstance(error, dict) else str(error)

@@ -10,7 +10,7 @@ VENV=${INTERNLM_DEMO_VENV:-.venv}
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
 
 stamp="$VENV/.internlm-demo-installed"
-wanted=$(cat requirements.txt "$@" scripts/install.sh | sha256sum | cut -d' ' -f1)
+wanted=$(cat requirements.txt "$@" scripts/install.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
   exit 0
 fi
@@ -25,4 +25,6 @@ pip install -q -r requirements.txt "${@/#/-r}"
 # drag torch to another build; it imports fine with only oss2 beside what we already have.
 pip install -q --no-deps "openxlab==0.1.3"
 pip install -q "oss2~=2.17.0"
+# The package itself, editable, so `streamlit run apps/...` finds it from any working directory.
+pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || pip install -q --no-deps -e .
 echo "$wanted" > "$stamp"

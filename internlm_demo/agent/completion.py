@@ -69,8 +69,7 @@ class ChatModelCompletion:
         if len(prompt_ids) >= window:
             raise ContextOverflowError(
                 f"the agent's prompt (instructions, conversation and tool outputs) is {len(prompt_ids)} tokens, "
-                f"but the model's context window is {window} tokens; press Clear to start a new conversation, "
-                "or ask for less output."
+                f"but the model's context window is {window} tokens; press Clear to start a new conversation."
             )
         params.max_new_tokens = min(params.max_new_tokens, window - len(prompt_ids))
         stop_ids = set(model.stop_ids) | {model.tokenizer.token_id(w) for w in stop_words if self._is_token(w)}

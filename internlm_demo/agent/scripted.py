@@ -1,16 +1,19 @@
-"""Replay a scripted agent session: canned model outputs stand in for the model, the tools run for real.
+r"""Replay a scripted agent session: canned model outputs stand in for the model, the tools run for real.
 
 A script is a JSON file::
 
     {
-      "family": "internlm",            # whose protocol the outputs follow: internlm, internlm2 or internlm3
-      "delay_s": 0.02,                 # optional pause between streamed chunks, to watch the stream
-      "outputs": [                     # one entry per model turn, in order, across the whole conversation
-        "Thought: ...\\nAction: PythonInterpreter\\nAction Input: ```python\\nprint(2**100)\\n```",
-        "Thought: ...\\nFinal Answer: ..."
+      "family": "internlm",
+      "delay_s": 0.02,
+      "outputs": [
+        "Thought: ...\nAction: PythonInterpreter\nAction Input: ```python\nprint(2**100)\n```",
+        "Thought: ...\nFinal Answer: ..."
       ]
     }
 
+``outputs`` holds one model turn per entry, replayed in order across the whole conversation;
+``family`` (internlm, internlm2 or internlm3, default internlm) says whose protocol they follow;
+``delay_s`` (optional) pauses between streamed chunks so the stream can be watched.
 Useful for demos without weights and for tests: everything but the model is real.
 """
 
@@ -82,8 +85,8 @@ class ScriptedModel:
             raise ScriptError(
                 f"the scripted session has ended after {len(self.outputs)} model turns; press Clear to replay it."
             )
+        output, _ = cut_at_stop_word(self.outputs[self.calls], stop_words)
         self.prompts.append(prompt)
-        output, _ = cut_at_stop_word(self.outputs[self.calls - 1], stop_words)
         for end in range(CHUNK_CHARS, len(output) + CHUNK_CHARS, CHUNK_CHARS):
             if stop is not None and stop.is_set():
                 return

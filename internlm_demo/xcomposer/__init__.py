@@ -2,11 +2,12 @@
 
 from .decoding import GenerationSettings
 from .loading import load_xcomposer
-from .model import ImageChoice, XComposer
+from .model import CONVERSATION_DEFAULTS, ImageChoice, XComposer
 from .preprocess import ImageRejectedError, load_image, pixel_values
 from .prompts import Exchange, Turn
 
 __all__ = [
+    "CONVERSATION_DEFAULTS",
     "Exchange",
     "GenerationSettings",
     "ImageChoice",

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..errors import ContextOverflowError
 from ..tokenizer import InternLMTokenizer
 from .decoding import Decoder, GenerationSettings
 from .network import ImageEncoder
@@ -19,11 +20,14 @@ from .prompts import (
     EOH,
     INTERLEAVED_MAX_POSITIONS,
     SELECT_LETTERS,
+    STREAM_BREAK_TEXTS,
+    Exchange,
     Segment,
     Text,
     Turn,
     align_text,
     chat_segments,
+    conversation_segments,
     interleaved_segments,
     select_image_text,
 )
@@ -32,6 +36,8 @@ ImageInput = str | Path | Image.Image | torch.Tensor
 # The original's get_gen_args defaults for model.chat / model.generate.
 CHAT_DEFAULTS = {"num_beams": 5, "do_sample": False, "repetition_penalty": 1.5, "max_new_tokens": 500}
 SELECT_IMAGE_SETTINGS = {"num_beams": 5, "do_sample": False, "max_length": 10, "repetition_penalty": 1.0}
+# The web demo's chat tab: "max output tokens" 512 passed as max_length, beam 3, repetition 1, sampling.
+CONVERSATION_DEFAULTS = {"num_beams": 3, "do_sample": True, "repetition_penalty": 1.0, "max_length": 512}
 
 
 class XComposerTokenizer:
@@ -183,10 +189,11 @@ class XComposer:
         response = self.response_text(self.decoder(embeds, **generate_kwargs).run())
         return response, [*(history or []), Turn(text=text, response=response, image=image_embeds)]
 
-    def stream_segments(self, segments: Sequence[Segment], break_ids: Sequence[int] = (), **generate_kwargs) -> Iterator[str]:
-        """Stream a reply to any prompt as the web demo's chat tab does: the decoded running ids after each
-        step, ending early when the newest id is one of ``break_ids``."""
-        decoder = self.decoder(self.embed(segments), **generate_kwargs)
+    def stream_segments(self, segments: Sequence[Segment], break_ids: Sequence[int] = (), defaults: dict | None = None,
+                        **generate_kwargs) -> Iterator[str]:
+        """Stream a reply to any prompt as the web demo streams: the decoded running ids after each step,
+        ending early when the newest id is one of ``break_ids``."""
+        decoder = self.decoder(self.embed(segments), defaults=defaults, **generate_kwargs)
         shown = None
         for ids in decoder.steps():
             if ids[-1] in break_ids:
@@ -195,6 +202,39 @@ class XComposer:
             if text != shown and not text.endswith("\ufffd"):
                 shown = text
                 yield text
+
+    @property
+    def conversation_break_ids(self) -> tuple[int, ...]:
+        """Where the demo's chat tab stops streaming: EOS, or a new role marker starting ('<' / ' <', 333/497)."""
+        ids = [self.tokenizer.eos_id]
+        for text in STREAM_BREAK_TEXTS:
+            pieces = self.tokenizer.encode(text, add_bos=False)
+            if len(pieces) == 1:
+                ids.extend(pieces)
+        return tuple(ids)
+
+    def fit_conversation(self, exchanges: Sequence[Exchange], max_length: int) -> tuple[list[Exchange], int]:
+        """(the newest exchanges whose prompt plus ``max_length - 1`` new tokens fit the window, how many were left out).
+
+        Raises ContextOverflowError when even the newest exchange alone does not fit.
+        """
+        new_tokens = max_length - 1
+        for start in range(len(exchanges)):
+            kept = list(exchanges[start:])
+            positions = self.count_positions(conversation_segments(kept))
+            if positions + new_tokens <= self.context_window:
+                return kept, start
+        raise ContextOverflowError(
+            f"the message takes {positions} positions (an image takes {self.image_positions}); with {new_tokens} "
+            f"output tokens that exceeds the model's context window of {self.context_window}. Shorten the message "
+            "or lower the max output tokens."
+        )
+
+    def stream_conversation(self, exchanges: Sequence[Exchange], **generate_kwargs) -> Iterator[str]:
+        """The web demo's chat tab: reply to the last exchange, streaming, with its defaults
+        (max_length 512, 3 beams, sampling, no repetition penalty)."""
+        yield from self.stream_segments(conversation_segments(list(exchanges)), self.conversation_break_ids,
+                                        defaults=CONVERSATION_DEFAULTS, **generate_kwargs)
 
     def interleaved_embeds(self, text: str, images: Sequence[ImageInput]) -> torch.Tensor:
         """The demo's ``interleav_wrap`` + BOS: ``text`` with one image per ``<ImageHere>``, cut to 1680 positions."""

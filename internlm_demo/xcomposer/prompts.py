@@ -30,6 +30,8 @@ IMAGE_HERE = "<ImageHere>"
 CHAT_ROLES = (" <|User|>", " <|Bot|>")
 CHAT_SEPARATORS = (EOH, EOA)
 CHAT_IMAGE = "<Img><ImageHere></Img>"
+# The chat tab stops streaming when the newest token starts a role marker: '<' or ' <' (ids 333 and 497).
+STREAM_BREAK_TEXTS = ("<", " <")
 # The web demo's model_select_image.
 SELECT_INSTRUCTION = " <|User|>:根据给定上下文和候选图像，选择合适的配图："
 SELECT_CANDIDATES = (

@@ -1,0 +1,199 @@
+"""Event handlers of the XComposer app: plain functions over a ChatSession, callable without a browser."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import gradio as gr
+
+from internlm_demo.errors import ContextOverflowError, ModelFolderError
+from internlm_demo.xcomposer import Exchange, ImageRejectedError, XComposer, load_image
+
+PREVIEW_SIZE = 512
+CURSOR = "▌"
+EMPTY_MESSAGE = {"text": "", "files": []}
+
+
+class ModelProvider:
+    """Loads the model on first use, once per process, and remembers a loading error to show it."""
+
+    def __init__(self, load: Callable[[], XComposer]):
+        self._load = load
+        self._model: XComposer | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> XComposer:
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+
+@dataclass
+class ChatSession:
+    """One browser session: the conversation the model sees and the messages the chatbot shows."""
+
+    exchanges: list[Exchange] = field(default_factory=list)
+    display: list[dict] = field(default_factory=list)
+
+
+def new_session() -> ChatSession:
+    return ChatSession()
+
+
+def model_banner(provider: ModelProvider, language: str = "English") -> str:
+    """Markdown naming the loaded model; a demo model is flagged loudly."""
+    try:
+        model = provider.get()
+    except ModelFolderError as exc:
+        return f"**{text_for(language, 'no_model')}** {exc}"
+    info = model.info
+    line = f"**{text_for(language, 'model')}:** `{info.model_id}` · {info.dtype} · {', '.join(sorted(set(info.device_map.values())))}"
+    if info.is_demo:
+        line += f"\n\n⚠️ **{text_for(language, 'demo_warning')}**"
+    return line
+
+
+def save_preview(image, folder: Path) -> str:
+    """A small RGB PNG of the upload for the chat history (the original may be huge, CMYK or 16-bit)."""
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    path = Path(tempfile.mkstemp(suffix=".png", dir=folder)[1])
+    preview.save(path)
+    return str(path)
+
+
+def preview_folder() -> Path:
+    folder = Path(tempfile.gettempdir()) / "internlm-demo-xcomposer"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def add_message(provider: ModelProvider, message: dict | None, session: ChatSession):
+    """Take the user's text and image: encode the image, queue the turn. Returns (chatbot, session, textbox)."""
+    text = (message or {}).get("text") or ""
+    files = (message or {}).get("files") or []
+    if not text.strip() and not files:
+        return session.display, session, EMPTY_MESSAGE
+    display = list(session.display)
+    image_embeds = None
+    if files:
+        upload = files[-1]["path"] if isinstance(files[-1], dict) else files[-1]
+        try:
+            model = provider.get()
+            image = load_image(upload)
+            image_embeds = model.encode_image(image)
+        except ImageRejectedError as exc:
+            warning = f"⚠️ {exc}"
+            gr.Warning(str(exc))
+            display.append({"role": "assistant", "content": warning})
+            return display, replace(session, display=display), {"text": text, "files": []}
+        except ModelFolderError as exc:
+            gr.Warning(str(exc))
+            display.append({"role": "assistant", "content": f"⚠️ {exc}"})
+            return display, replace(session, display=display), {"text": text, "files": []}
+        display.append({"role": "user", "content": {"path": save_preview(image, preview_folder())}})
+    if text:
+        display.append({"role": "user", "content": text})
+    exchanges = [*session.exchanges, Exchange(text=text, image=image_embeds)]
+    return display, ChatSession(exchanges, display), EMPTY_MESSAGE
+
+
+def answer(provider: ModelProvider, session: ChatSession, max_output_tokens: int, num_beams: int,
+           repetition_penalty: float, do_sample: bool) -> Iterator[tuple[list[dict], ChatSession]]:
+    """Stream the reply to the pending turn, if there is one. Yields (chatbot, session)."""
+    if not session.exchanges or session.exchanges[-1].response is not None:
+        yield session.display, session
+        return
+    try:
+        model = provider.get()
+        kept, dropped = model.fit_conversation(session.exchanges, int(max_output_tokens))
+    except (ModelFolderError, ContextOverflowError) as exc:
+        gr.Warning(str(exc))
+        display = [*session.display, {"role": "assistant", "content": f"⚠️ {exc}"}]
+        yield display, ChatSession(session.exchanges[:-1], display)
+        return
+    if dropped:
+        gr.Info(f"The {dropped} oldest exchange(s) no longer fit the model's context window and were left out.")
+    display = [*session.display, {"role": "assistant", "content": CURSOR}]
+    reply = ""
+    try:
+        for reply in model.stream_conversation(kept, max_length=int(max_output_tokens), num_beams=int(num_beams),
+                                               repetition_penalty=float(repetition_penalty), do_sample=bool(do_sample)):
+            display[-1] = {"role": "assistant", "content": reply + CURSOR}
+            yield display, session
+    except (RuntimeError, ValueError) as exc:  # e.g. CUDA out of memory: report it, keep the app alive
+        gr.Warning(f"Generation failed: {exc}")
+        display[-1] = {"role": "assistant", "content": f"⚠️ Generation failed: {exc}"}
+        yield display, ChatSession(session.exchanges[:-1], display)
+        return
+    display[-1] = {"role": "assistant", "content": reply or "…"}
+    exchanges = [*session.exchanges[:-1], replace(session.exchanges[-1], response=reply)]
+    yield display, ChatSession(exchanges, display)
+
+
+def regenerate(session: ChatSession) -> tuple[list[dict], ChatSession]:
+    """Forget the last reply so that ``answer`` writes it again."""
+    if not session.exchanges:
+        gr.Info("There is no reply to regenerate yet.")
+        return session.display, session
+    last_user = max((i for i, m in enumerate(session.display) if m["role"] == "user"), default=-1)
+    display = session.display[: last_user + 1]
+    exchanges = [*session.exchanges[:-1], replace(session.exchanges[-1], response=None)]
+    return display, ChatSession(exchanges, display)
+
+
+def clear_history() -> tuple[list[dict], ChatSession, dict]:
+    return [], new_session(), EMPTY_MESSAGE
+
+
+LANGUAGES = ("English", "中文")
+TEXTS = {
+    "English": {
+        "switch": "中文", "tab_chat": "💬 Multimodal chat", "chatbot": "InternLM-XComposer",
+        "input": "Attach an image (optional), type your question and press Enter",
+        "parameters": "Parameters", "max_output_tokens": "Max output tokens", "num_beams": "Beam size",
+        "repetition_penalty": "Repetition penalty", "do_sample": "Sampling", "regenerate": "🔄 Regenerate",
+        "clear": "🗑️ Clear history", "model": "Model", "no_model": "The model could not be loaded:",
+        "demo_warning": "Demo model: tiny and randomly initialised, its replies are noise. "
+                        "Download internlm-xcomposer-7b and pass --model to chat for real.",
+    },
+    "中文": {
+        "switch": "English", "tab_chat": "💬 多模态对话", "chatbot": "浦语·灵笔",
+        "input": "可附上一张图片，输入问题后按回车", "parameters": "参数", "max_output_tokens": "最多输出字数",
+        "num_beams": "集束大小", "repetition_penalty": "重复惩罚", "do_sample": "采样", "regenerate": "🔄 重新生成",
+        "clear": "🗑️ 清空聊天框", "model": "模型", "no_model": "模型无法加载：",
+        "demo_warning": "演示模型：极小且随机初始化，回复没有意义。请下载 internlm-xcomposer-7b 并用 --model 指定。",
+    },
+}
+
+
+def text_for(language: str, key: str) -> str:
+    return TEXTS[language if language in TEXTS else "English"][key]
+
+
+def switch_language(provider: ModelProvider, current: str):
+    """Flip between English and 中文: returns (language, the button's new label, the model banner)."""
+    language = "中文" if current == "English" else "English"
+    return language, gr.update(value=text_for(language, "switch")), model_banner(provider, language)
+
+
+def relabel_chat_tab(language: str):
+    """Labels of the chat tab in ``language``, one update per component."""
+    t = TEXTS[language]
+    return (
+        gr.update(label=t["tab_chat"]),
+        gr.update(label=t["chatbot"]),
+        gr.update(placeholder=t["input"]),
+        gr.update(label=t["parameters"]),
+        gr.update(label=t["max_output_tokens"]),
+        gr.update(label=t["num_beams"]),
+        gr.update(label=t["repetition_penalty"]),
+        gr.update(label=t["do_sample"]),
+        gr.update(value=t["regenerate"]),
+        gr.update(value=t["clear"]),
+    )

@@ -1,0 +1,599 @@
+"""Decode speed at batch 1 with InternLM-chat-7B / 20B shapes: the HBM roofline and every generation mode, one run.
+
+Saves random weights in the real shapes in the original on-disk format (sharded pytorch_model-*.bin with
+their index, float16, v1's per-layer rotary inv_freq buffers), loads them through ``load_chat_model``,
+measures HBM read bandwidth in the same process, then times each mode and prints a table
+(mode, tok/s, ratio to the roofline, time to first token for a 1,024-token prompt, peak memory);
+the same figures go to a JSON file.
+
+    python bench/decode.py --model 7b --out bench-7b.json
+    python bench/decode.py --model 20b --modes simple,engine,chat --out bench-20b.json
+    python bench/decode.py --model tiny --device cpu --workdir /tmp/bench   # dry run on the CPU
+    python bench/decode.py --sweep            # time the GEMV kernel configurations per weight shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from internlm_demo import GenerationParams, GenerationStats, load_chat_model  # noqa: E402
+from internlm_demo.chat import ChatModel  # noqa: E402
+from internlm_demo.engine import FastEngine  # noqa: E402
+from internlm_demo.generation import generate_ids  # noqa: E402
+
+GIB = 1024**3
+SHAPES = {
+    # internlm-chat-7b: config.json of the original repository
+    "7b": dict(hidden=4096, layers=32, heads=32, intermediate=11008, vocab=103168, bias=True, max_position=2048,
+               rotary_buffers=True),
+    # internlm-chat-20b (config.json of the original repository: bias false, 60 layers, 4k window)
+    "20b": dict(hidden=5120, layers=60, heads=40, intermediate=13824, vocab=103168, bias=False, max_position=4096,
+                rotary_buffers=False),
+    "tiny": dict(hidden=64, layers=2, heads=4, intermediate=128, vocab=103168, bias=True, max_position=2048,
+                 rotary_buffers=True),
+}
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+TOKENIZER_SOURCES = (REPO.parent / "shared" / "fixtures" / "internlm-chat-7b-tiny", REPO / ".device" / "bench-assets")
+SAMPLING = dict(do_sample=True, temperature=0.8, top_p=0.8, top_k=40, repetition_penalty=1.02)
+ALL_MODES = ("hf", "simple", "engine", "chat", "equality", "memory", "streams", "first_reply")
+
+
+# ---- the checkpoint -------------------------------------------------------------------------------
+
+
+def original_tensors(shape: dict):
+    """(name, shape, kind) of every tensor in an original InternLM v1 checkpoint, in file order."""
+    h, i, v = shape["hidden"], shape["intermediate"], shape["vocab"]
+    yield "model.embed_tokens.weight", (v, h), "matrix"
+    for layer in range(shape["layers"]):
+        prefix = f"model.layers.{layer}."
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            yield f"{prefix}self_attn.{proj}.weight", (h, h), "matrix"
+            if shape["bias"]:
+                yield f"{prefix}self_attn.{proj}.bias", (h,), "bias"
+        if shape["rotary_buffers"]:
+            yield f"{prefix}self_attn.rotary_emb.inv_freq", (h // shape["heads"] // 2,), "inv_freq"
+        yield f"{prefix}mlp.gate_proj.weight", (i, h), "matrix"
+        yield f"{prefix}mlp.down_proj.weight", (h, i), "matrix"
+        yield f"{prefix}mlp.up_proj.weight", (i, h), "matrix"
+        yield f"{prefix}input_layernorm.weight", (h,), "norm"
+        yield f"{prefix}post_attention_layernorm.weight", (h,), "norm"
+    yield "model.norm.weight", (h,), "norm"
+    yield "lm_head.weight", (v, h), "matrix"
+
+
+def random_tensor(size, kind: str, head_dim: int, device) -> torch.Tensor:
+    if kind == "inv_freq":
+        return (1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)).half()
+    values = torch.randn(size, device=device, dtype=torch.float16)
+    if kind == "norm":
+        return (1 + 0.1 * values).cpu()
+    return (0.02 * values).cpu()
+
+
+def save_checkpoint(folder: Path, shape: dict, device, shard_bytes: int, tokenizer_from: Path) -> float:
+    """Write config, tokenizer and random float16 shards as the original repositories lay them out; seconds."""
+    began = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    head_dim = shape["hidden"] // shape["heads"]
+    config = {
+        "architectures": ["InternLMForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_internlm.InternLMConfig",
+                     "AutoModel": "modeling_internlm.InternLMForCausalLM",
+                     "AutoModelForCausalLM": "modeling_internlm.InternLMForCausalLM"},
+        "bias": shape["bias"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+        "hidden_size": shape["hidden"], "initializer_range": 0.02, "intermediate_size": shape["intermediate"],
+        "max_position_embeddings": shape["max_position"], "model_type": "internlm",
+        "num_attention_heads": shape["heads"], "num_hidden_layers": shape["layers"], "pad_token_id": 0,
+        "rms_norm_eps": 1e-06, "tie_word_embeddings": False, "torch_dtype": "float16",
+        "transformers_version": "4.33.2", "use_cache": True, "vocab_size": shape["vocab"],
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_from / name, folder / name)
+    torch.manual_seed(0)
+    specs = list(original_tensors(shape))
+    groups, current, size = [], [], 0
+    for spec in specs:
+        nbytes = math.prod(spec[1]) * 2
+        if current and size + nbytes > shard_bytes:
+            groups.append(current)
+            current, size = [], 0
+        current.append(spec)
+        size += nbytes
+    groups.append(current)
+    weight_map, total = {}, 0
+    for number, group in enumerate(groups, start=1):
+        shard = f"pytorch_model-{number:05d}-of-{len(groups):05d}.bin"
+        state = {name: random_tensor(size, kind, head_dim, device) for name, size, kind in group}
+        torch.save(state, folder / shard)
+        total += sum(t.numel() * t.element_size() for t in state.values())
+        weight_map.update({name: shard for name in state})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
+    return time.perf_counter() - began
+
+
+# ---- measuring ------------------------------------------------------------------------------------
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeats: int = 10) -> float:
+    """Median seconds of ``fn()`` after a warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def read_bandwidth(device) -> dict:
+    """HBM read bandwidth (bytes/s): a reduction over 2 GiB and a device copy, both measured here."""
+    elements = (2 * GIB if torch.device(device).type == "cuda" else GIB // 4) // 2
+    data = torch.empty(elements, dtype=torch.float16, device=device).uniform_(-1, 1)
+    nbytes = data.numel() * 2
+    result = {"sum_read": nbytes / timed(lambda: data.sum(dtype=torch.float32), device)}
+    target = torch.empty_like(data)
+    result["copy_read_plus_write"] = 2 * nbytes / timed(lambda: target.copy_(data), device)
+    if torch.device(device).type == "cuda":
+        result["triton_read"] = nbytes / timed(triton_reader(data), device)
+    result["read"] = max(v for k, v in result.items() if k != "copy_read_plus_write")
+    return result
+
+
+def triton_reader(data: torch.Tensor):
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def read_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+        base = tl.program_id(0) * BLOCK * ITERS
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for step in range(ITERS):
+            offsets = base + step * BLOCK + tl.arange(0, BLOCK)
+            acc += tl.load(x_ptr + offsets, mask=offsets < n, other=0.0).to(tl.float32)
+        tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))
+
+    block, iters = 4096, 8
+    programs = triton.cdiv(data.numel(), block * iters)
+    partial = torch.empty(programs, dtype=torch.float32, device=data.device)
+    return lambda: read_kernel[(programs,)](data, partial, data.numel(), BLOCK=block, ITERS=iters, num_warps=8)
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def reset_peak(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device) -> float | None:
+    return torch.cuda.max_memory_allocated() / GIB if torch.device(device).type == "cuda" else None
+
+
+def query_of_length(chat: ChatModel, tokens: int) -> str:
+    """A query whose prompt (format and BOS included) is ``tokens`` long, or just over."""
+    low, high = 1, tokens
+    while low < high:
+        middle = (low + high) // 2
+        if chat.count_tokens(" ".join(["token"] * middle)) >= tokens:
+            high = middle
+        else:
+            low = middle + 1
+    return " ".join(["token"] * low)
+
+
+def drain(iterator) -> None:
+    for _ in iterator:
+        pass
+
+
+# ---- the modes ------------------------------------------------------------------------------------
+
+
+def mode_hf(model, short_ids, long_ids, tokens: int, device) -> dict:
+    """transformers' eager ``generate`` (DynamicCache), greedy."""
+    with torch.inference_mode():
+        def run(ids, new):
+            inputs = torch.tensor([ids], device=device)
+            began = time.perf_counter()
+            model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=new,
+                           min_new_tokens=new, do_sample=False, pad_token_id=0)
+            sync(device)
+            return time.perf_counter() - began
+        run(short_ids, 2)
+        reset_peak(device)
+        one, many = run(short_ids, 1), run(short_ids, tokens)
+        ttft = run(long_ids, 1)
+    return {"mode": "hf_generate_eager", "tokens": tokens, "tok_s": (tokens - 1) / (many - one),
+            "ttft_1024_ms": 1000 * ttft, "peak_gib": peak_gib(device)}
+
+
+def mode_simple(model, short_ids, long_ids, tokens: int, device) -> dict:
+    """The simple path: generation.generate_ids (HF forward with DynamicCache, host-side sampling)."""
+    params = GenerationParams(do_sample=False, max_new_tokens=tokens)
+    drain(generate_ids(model, short_ids, GenerationParams(do_sample=False, max_new_tokens=2), set()))
+    reset_peak(device)
+    stats = GenerationStats()
+    drain(generate_ids(model, short_ids, params, set(), stats))
+    first = GenerationStats()
+    drain(generate_ids(model, long_ids, GenerationParams(do_sample=False, max_new_tokens=1), set(), first))
+    return {"mode": "simple_path", "tokens": stats.new_tokens, "tok_s": stats.tokens_per_s,
+            "ttft_1024_ms": 1000 * first.time_to_first_token_s, "peak_gib": peak_gib(device)}
+
+
+def mode_engine(engine: FastEngine, short_ids, long_ids, tokens: int, device) -> list[dict]:
+    """The engine's raw greedy stream, its graph replay rate with no host reads, and at 1k context."""
+    params = GenerationParams(do_sample=False, max_new_tokens=tokens)
+    drain(engine.generate(short_ids, GenerationParams(do_sample=False, max_new_tokens=8), set()))
+    reset_peak(device)
+    stats = GenerationStats()
+    drain(engine.generate(short_ids, params, set(), stats))
+    ttfts = []
+    for _ in range(3):
+        first = GenerationStats()
+        drain(engine.generate(long_ids, GenerationParams(do_sample=False, max_new_tokens=1), set(), first))
+        ttfts.append(first.time_to_first_token_s)
+    rows = [{"mode": "engine_greedy", "tokens": stats.new_tokens, "tok_s": stats.tokens_per_s,
+             "ttft_1024_ms": 1000 * statistics.median(ttfts), "peak_gib": peak_gib(device)}]
+    rows.append({"mode": "engine_graph_replay_only", "tokens": tokens,
+                 "tok_s": engine.decode_only_tokens_per_s(tokens), "ttft_1024_ms": None, "peak_gib": None})
+    long_stats = GenerationStats()
+    drain(engine.generate(long_ids, GenerationParams(do_sample=False, max_new_tokens=tokens), set(), long_stats))
+    rows.append({"mode": "engine_greedy_after_1024_prompt", "tokens": long_stats.new_tokens,
+                 "tok_s": long_stats.tokens_per_s, "ttft_1024_ms": 1000 * long_stats.time_to_first_token_s,
+                 "peak_gib": None})
+    return rows
+
+
+def mode_chat(chat: ChatModel, short_query: str, long_query: str, tokens: int, device) -> dict:
+    """ChatModel.stream_chat on the engine with sampling and the family's stop words."""
+    drain(chat.stream_chat(short_query, [], max_new_tokens=8, **SAMPLING))
+    reset_peak(device)
+    stats = GenerationStats()
+    drain(chat.stream_chat(short_query, [], stats=stats, max_new_tokens=tokens, seed=1, **SAMPLING))
+    ttfts = []
+    for _ in range(3):
+        first = GenerationStats()
+        drain(chat.stream_chat(long_query, [], stats=first, max_new_tokens=1, **SAMPLING))
+        ttfts.append(first.time_to_first_token_s)
+    return {"mode": "chat_stream_sampling", "tokens": stats.new_tokens, "tok_s": stats.tokens_per_s,
+            "ttft_1024_ms": 1000 * statistics.median(ttfts), "peak_gib": peak_gib(device),
+            "finish_reason": stats.finish_reason, "stop_ids": sorted(chat.stop_ids), "sampling": SAMPLING}
+
+
+def greedy_equality(chat: ChatModel, engine: FastEngine, prompt_ids, tokens: int) -> dict:
+    """Does the engine's greedy output equal the simple path's, token for token?"""
+    params = GenerationParams(do_sample=False, max_new_tokens=tokens)
+    plain = list(generate_ids(chat.model, prompt_ids, params, set()))
+    fast = list(engine.generate(prompt_ids, params, set()))
+    first_difference = next((i for i, (a, b) in enumerate(zip(plain, fast)) if a != b), None)
+    result = {"tokens": tokens, "equal": plain == fast, "first_difference": first_difference,
+              "plain": plain, "engine": fast}
+    if first_difference is not None:
+        # How close the plain path's own top two were at the step where the paths part.
+        with torch.inference_mode():
+            ids = torch.tensor([prompt_ids + plain[:first_difference]], device=engine.device)
+            top = chat.model(input_ids=ids).logits[0, -1].float().topk(2)
+        result["plain_top2_gap_at_difference"] = float(top.values[0] - top.values[1])
+    return result
+
+
+def memory_at_2k(engine: FastEngine, long_ids, device) -> dict:
+    """Peak memory of a 2,048-token conversation (1,024-token prompt + 1,024 new tokens)."""
+    reset_peak(device)
+    stats = GenerationStats()
+    drain(engine.generate(long_ids, GenerationParams(do_sample=False, max_new_tokens=2048 - len(long_ids)), set(),
+                          stats))
+    return {"context_tokens": len(long_ids) + stats.new_tokens, "tok_s": stats.tokens_per_s,
+            "peak_allocated_gib": peak_gib(device),
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB if torch.device(device).type == "cuda" else None}
+
+
+def concurrent_streams(chat: ChatModel, streams: int, tokens: int) -> dict:
+    """``streams`` threads chatting at once through one ChatModel: aggregate rate and queue order."""
+    barrier = threading.Barrier(streams)
+    records = [None] * streams
+
+    def worker(index: int) -> None:
+        stats = GenerationStats()
+        barrier.wait()
+        arrived = time.perf_counter()
+        chunks = chat.stream_chat(f"stream {index}: tell me a story", [], stats=stats, max_new_tokens=tokens,
+                                  seed=index, **SAMPLING)
+        first = None
+        for _ in chunks:
+            first = first or time.perf_counter()
+        records[index] = {"stream": index, "arrived": arrived, "first_text": first, "done": time.perf_counter(),
+                          "tokens": stats.new_tokens, "decode_tok_s": stats.tokens_per_s}
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    began = min(r["arrived"] for r in records)
+    ended = max(r["done"] for r in records)
+    for record in records:
+        for key in ("arrived", "first_text", "done"):
+            record[key] = round(record[key] - began, 4) if record[key] is not None else None
+    by_arrival = [r["stream"] for r in sorted(records, key=lambda r: r["arrived"])]
+    by_finish = [r["stream"] for r in sorted(records, key=lambda r: r["done"])]
+    return {"streams": streams, "tokens_each": tokens, "batched": False,
+            "aggregate_tok_s": sum(r["tokens"] for r in records) / (ended - began),
+            "served_in_arrival_order": by_arrival == by_finish, "arrival_order": by_arrival,
+            "finish_order": by_finish, "per_stream": records}
+
+
+def first_reply(folder: Path, triton_cache: Path) -> dict:
+    """Seconds from starting a fresh Python process to the first streamed text (engine auto)."""
+    env = dict(os.environ, TRITON_CACHE_DIR=str(triton_cache), PYTHONUNBUFFERED="1")
+    began = time.perf_counter()
+    child = subprocess.Popen([sys.executable, __file__, "--first-reply-child", str(folder)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seconds, detail = None, {}
+    for line in child.stdout:
+        if line.startswith("FIRST_REPLY "):
+            seconds = time.perf_counter() - began
+            detail = json.loads(line.removeprefix("FIRST_REPLY "))
+            break
+    child.stdout.close()
+    _, errors = child.communicate(timeout=120)
+    if seconds is None:
+        detail["error"] = errors[-2000:]
+    return {"seconds": seconds, **detail}
+
+
+def first_reply_child(folder: str) -> None:
+    began = time.perf_counter()
+    chat = load_chat_model(folder, engine="auto", progress=False)
+    loaded = time.perf_counter()
+    next(iter(chat.stream_chat("你好", [], max_new_tokens=32, **SAMPLING)))
+    print("FIRST_REPLY " + json.dumps({"engine": type(chat.engine).__name__, "load_and_build_s": loaded - began,
+                                       "after_imports_s": time.perf_counter() - began}), flush=True)
+
+
+# ---- GEMV configurations --------------------------------------------------------------------------
+
+
+SWEEP_CONFIGS = [(8, 512, 4, 1), (16, 256, 4, 1), (16, 512, 4, 1), (16, 512, 4, 3), (32, 256, 4, 1),
+                 (32, 256, 8, 2), (16, 1024, 8, 1), (8, 1024, 4, 1), (64, 128, 4, 1), (32, 512, 8, 1)]
+
+
+def sweep_gemv(device) -> list[dict]:
+    """Bandwidth of each GEMV configuration on the decode step's weight shapes (weights rotated past L2)."""
+    from internlm_demo.decode_kernels import TritonDecodeKernels
+
+    rows = []
+    for model_name in ("7b", "20b"):
+        s = SHAPES[model_name]
+        h, i, v = s["hidden"], s["intermediate"], s["vocab"]
+        for label, (n, k), kind in (("qkv", (3 * h, h), "norm"), ("o", (h, h), "residual"),
+                                    ("gate_up", (2 * i, h), "gated"), ("down", (h, i), "residual"),
+                                    ("lm_head", (v, h), "norm")):
+            copies = max(2, math.ceil(512 * 2**20 / (n * k * 2)))
+            weights = [0.02 * torch.randn(n, k, device=device, dtype=torch.float16) for _ in range(copies)]
+            x = torch.randn(1, k, device=device, dtype=torch.float16)
+            norm = torch.ones(k, device=device, dtype=torch.float16)
+            residual = torch.zeros(1, n, device=device, dtype=torch.float16)
+            row = {"model": model_name, "weight": label, "shape": [n, k]}
+
+            def cublas():
+                for w in weights:
+                    torch.nn.functional.linear(x, w)
+            row["cublas_GBps"] = n * k * 2 * copies / graph_time(cublas) / 1e9
+            for config in SWEEP_CONFIGS:
+                kernels = TritonDecodeKernels({(n, k): config})
+
+                def run(kernels=kernels):
+                    for w in weights:
+                        if kind == "norm":
+                            kernels.norm_linear(x, norm, 1e-6, w, None)
+                        elif kind == "gated":
+                            kernels.norm_gated_linear(x, norm, 1e-6, w, None)
+                        else:
+                            kernels.linear_add(x, w, None, residual)
+                try:
+                    row[str(config)] = n * k * 2 * copies / graph_time(run) / 1e9
+                except Exception as exc:  # a configuration the compiler rejects is reported, not fatal
+                    row[str(config)] = f"failed: {str(exc).splitlines()[0][:80]}"
+            rows.append(row)
+            del weights
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def graph_time(fn, replays: int = 20) -> float:
+    """Seconds per call of ``fn`` captured in a CUDA graph (after a warm-up that compiles kernels)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000 / replays
+
+
+# ---- kernel self-test at real shapes --------------------------------------------------------------
+
+
+def kernel_check(engine: FastEngine) -> dict:
+    """Each Triton operation against the torch reference on this model's real layer-0 tensors."""
+    from internlm_demo.engine import TorchDecodeKernels
+
+    if engine.kernels.name != "triton":
+        return {"skipped": "the engine runs torch kernels"}
+    torch_ops, triton_ops = TorchDecodeKernels(), engine.kernels
+    w, device, dtype = engine.layers[0], engine.device, engine.dtype
+    hidden = w.qkv.shape[1]
+
+    def relative(a, b):
+        return float((a.float() - b.float()).norm() / b.float().norm())
+    x = torch.randn(1, hidden, device=device, dtype=dtype)
+    report = {}
+    with torch.inference_mode():
+        report["norm_linear"] = relative(triton_ops.norm_linear(x, w.input_norm, engine.eps, w.qkv, w.qkv_bias),
+                                         torch_ops.norm_linear(x, w.input_norm, engine.eps, w.qkv, w.qkv_bias))
+        report["norm_gated_linear"] = relative(
+            triton_ops.norm_gated_linear(x, w.post_norm, engine.eps, w.gate_up, w.gate_up_bias),
+            torch_ops.norm_gated_linear(x, w.post_norm, engine.eps, w.gate_up, w.gate_up_bias))
+        a, b = x.clone(), x.clone()
+        wide = torch.randn(1, w.down.shape[1], device=device, dtype=dtype)
+        triton_ops.linear_add(wide, w.down, w.down_bias, a)
+        torch_ops.linear_add(wide, w.down, w.down_bias, b)
+        report["linear_add"] = relative(a, b)
+        qkv = torch.randn(1, w.qkv.shape[0], device=device, dtype=dtype)
+        position = torch.tensor([777], device=device)
+        cos, sin = engine.rope.cos_sin(position[:, None], position + 1, dtype)
+        caches = [torch.randn(1, engine.kv_heads, 1024, engine.head_dim, device=device, dtype=dtype) for _ in range(2)]
+        copies = [c.clone() for c in caches]
+        q1 = triton_ops.rope_store(qkv, cos[:, 0], sin[:, 0], *caches, position, engine.heads, engine.kv_heads)
+        q2 = torch_ops.rope_store(qkv, cos[:, 0], sin[:, 0], *copies, position, engine.heads, engine.kv_heads)
+        report["rope_store_exact"] = bool(torch.equal(q1, q2) and torch.equal(caches[0], copies[0])
+                                          and torch.equal(caches[1], copies[1]))
+        report["attention"] = relative(triton_ops.attention(q1, *caches, position, engine.scale),
+                                       torch_ops.attention(q2.float(), copies[0].float(), copies[1].float(),
+                                                           position, engine.scale))
+    return report
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+
+def print_table(result: dict) -> None:
+    ceiling = result["roofline"]["ceiling_tok_s"]
+    print(f"\n{result['model']} on {result['gpu']} ({result['date']}): HBM read "
+          f"{result['roofline']['read_bandwidth_Bps'] / 1e12:.2f} TB/s, weights "
+          f"{result['roofline']['weight_bytes'] / GIB:.2f} GiB -> roofline {ceiling:.1f} tok/s")
+    print(f"{'mode':34} {'tok/s':>8} {'ratio':>6} {'TTFT@1024 ms':>13} {'peak GiB':>9}")
+    for row in result["modes"]:
+        ttft = f"{row['ttft_1024_ms']:.1f}" if row.get("ttft_1024_ms") is not None else "-"
+        peak = f"{row['peak_gib']:.2f}" if row.get("peak_gib") is not None else "-"
+        print(f"{row['mode']:34} {row['tok_s']:8.1f} {row['tok_s'] / ceiling:6.3f} {ttft:>13} {peak:>9}")
+    for key in ("equality", "memory_2k", "first_reply_cold", "first_reply_warm"):
+        if key in result:
+            shown = {k: v for k, v in result[key].items() if k not in ("plain", "engine", "per_stream")}
+            print(f"{key}: {json.dumps(shown)}")
+    if "streams" in result:
+        shown = {k: v for k, v in result["streams"].items() if k != "per_stream"}
+        print(f"streams: {json.dumps(shown)}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(SHAPES), default="7b")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "internlm-bench")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated subset of {ALL_MODES}")
+    parser.add_argument("--tokens", type=int, default=512, help="new tokens per engine decode measurement")
+    parser.add_argument("--simple-tokens", type=int, default=64)
+    parser.add_argument("--hf-tokens", type=int, default=32)
+    parser.add_argument("--shard-gib", type=float, default=2.0)
+    parser.add_argument("--sweep", action="store_true", help="only time the GEMV configurations")
+    parser.add_argument("--first-reply-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.first_reply_child:
+        first_reply_child(args.first_reply_child)
+        return
+    device = args.device
+    result = {"date": date.today().isoformat(), "torch": torch.__version__,
+              "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
+    if args.sweep:
+        result["gemv_sweep"] = sweep_gemv(device)
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2))
+        return
+    import transformers
+    modes = set(args.modes.split(","))
+    shape = SHAPES[args.model]
+    tokenizer_from = next((p for p in TOKENIZER_SOURCES if (p / "tokenizer.model").is_file()), None)
+    if tokenizer_from is None:
+        sys.exit(f"no tokenizer.model in {' or '.join(map(str, TOKENIZER_SOURCES))}")
+    folder = args.workdir / f"internlm-chat-{args.model}-random"
+    result.update(model=args.model, shape=shape, transformers=transformers.__version__, folder=str(folder))
+    result["save_s"] = save_checkpoint(folder, shape, device, int(args.shard_gib * GIB), tokenizer_from)
+    result["roofline"] = {"bandwidth": read_bandwidth(device)}
+    reset_peak(device)
+    began = time.perf_counter()
+    chat = load_chat_model(folder, device=device, dtype="float16", engine="fast", progress=False)
+    result["load_with_engine_s"] = time.perf_counter() - began
+    result["load_peak_gib"] = peak_gib(device)
+    engine = chat.engine
+    read_bps = result["roofline"]["bandwidth"]["read"]
+    total = weight_bytes(chat.model)
+    result["roofline"].update(read_bandwidth_Bps=read_bps, weight_bytes=total, ceiling_tok_s=read_bps / total,
+                              decode_read_bytes=total - chat.model.model.embed_tokens.weight.numel() * 2)
+    result["engine"] = {"kernels": engine.kernels.name, "graphs": bool(engine._graphs), "capacity": engine.capacity}
+    result["kernel_check"] = kernel_check(engine)
+    print(json.dumps({k: result[k] for k in ("roofline", "engine", "kernel_check", "load_with_engine_s")}), flush=True)
+    long_query = query_of_length(chat, 1024)
+    long_ids = chat.tokenizer.encode(chat.build_prompt(long_query))
+    short_query = "Tell me about the history of the Shanghai AI Laboratory."
+    short_ids = chat.tokenizer.encode(chat.build_prompt(short_query))
+    result["long_prompt_tokens"] = len(long_ids)
+    rows = []
+    if "hf" in modes:
+        rows.append(mode_hf(chat.model, short_ids, long_ids, args.hf_tokens, device))
+        print(json.dumps(rows[-1]), flush=True)
+    if "simple" in modes:
+        rows.append(mode_simple(chat.model, short_ids, long_ids, args.simple_tokens, device))
+        print(json.dumps(rows[-1]), flush=True)
+    if "engine" in modes:
+        rows.extend(mode_engine(engine, short_ids, long_ids, args.tokens, device))
+        print(json.dumps(rows[-3:]), flush=True)
+    if "chat" in modes:
+        rows.append(mode_chat(chat, short_query, long_query, args.tokens, device))
+        print(json.dumps(rows[-1]), flush=True)
+    result["modes"] = rows
+    if "equality" in modes:
+        result["equality"] = greedy_equality(chat, engine, short_ids, 64)
+    if "memory" in modes:
+        result["memory_2k"] = memory_at_2k(engine, long_ids, device)
+    if "streams" in modes:
+        result["streams"] = concurrent_streams(chat, 8, 128)
+    if "first_reply" in modes:
+        cache = Path(tempfile.mkdtemp(prefix="triton-cache-"))
+        result["first_reply_cold"] = first_reply(folder, cache)
+        result["first_reply_warm"] = first_reply(folder, cache)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()

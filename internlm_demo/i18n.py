@@ -1,0 +1,103 @@
+"""The apps' user-facing words in English and 中文; format fields are filled by the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+LANGUAGES = ("English", "中文")
+
+DEMO_DOWNLOAD_EN = (
+    "To chat with InternLM, download a real model: `python download.py internlm-chat-7b`, "
+    "then start the app with `--model internlm-chat-7b`."
+)
+DEMO_DOWNLOAD_ZH = "要与书生·浦语对话，请先下载真实模型：`python download.py internlm-chat-7b`，再用 `--model internlm-chat-7b` 启动。"
+
+# key: (English, 中文)
+LABELS: dict[str, tuple[str, str]] = {
+    "title": ("InternLM Chat", "书生·浦语 对话"),
+    "language": ("Language / 语言", "Language / 语言"),
+    "demo_banner": (
+        "**Demo model.** `{model_id}` is a tiny model with random weights, generated on this machine: "
+        "its replies are noise. " + DEMO_DOWNLOAD_EN,
+        "**演示模型。** `{model_id}` 是在本机生成的随机权重小模型，回复没有意义。" + DEMO_DOWNLOAD_ZH,
+    ),
+    "loading_model": ("Loading the model…", "正在加载模型…"),
+    "load_failed": ("**The model could not be loaded.**\n\n{error}", "**模型加载失败。**\n\n{error}"),
+    "load_fix": (
+        "Fix: pass `--model` a folder that holds `config.json`, `tokenizer.model` and the weights, or a model id "
+        "downloaded with `python download.py ID`; without `--model` the app starts with the embedded demo model. "
+        "Example: `streamlit run apps/chat.py -- --model internlm-chat-7b`. "
+        "With `--api-base`, start the server first (`python -m internlm_demo.openai_server --model ... --port 23333`).",
+        "解决办法：`--model` 应指向包含 `config.json`、`tokenizer.model` 和权重文件的文件夹，或用 "
+        "`python download.py ID` 下载过的模型 ID；不带 `--model` 时使用内置演示模型。"
+        "示例：`streamlit run apps/chat.py -- --model internlm-chat-7b`。"
+        "使用 `--api-base` 时请先启动服务（`python -m internlm_demo.openai_server --model ... --port 23333`）。",
+    ),
+    "load_unexpected": ("{kind}: {error}", "{kind}：{error}"),
+    "bad_flags": (
+        "**The command-line flags after `--` are wrong.**\n\n{error}\n\nUsage: `{usage}`",
+        "**`--` 之后的命令行参数有误。**\n\n{error}\n\n用法：`{usage}`",
+    ),
+    "generation": ("Generation", "生成参数"),
+    "max_length": ("Max length (prompt + reply tokens)", "最大长度（提示 + 回复 token 数）"),
+    "max_new_tokens": ("Max new tokens", "最多生成 token 数"),
+    "top_p": ("Top-p", "Top-p"),
+    "temperature": ("Temperature (0 = greedy)", "温度（0 为贪心解码）"),
+    "top_k": ("Top-k (0 = off)", "Top-k（0 为不限）"),
+    "repetition_penalty": ("Repetition penalty", "重复惩罚"),
+    "seed": ("Seed", "随机种子"),
+    "seed_random": ("random for each reply", "每次回复随机"),
+    "system_prompt": ("System prompt", "系统提示词"),
+    "context": ("Context", "上下文"),
+    "meter": ("{used} of {window} tokens used by history + prompt; {reply} left for the reply",
+              "历史 + 提示占用 {used} / {window} 个 token；回复最多 {reply} 个"),
+    "meter_estimated": ("Counts are estimates: the remote server's tokenizer is not available here.",
+                        "数值为估算：此处无法使用远程服务的分词器。"),
+    "meter_dropped": ("The next prompt leaves out turn(s) {turns} to fit.", "下一次提问将省略第 {turns} 轮以放入上下文。"),
+    "conversation": ("Conversation", "对话"),
+    "export": ("Export as JSON", "导出为 JSON"),
+    "import": ("Import a conversation (JSON)", "导入对话（JSON）"),
+    "imported": ("Loaded the conversation (made with `{model_id}`): continue it or regenerate the last reply.",
+                 "已载入对话（来自 `{model_id}`）：可继续对话或重新生成最后一条回复。"),
+    "import_failed": ("**This file cannot be imported:** {error}", "**无法导入该文件：** {error}"),
+    "model_panel": ("Model", "模型"),
+    "model_id": ("Model", "模型"),
+    "family": ("Family", "系列"),
+    "dtype": ("Data type", "数据类型"),
+    "device_map": ("Devices", "设备"),
+    "memory": ("GPU memory", "显存"),
+    "memory_cpu": ("CPU (no GPU memory used)", "CPU（未使用显存）"),
+    "tokens_per_s": ("Last reply: tokens/s", "上次回复：token/秒"),
+    "ttft": ("Last reply: time to first token", "上次回复：首 token 延迟"),
+    "not_yet": ("—", "—"),
+    "remote": ("served by {api_base}", "由 {api_base} 提供"),
+    "placeholder": ("Message InternLM (Enter to send)", "给书生·浦语发消息（回车发送）"),
+    "stop": ("Stop", "停止"),
+    "regenerate": ("Regenerate", "重新生成"),
+    "clear": ("Clear", "清空"),
+    "copy": ("Copy", "复制"),
+    "stopped_mark": ("(stopped)", "（已停止）"),
+    "queued": ("Queued ({ahead} ahead): the GPU is busy with other sessions.", "排队中（前面还有 {ahead} 个）：GPU 正在处理其他会话。"),
+    "waiting": ("Waiting for the GPU…", "等待 GPU…"),
+    "stopping": ("Stopping…", "正在停止…"),
+    "dropped_notice": ("Turn(s) {turns} did not fit the context window and were left out of the prompt for this reply.",
+                       "第 {turns} 轮对话超出上下文窗口，本次回复未包含它们。"),
+    "overflow_notice": (
+        "**Message too long:** it is {tokens} tokens with the prompt format, but the budget is {window} tokens "
+        "(max length). Shorten it or raise max length; your message was not sent and is kept below.",
+        "**消息过长：** 加上提示格式共 {tokens} 个 token，而上限为 {window} 个（最大长度）。"
+        "请缩短消息或调大最大长度；消息未发送，原文保留如下。",
+    ),
+    "error_notice": ("**The reply failed:** {error}\n\nYour message is kept below.", "**生成回复失败：** {error}\n\n你的消息保留如下。"),
+}
+
+
+def labels(language: str) -> Callable[..., str]:
+    """A lookup ``t(key, **fields)`` in ``language`` (one of LANGUAGES; unknown means English)."""
+    column = LANGUAGES.index(language) if language in LANGUAGES else 0
+
+    def t(key: str, **fields) -> str:
+        text = LABELS[key][column]
+        return text.format(**fields) if fields else text
+
+    return t

@@ -43,7 +43,7 @@ def build_chat_tab(app: AppContext) -> None:
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Accordion(t["parameters"], open=True) as parameters:
-                    max_output_tokens = gr.Slider(64, 1024, value=CONVERSATION_DEFAULTS["max_length"], step=64,
+                    max_output_tokens = gr.Slider(16, 1024, value=CONVERSATION_DEFAULTS["max_length"], step=16,
                                                   label=t["max_output_tokens"])
                     num_beams = gr.Slider(1, 5, value=CONVERSATION_DEFAULTS["num_beams"], step=1, label=t["num_beams"])
                     repetition_penalty = gr.Slider(1.0, 5.0, value=CONVERSATION_DEFAULTS["repetition_penalty"], step=0.1,

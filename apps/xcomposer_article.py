@@ -41,6 +41,8 @@ EXAMPLES = ["又见敦煌", "星链新闻稿", "如何养好一只宠物", "Shan
 THUMBNAIL_SIDE = 480
 CANDIDATE_SIDE = 256
 CURSOR = "▌"
+# Gradio finds a handler's progress tracker by this default value; it binds it to each event itself.
+PROGRESS = gr.Progress()
 TEXTS = {
     "English": {
         "tab": "📝 Write article", "title": "Write an illustrated article based on the given title:",
@@ -77,19 +79,19 @@ class ArticleTab:
 
 def stage_board(current: str | None = None, step: int = 0, total: int = 0, error: str | None = None,
                 stages: tuple[str, ...] = STAGES) -> str:
-    """The progress of a run: ✅ finished stages, ⏳ the current one with its count, ⚪ those to come; ❌ on failure."""
+    """The progress of a run: ✓ finished stages, ▶ the current one with its count, ○ those to come; ✗ on failure."""
     reached = {None: 0, "done": len(stages)}.get(current, stages.index(current) if current in stages else 0)
     marks = []
     for i, stage in enumerate(stages):
         if i < reached:
-            marks.append(f"✅ {stage}")
+            marks.append(f"✓ {stage}")
         elif i == reached and current in stages:
             count = f" {step + 1}/{total}" if total else ""
-            marks.append(f"{'❌' if error else '⏳'} **{stage}{count}**")
+            marks.append(f"{'✗' if error else '▶'} **{stage}{count}**")
         else:
-            marks.append(f"⚪ {stage}")
+            marks.append(f"○ {stage}")
     line = " · ".join(marks)
-    return f"{line}\n\n❌ {error}" if error else line
+    return f"{line}\n\n✗ {error}" if error else line
 
 
 @functools.lru_cache(maxsize=512)
@@ -111,7 +113,7 @@ def article_view(article: Article) -> str:
         path = root / placement.image
         try:
             return image_uri(str(path), path.stat().st_mtime_ns)
-        except OSError:
+        except (OSError, Image.DecompressionBombError):
             return placement.image  # shown as a broken image with its caption; saving says what is wrong
 
     return to_markdown(article, link)
@@ -142,7 +144,7 @@ def candidate_thumbnails(article: Article, position: int) -> list[tuple[Image.Im
             with Image.open(Path(article.gallery_root) / path) as image:
                 image.draft("RGB", (CANDIDATE_SIDE, CANDIDATE_SIDE))
                 picture = image.convert("RGB")
-        except OSError:
+        except (OSError, Image.DecompressionBombError):  # changed since indexing: a grey tile, not a crash
             picture = Image.new("RGB", (CANDIDATE_SIDE, CANDIDATE_SIDE), "#dddddd")
         picture.thumbnail((CANDIDATE_SIDE, CANDIDATE_SIDE))
         mark = "✓ " if index == placement.chosen else ""
@@ -170,7 +172,7 @@ def editor_updates(article: Article | None, position: int | None = None) -> tupl
 
 
 def article_outputs(article: Article | None, status: str, view: str | None = None, position: int | None = None) -> tuple:
-    """Values for ``ARTICLE_OUTPUTS``: state, status, notes, article, the editor, the fixed-count button."""
+    """Values for the tab's article outputs: state, status, notes, article, the editor, the fixed-count button."""
     if view is None:
         view = article_view(article) if article is not None else ""
     return (article, status, notes_view(article), view, *editor_updates(article, position),
@@ -197,13 +199,13 @@ def open_tab_gallery(tab: ArticleTab, folder: str | None, progress=None) -> Gall
     return open_gallery(gallery_folder(tab, folder), captioner=captioner, progress=report)
 
 
-def index_gallery(tab: ArticleTab, folder: str, progress=gr.Progress()) -> str:
+def index_gallery(tab: ArticleTab, folder: str, progress=PROGRESS) -> str:
     """Index (or refresh) the gallery folder; returns its status line."""
     try:
         index = open_tab_gallery(tab, folder, progress)
     except (GalleryError, ModelFolderError) as error:
         gr.Warning(str(error))
-        return f"❌ {error}"
+        return f"✗ {error}"
     return f"{index.status()} Index: {index.report.summary()}."
 
 
@@ -244,7 +246,7 @@ def compose_settings(num_beams, repetition_penalty, max_output_tokens, model_sel
 
 
 def write_article(tab: ArticleTab, title: str, num_beams: int, repetition_penalty: float, max_output_tokens: int,
-                  model_selects_images: bool, do_sample: bool, folder: str, progress=gr.Progress()):
+                  model_selects_images: bool, do_sample: bool, folder: str, progress=PROGRESS):
     """Submit: write the article for ``title`` and illustrate it, streaming each stage."""
     settings = compose_settings(num_beams, repetition_penalty, max_output_tokens, model_selects_images, do_sample)
 
@@ -256,7 +258,7 @@ def write_article(tab: ArticleTab, title: str, num_beams: int, repetition_penalt
 
 def insert_fixed_images(tab: ArticleTab, article: Article | None, image_count: int, num_beams: int,
                         repetition_penalty: float, max_output_tokens: int, model_selects_images: bool, do_sample: bool,
-                        folder: str, progress=gr.Progress()):
+                        folder: str, progress=PROGRESS):
     """Place exactly ``image_count`` images in the current article (the model still chooses where)."""
     if article is None:
         gr.Warning("Write an article first.")
@@ -287,7 +289,7 @@ def edit_outputs(article: Article | None, position, change) -> tuple:
         updated = change(article, int(position))
     except (ArticleError, GalleryError, ModelFolderError) as error:
         gr.Warning(str(error))
-        return article_outputs(article, f"❌ {error}", position=int(position))
+        return article_outputs(article, f"✗ {error}", position=int(position))
     return article_outputs(updated, f"Section {int(position) + 1} updated.", position=int(position))
 
 
@@ -353,10 +355,11 @@ def build_article_tab(app) -> None:
             fixed = gr.Button(t["fixed"], interactive=False, scale=1)
         with gr.Row():
             with gr.Column():
-                with gr.Accordion(t["advanced"], open=False) as advanced:
-                    num_beams = gr.Slider(1, 6, value=5, step=1, label=t["beams"])
+                with gr.Accordion(t["advanced"], open=False, elem_id="article-advanced") as advanced:
+                    num_beams = gr.Slider(1, 6, value=5, step=1, label=t["beams"], elem_id="article-beams")
                     repetition_penalty = gr.Slider(1.0, 10.0, value=5.0, step=0.1, label=t["repetition"])
-                    max_output_tokens = gr.Slider(100, 2000, value=1000, step=1, label=t["max_tokens"])
+                    max_output_tokens = gr.Slider(100, 2000, value=1000, step=1, label=t["max_tokens"],
+                                                  elem_id="article-max-tokens")
                     model_selects = gr.Checkbox(value=True, label=t["model_selects"])
                     do_sample = gr.Checkbox(value=False, label=t["sampling"])
                 with gr.Row():
@@ -370,18 +373,17 @@ def build_article_tab(app) -> None:
         with gr.Row():
             with gr.Column(scale=3):
                 view = gr.Markdown(elem_id="article-view")
-            with gr.Column(scale=2):
-                with gr.Accordion(t["edit"], open=True, visible=False) as editor:
-                    section = gr.Dropdown(choices=[], label=t["section"], elem_id="article-section")
-                    section_text = gr.Markdown()
-                    with gr.Row():
-                        caption = gr.Textbox(label=t["caption"], scale=4, elem_id="article-caption")
-                        search = gr.Button(t["search"], scale=1, elem_id="article-search")
-                    candidates = gr.Gallery(label=t["candidates"], columns=2, height="auto", allow_preview=False,
-                                            elem_id="article-candidates")
-                    with gr.Row():
-                        add = gr.Button(t["add"], visible=False, elem_id="article-add")
-                        delete = gr.Button(t["delete"], visible=False, elem_id="article-delete")
+            with gr.Column(scale=2), gr.Accordion(t["edit"], open=True, visible=False) as editor:
+                section = gr.Dropdown(choices=[], label=t["section"], elem_id="article-section")
+                section_text = gr.Markdown()
+                with gr.Row():
+                    caption = gr.Textbox(label=t["caption"], scale=4, elem_id="article-caption")
+                    search = gr.Button(t["search"], scale=1, elem_id="article-search")
+                candidates = gr.Gallery(label=t["candidates"], columns=2, height="auto", allow_preview=False,
+                                        elem_id="article-candidates")
+                with gr.Row():
+                    add = gr.Button(t["add"], visible=False, elem_id="article-add")
+                    delete = gr.Button(t["delete"], visible=False, elem_id="article-delete")
         save = gr.Button(t["save"], elem_id="article-save")
         saved = gr.File(label=t["file"], elem_id="article-file")
 

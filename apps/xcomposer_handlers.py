@@ -19,7 +19,7 @@ EMPTY_MESSAGE = {"text": "", "files": []}
 
 
 class ModelProvider:
-    """Loads the model on first use, once per process, and remembers a loading error to show it."""
+    """Loads the model on first use, once per process; after a failure the next call tries again."""
 
     def __init__(self, load: Callable[[], XComposer]):
         self._load = load
@@ -52,7 +52,8 @@ def model_banner(provider: ModelProvider, language: str = "English") -> str:
     except ModelFolderError as exc:
         return f"**{text_for(language, 'no_model')}** {exc}"
     info = model.info
-    line = f"**{text_for(language, 'model')}:** `{info.model_id}` · {info.dtype} · {', '.join(sorted(set(info.device_map.values())))}"
+    devices = ", ".join(sorted(set(info.device_map.values())))
+    line = f"**{text_for(language, 'model')}:** `{info.model_id}` · {info.dtype} · {devices}"
     if info.is_demo:
         line += f"\n\n⚠️ **{text_for(language, 'demo_warning')}**"
     return line
@@ -87,12 +88,7 @@ def add_message(provider: ModelProvider, message: dict | None, session: ChatSess
             model = provider.get()
             image = load_image(upload)
             image_embeds = model.encode_image(image)
-        except ImageRejectedError as exc:
-            warning = f"⚠️ {exc}"
-            gr.Warning(str(exc))
-            display.append({"role": "assistant", "content": warning})
-            return display, replace(session, display=display), {"text": text, "files": []}
-        except ModelFolderError as exc:
+        except (ImageRejectedError, ModelFolderError) as exc:  # shown in the chat; the text stays for a retry
             gr.Warning(str(exc))
             display.append({"role": "assistant", "content": f"⚠️ {exc}"})
             return display, replace(session, display=display), {"text": text, "files": []}
@@ -103,8 +99,14 @@ def add_message(provider: ModelProvider, message: dict | None, session: ChatSess
     return display, ChatSession(exchanges, display), EMPTY_MESSAGE
 
 
-def answer(provider: ModelProvider, session: ChatSession, max_output_tokens: int, num_beams: int,
-           repetition_penalty: float, do_sample: bool) -> Iterator[tuple[list[dict], ChatSession]]:
+def answer(
+    provider: ModelProvider,
+    session: ChatSession,
+    max_output_tokens: int,
+    num_beams: int,
+    repetition_penalty: float,
+    do_sample: bool,
+) -> Iterator[tuple[list[dict], ChatSession]]:
     """Stream the reply to the pending turn, if there is one. Yields (chatbot, session)."""
     if not session.exchanges or session.exchanges[-1].response is not None:
         yield session.display, session
@@ -122,8 +124,13 @@ def answer(provider: ModelProvider, session: ChatSession, max_output_tokens: int
     display = [*session.display, {"role": "assistant", "content": CURSOR}]
     reply = ""
     try:
-        for reply in model.stream_conversation(kept, max_length=int(max_output_tokens), num_beams=int(num_beams),
-                                               repetition_penalty=float(repetition_penalty), do_sample=bool(do_sample)):
+        for reply in model.stream_conversation(
+            kept,
+            max_length=int(max_output_tokens),
+            num_beams=int(num_beams),
+            repetition_penalty=float(repetition_penalty),
+            do_sample=bool(do_sample),
+        ):
             display[-1] = {"role": "assistant", "content": reply + CURSOR}
             yield display, session
     except (RuntimeError, ValueError) as exc:  # e.g. CUDA out of memory: report it, keep the app alive
@@ -154,19 +161,36 @@ def clear_history() -> tuple[list[dict], ChatSession, dict]:
 LANGUAGES = ("English", "中文")
 TEXTS = {
     "English": {
-        "switch": "中文", "tab_chat": "💬 Multimodal chat", "chatbot": "InternLM-XComposer",
+        "switch": "中文",
+        "tab_chat": "💬 Multimodal chat",
+        "chatbot": "InternLM-XComposer",
         "input": "Attach an image (optional), type your question and press Enter",
-        "parameters": "Parameters", "max_output_tokens": "Max output tokens", "num_beams": "Beam size",
-        "repetition_penalty": "Repetition penalty", "do_sample": "Sampling", "regenerate": "🔄 Regenerate",
-        "clear": "🗑️ Clear history", "model": "Model", "no_model": "The model could not be loaded:",
+        "parameters": "Parameters",
+        "max_output_tokens": "Max output tokens",
+        "num_beams": "Beam size",
+        "repetition_penalty": "Repetition penalty",
+        "do_sample": "Sampling",
+        "regenerate": "🔄 Regenerate",
+        "clear": "🗑️ Clear history",
+        "model": "Model",
+        "no_model": "The model could not be loaded:",
         "demo_warning": "Demo model: tiny and randomly initialised, its replies are noise. "
-                        "Download internlm-xcomposer-7b and pass --model to chat for real.",
+        "Download internlm-xcomposer-7b and pass --model to chat for real.",
     },
     "中文": {
-        "switch": "English", "tab_chat": "💬 多模态对话", "chatbot": "浦语·灵笔",
-        "input": "可附上一张图片，输入问题后按回车", "parameters": "参数", "max_output_tokens": "最多输出字数",
-        "num_beams": "集束大小", "repetition_penalty": "重复惩罚", "do_sample": "采样", "regenerate": "🔄 重新生成",
-        "clear": "🗑️ 清空聊天框", "model": "模型", "no_model": "模型无法加载：",
+        "switch": "English",
+        "tab_chat": "💬 多模态对话",
+        "chatbot": "浦语·灵笔",
+        "input": "可附上一张图片，输入问题后按回车",
+        "parameters": "参数",
+        "max_output_tokens": "最多输出字数",
+        "num_beams": "集束大小",
+        "repetition_penalty": "重复惩罚",
+        "do_sample": "采样",
+        "regenerate": "🔄 重新生成",
+        "clear": "🗑️ 清空聊天框",
+        "model": "模型",
+        "no_model": "模型无法加载：",
         "demo_warning": "演示模型：极小且随机初始化，回复没有意义。请下载 internlm-xcomposer-7b 并用 --model 指定。",
     },
 }

@@ -325,6 +325,7 @@ def concurrent_streams(chat: ChatModel, streams: int, tokens: int) -> dict:
     def worker(index: int) -> None:
         stats = GenerationStats()
         barrier.wait()
+        time.sleep(0.02 * index)  # users arrive a little apart, so the arrival order is known
         arrived = time.perf_counter()
         chunks = chat.stream_chat(f"stream {index}: tell me a story", [], stats=stats, max_new_tokens=tokens,
                                   seed=index, **SAMPLING)
@@ -383,11 +384,26 @@ def first_reply_child(folder: str) -> None:
 # ---- GEMV configurations --------------------------------------------------------------------------
 
 
-SWEEP_CONFIGS = [(8, 512, 4, 1), (16, 256, 4, 1), (16, 512, 4, 1), (16, 512, 4, 3), (32, 256, 4, 1),
-                 (32, 256, 8, 2), (16, 1024, 8, 1), (8, 1024, 4, 1), (64, 128, 4, 1), (32, 512, 8, 1)]
+# (BLOCK_N, BLOCK_K, num_warps, unroll)
+SWEEP_CONFIGS = [(4, 1024, 4, 0), (4, 1024, 4, 1), (32, 256, 4, 0), (32, 256, 4, 1), (16, 512, 4, 0),
+                 (16, 512, 4, 1), (8, 512, 4, 1), (2, 2048, 4, 1), (1, 4096, 4, 0), (4, 2048, 8, 1),
+                 (2, 1024, 2, 1), (8, 1024, 8, 1)]
 
 
-def sweep_gemv(device) -> list[dict]:
+def best_configs(sweep_files: list[Path]) -> dict:
+    """The fastest configuration per weight shape over one or more --sweep JSON files."""
+    best: dict[tuple[int, int], tuple[float, tuple]] = {}
+    for path in sweep_files:
+        for row in json.loads(path.read_text())["gemv_sweep"]:
+            for key, value in row.items():
+                if key.startswith("(") and isinstance(value, float):
+                    shape = tuple(row["shape"])
+                    if value > best.get(shape, (0.0, None))[0]:
+                        best[shape] = (value, tuple(int(v) for v in key.strip("()").split(",")))
+    return {shape: config for shape, (_, config) in best.items()}
+
+
+def sweep_gemv(device, out: Path | None = None) -> list[dict]:
     """Bandwidth of each GEMV configuration on the decode step's weight shapes (weights rotated past L2)."""
     from internlm_demo.decode_kernels import TritonDecodeKernels
 
@@ -426,7 +442,12 @@ def sweep_gemv(device) -> list[dict]:
                     row[str(config)] = f"failed: {str(exc).splitlines()[0][:80]}"
             rows.append(row)
             del weights
-            print(json.dumps(row), flush=True)
+            if out:  # written after every shape, so a run cut short still leaves its results
+                out.write_text(json.dumps({"gemv_sweep": rows}, indent=2))
+            timings = {k: v for k, v in row.items() if k.startswith("(") and isinstance(v, float)}
+            best = max(timings, key=timings.get) if timings else None
+            print(f"{model_name} {label} {n}x{k}: cuBLAS {row['cublas_GBps']:.0f} GB/s, best {best} "
+                  f"{timings.get(best, 0):.0f} GB/s; " + " ".join(f"{c}={v:.0f}" for c, v in timings.items()), flush=True)
     return rows
 
 
@@ -525,6 +546,8 @@ def main(argv=None) -> None:
     parser.add_argument("--hf-tokens", type=int, default=32)
     parser.add_argument("--shard-gib", type=float, default=2.0)
     parser.add_argument("--sweep", action="store_true", help="only time the GEMV configurations")
+    parser.add_argument("--gemv-configs", type=Path, nargs="*", default=[],
+                        help="--sweep JSON files: use the fastest configuration per shape instead of the built-in table")
     parser.add_argument("--first-reply-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.first_reply_child:
@@ -534,11 +557,14 @@ def main(argv=None) -> None:
     result = {"date": date.today().isoformat(), "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
     if args.sweep:
-        result["gemv_sweep"] = sweep_gemv(device)
-        if args.out:
-            args.out.write_text(json.dumps(result, indent=2))
+        sweep_gemv(device, args.out)
         return
     import transformers
+    if args.gemv_configs:
+        from internlm_demo import decode_kernels
+        decode_kernels.GEMV_CONFIGS.update(best_configs([p for p in args.gemv_configs if p.is_file()]))
+        result["gemv_configs"] = {f"{n}x{k}": c for (n, k), c in decode_kernels.GEMV_CONFIGS.items()}
+        print("GEMV configurations:", result["gemv_configs"], flush=True)
     modes = set(args.modes.split(","))
     shape = SHAPES[args.model]
     tokenizer_from = next((p for p in TOKENIZER_SOURCES if (p / "tokenizer.model").is_file()), None)

@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import platform
 import random
+import re
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -209,7 +210,7 @@ def generate_reply(pending: PendingReply, model, gpu_queue: GpuQueue | None, met
                     stream_into(pending, model, meta, kwargs)
                 else:
                     pending.stats.finish_reason = "stopped"
-    except Exception as exc:  # shown to the user as a notice; the worker must never die silently
+    except Exception as exc:  # noqa: BLE001 - shown as a notice; the worker must never die silently
         pending.error = str(exc) or type(exc).__name__
     finally:
         pending.done.set()
@@ -283,7 +284,9 @@ def context_meter(conversation: Conversation, model, params: ChatParams) -> Cont
 def model_facts(model, stats: GenerationStats | None) -> dict:
     """What the model panel shows: identity, placement, memory per GPU, speed of the last reply."""
     info = model.info
+    remote = not info.device_map
     return {
+        "served_by": str(info.folder) if remote else None,
         "model_id": info.model_id,
         "family": info.family,
         "dtype": info.dtype,
@@ -338,7 +341,7 @@ def export_json(conversation: Conversation, model, params: ChatParams) -> str:
                   "context_window": info.context_window, "is_demo": info.is_demo},
         "generation": asdict(params),
         "messages": [{k: v for k, v in asdict(m).items() if v is not None and v is not False}
-                     for m in conversation.messages],
+                     for m in conversation.messages[: len(conversation.messages) // 2 * 2]],  # answered turns
         "libraries": library_versions(),
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
@@ -419,6 +422,8 @@ def read_params(entries, model) -> ChatParams:
                 if value != int(value):
                     raise ConversationFileError(f'"{name}" must be a whole number, not {value}.')
                 value = int(value)
+            else:
+                value = float(value)
             low, high = param_range(name, model)
             if PARAM_LIMITS[name][1] is None:  # a window-sized setting from a longer-context model is lowered
                 value = min(value, high)
@@ -427,6 +432,8 @@ def read_params(entries, model) -> ChatParams:
         values[name] = value
     if not model.family.has_system_prompt:
         values["system_prompt"] = None
+    elif values["system_prompt"] is None:
+        values["system_prompt"] = model.family.default_meta_instruction
     return ChatParams(**values)
 
 
@@ -435,6 +442,12 @@ def apply_import(conversation: Conversation, imported: ImportedConversation) -> 
     clear(conversation)
     conversation.messages.extend(imported.messages)
     conversation.notice = Notice("imported", detail=imported.model_id)
+
+
+def display_markdown(text: str) -> str:
+    """Markdown for a chat bubble: LaTeX written as \\(…\\) and \\[…\\] becomes $…$ and $$…$$, which Streamlit renders."""
+    text = re.sub(r"\\\[(.+?)\\\]", lambda m: f"$${m.group(1)}$$", text, flags=re.DOTALL)
+    return re.sub(r"\\\((.+?)\\\)", lambda m: f"${m.group(1)}$", text, flags=re.DOTALL)
 
 
 def open_model(settings):

@@ -13,20 +13,56 @@ import torch
 import triton
 import triton.language as tl
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) per weight shape (rows, columns); measured on an H200
-# with bench/decode.py --sweep. Shapes not listed use DEFAULT_GEMV_CONFIG.
-DEFAULT_GEMV_CONFIG = (16, 512, 4, 2)
-GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+# (BLOCK_N, BLOCK_K, num_warps, unroll) per weight shape (rows, columns): the fastest of
+# bench/decode.py --sweep on an H200. unroll=1 unrolls the K loop, so every load of a program is
+# issued up front. Shapes not listed use DEFAULT_GEMV_CONFIG.
+DEFAULT_GEMV_CONFIG = (4, 1024, 4, 0)
+GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (12288, 4096): (32, 256, 4, 0),  # InternLM-7B q/k/v
+    (22016, 4096): (16, 512, 4, 0),  # InternLM-7B gate/up
+    (103168, 4096): (32, 256, 4, 0),  # InternLM-7B lm_head
+}
+
+
+@triton.jit
+def _gemv_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, cols, acc, acc_up, rstd, up_offset, k_dim: tl.constexpr,
+                HAS_NORM: tl.constexpr, GATED: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """Accumulate one BLOCK_K slice of the rows' dot products with x (normalized first when HAS_NORM)."""
+    dtype = x_ptr.dtype.element_ty
+    w_offsets = rows[:, None] * k_dim + cols[None, :]
+    w_mask = row_ok[:, None] & (cols < k_dim)[None, :]
+    if EVEN_K:
+        xs = tl.load(x_ptr + cols)
+    else:
+        xs = tl.load(x_ptr + cols, mask=cols < k_dim, other=0.0)
+    if HAS_NORM:
+        norm_w = tl.load(norm_ptr + cols, mask=cols < k_dim, other=0.0)
+        xs = (norm_w.to(tl.float32) * (xs.to(tl.float32) * rstd).to(dtype).to(tl.float32)).to(dtype)
+    xf = xs.to(tl.float32)[None, :]
+    if EVEN_K and EVEN_N:
+        w = tl.load(w_ptr + w_offsets)
+    else:
+        w = tl.load(w_ptr + w_offsets, mask=w_mask, other=0.0)
+    acc += w.to(tl.float32) * xf
+    if GATED:
+        if EVEN_K and EVEN_N:
+            w_up = tl.load(w_ptr + up_offset * k_dim + w_offsets)
+        else:
+            w_up = tl.load(w_ptr + up_offset * k_dim + w_offsets, mask=w_mask, other=0.0)
+        acc_up += w_up.to(tl.float32) * xf
+    return acc, acc_up
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, res_ptr, out_ptr, n_out, eps, up_offset, k_dim: tl.constexpr,
                  HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                 GATED: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 GATED: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, UNROLL: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     dtype = out_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_out
     offsets = tl.arange(0, BLOCK_K)
+    rstd = 1.0
     if HAS_NORM:
         # The row is a few KiB and sits in L2: every program recomputes its RMS instead of a separate launch.
         squares = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -37,24 +73,14 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, res_ptr, out_ptr, n_out, eps,
         rstd = tl.rsqrt(tl.sum(squares, axis=0) / k_dim + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for start in range(0, k_dim, BLOCK_K):
-        cols = start + offsets
-        w_offsets = rows[:, None] * k_dim + cols[None, :]
-        if EVEN_K:
-            xs = tl.load(x_ptr + cols)
-            w_mask = row_ok[:, None]
-        else:
-            xs = tl.load(x_ptr + cols, mask=cols < k_dim, other=0.0)
-            w_mask = row_ok[:, None] & (cols < k_dim)[None, :]
-        if HAS_NORM:
-            norm_w = tl.load(norm_ptr + cols, mask=cols < k_dim, other=0.0)
-            xs = (norm_w.to(tl.float32) * (xs.to(tl.float32) * rstd).to(dtype).to(tl.float32)).to(dtype)
-        xf = xs.to(tl.float32)[None, :]
-        w = tl.load(w_ptr + w_offsets, mask=w_mask, other=0.0)
-        acc += w.to(tl.float32) * xf
-        if GATED:
-            w_up = tl.load(w_ptr + up_offset * k_dim + w_offsets, mask=w_mask, other=0.0)
-            acc_up += w_up.to(tl.float32) * xf
+    if UNROLL:  # every load of the program issued up front
+        for start in tl.static_range(0, k_dim, BLOCK_K):
+            acc, acc_up = _gemv_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, start + offsets, acc, acc_up, rstd,
+                                      up_offset, k_dim, HAS_NORM, GATED, EVEN_K, EVEN_N)
+    else:
+        for start in range(0, k_dim, BLOCK_K):
+            acc, acc_up = _gemv_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, start + offsets, acc, acc_up, rstd,
+                                      up_offset, k_dim, HAS_NORM, GATED, EVEN_K, EVEN_N)
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -177,13 +203,13 @@ class TritonDecodeKernels:
     def _gemv(self, x, weight, bias, out, norm_weight=None, eps=0.0, residual=None, gated=False):
         rows, cols = weight.shape
         n_out = rows // 2 if gated else rows
-        block_n, block_k, warps, stages = (self.configs or {}).get((rows, cols)) or gemv_config(rows, cols)
+        block_n, block_k, warps, unroll = (self.configs or {}).get((rows, cols)) or gemv_config(rows, cols)
         _gemv_kernel[(triton.cdiv(n_out, block_n),)](
             x, weight, bias if bias is not None else weight, norm_weight if norm_weight is not None else x,
             residual if residual is not None else out, out, n_out, eps, n_out, cols,
             HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None,
-            GATED=gated, EVEN_K=cols % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
-            num_warps=warps, num_stages=stages,
+            GATED=gated, EVEN_K=cols % block_k == 0, EVEN_N=n_out % block_n == 0, UNROLL=bool(unroll),
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=1,
         )
         return out
 

@@ -436,7 +436,15 @@ class FastEngine:
         with torch.no_grad():
             self.cache = KVCache(len(self.layers), self.kv_heads, self.head_dim, capacity, self.dtype, self.device)
         if self.use_graphs:
-            self._capture()
+            try:
+                self._capture()
+            except Exception:  # a kernel that fails to build must not stop the chat: fall back to torch ops
+                if self.kernels.name == "torch":
+                    raise
+                log.exception("capturing the decode step on Triton kernels failed; using torch ops instead")
+                self.kernels = TorchDecodeKernels()
+                self._graphs = {}
+                self._capture()
 
     def _capture(self) -> None:
         pool = torch.cuda.graph_pool_handle()

@@ -384,7 +384,7 @@ def open_gallery(root: str | Path, captioner: Captioner | None = None, cache_dir
             caption_started = time.perf_counter()
             try:
                 caption = captioner.describe(path).strip()
-            except Exception as error:  # a model failure on one image must not stop the index
+            except (RuntimeError, ValueError, OSError) as error:  # e.g. out of memory: this image only, not the index
                 report.notes.append(f"{relative}: captioning failed ({type(error).__name__}: {error}); indexed without a caption")
             report.caption_seconds += time.perf_counter() - caption_started
             report.captioned += 1

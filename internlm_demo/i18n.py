@@ -24,14 +24,14 @@ LABELS: dict[str, tuple[str, str]] = {
     "loading_model": ("Loading the model…", "正在加载模型…"),
     "load_failed": ("**The model could not be loaded.**\n\n{error}", "**模型加载失败。**\n\n{error}"),
     "load_fix": (
-        "Fix: pass `--model` a folder that holds `config.json`, `tokenizer.model` and the weights, or a model id "
+        ("Fix: pass `--model` a folder that holds `config.json`, `tokenizer.model` and the weights, or a model id "
         "downloaded with `python download.py ID`; without `--model` the app starts with the embedded demo model. "
         "Example: `streamlit run apps/chat.py -- --model internlm-chat-7b`. "
-        "With `--api-base`, start the server first (`python -m internlm_demo.openai_server --model ... --port 23333`).",
-        "解决办法：`--model` 应指向包含 `config.json`、`tokenizer.model` 和权重文件的文件夹，或用 "
+        "With `--api-base`, start the server first (`python -m internlm_demo.openai_server --model ... --port 23333`)."),
+        ("解决办法：`--model` 应指向包含 `config.json`、`tokenizer.model` 和权重文件的文件夹，或用 "
         "`python download.py ID` 下载过的模型 ID；不带 `--model` 时使用内置演示模型。"
         "示例：`streamlit run apps/chat.py -- --model internlm-chat-7b`。"
-        "使用 `--api-base` 时请先启动服务（`python -m internlm_demo.openai_server --model ... --port 23333`）。",
+        "使用 `--api-base` 时请先启动服务（`python -m internlm_demo.openai_server --model ... --port 23333`）。"),
     ),
     "load_unexpected": ("{kind}: {error}", "{kind}：{error}"),
     "bad_flags": (
@@ -83,10 +83,10 @@ LABELS: dict[str, tuple[str, str]] = {
     "dropped_notice": ("Turn(s) {turns} did not fit the context window and were left out of the prompt for this reply.",
                        "第 {turns} 轮对话超出上下文窗口，本次回复未包含它们。"),
     "overflow_notice": (
-        "**Message too long:** it is {tokens} tokens with the prompt format, but the budget is {window} tokens "
-        "(max length). Shorten it or raise max length; your message was not sent and is kept below.",
-        "**消息过长：** 加上提示格式共 {tokens} 个 token，而上限为 {window} 个（最大长度）。"
-        "请缩短消息或调大最大长度；消息未发送，原文保留如下。",
+        ("**Message too long:** it is {tokens} tokens with the prompt format, but the budget is {window} tokens "
+        "(max length). Shorten it or raise max length; your message was not sent and is kept below."),
+        ("**消息过长：** 加上提示格式共 {tokens} 个 token，而上限为 {window} 个（最大长度）。"
+        "请缩短消息或调大最大长度；消息未发送，原文保留如下。"),
     ),
     "error_notice": ("**The reply failed:** {error}\n\nYour message is kept below.", "**生成回复失败：** {error}\n\n你的消息保留如下。"),
 }

@@ -105,7 +105,7 @@ def generate_in_thread(model: ChatModel, gpu_queue: GpuQueue, items: queue.Queue
                 for text in model.stream_chat(query, history, meta, stats=stats, stop=stop, **kwargs):
                     items.put(("text", text))
         items.put(("end", None))
-    except Exception as exc:  # the client gets the reason instead of a dropped connection
+    except Exception as exc:  # noqa: BLE001 - the client gets the reason, not a dropped connection
         items.put(("error", f"generation failed: {exc}"))
 
 

@@ -95,7 +95,8 @@ class RemoteChatModel:
         api_base = api_base.rstrip("/")
         client = httpx.Client(timeout=httpx.Timeout(10.0, read=600.0))
         response = cls._request(client, "GET", f"{api_base}/models", api_base)
-        cards = response.json().get("data") or []
+        body = response.json()
+        cards = (body.get("data") if isinstance(body, dict) else None) or []
         if not cards:
             raise RemoteBackendError(f"the server at {api_base} serves no models; start it with a --model.")
         served = [card.get("id") for card in cards]
@@ -120,9 +121,9 @@ class RemoteChatModel:
     fit_history = ChatModel.fit_history
 
     def messages(self, query: str, history: History | None = None, meta_instruction: str | None = None) -> list[dict]:
-        """The OpenAI ``messages`` list for a turn."""
-        meta = self.family.default_meta_instruction if meta_instruction is None else meta_instruction
-        messages = [{"role": "system", "content": meta}] if self.family.has_system_prompt and meta else []
+        """The OpenAI ``messages`` list for a turn; without ``meta_instruction`` the server's default applies."""
+        send_system = self.family.has_system_prompt and meta_instruction is not None
+        messages = [{"role": "system", "content": meta_instruction}] if send_system else []
         for old_query, old_response in history or []:
             messages += [{"role": "user", "content": old_query}, {"role": "assistant", "content": old_response}]
         return [*messages, {"role": "user", "content": query}]

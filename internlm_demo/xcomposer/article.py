@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..gallery import Captioner, GalleryIndex
 from .preprocess import ImageRejectedError, load_image
-from .prompts import EOH, IMAGE_HERE, SELECT_INSTRUCTION, Text, align_text
+from .prompts import EOA, EOH, IMAGE_HERE, SELECT_INSTRUCTION, Text, align_text
 
 MAX_SECTIONS = 60
 MAX_TITLE_CHARS = 200
@@ -43,6 +43,7 @@ FIRST_PAST_CAPTION = '现在<Seg{position}>后插入图像对应的标题是"{ca
 NEXT_PAST_CAPTION = '<Seg{position}>后插入图像对应的标题是"{caption}"， '
 SELECT_QUESTION = "\n\n候选图像包括: {choices}\n\n" + EOH + " <|Bot|>:最合适的图是"
 SEGMENT_MARK = re.compile(r"<Seg(\d+)>")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 # Generation settings of each stage. The demo passed transformers 4.33 ``max_length``, which counted a
 # BOS placeholder, so ``max_length=N`` gave N - 1 new tokens.
@@ -150,7 +151,11 @@ def check_gallery(gallery: GalleryIndex) -> None:
 
 
 def split_sections(text: str) -> list[str]:
-    """The article's lines: blank lines collapsed as the demo does, at most ``MAX_SECTIONS``."""
+    """The article's lines: blank lines collapsed as the demo does, at most ``MAX_SECTIONS``.
+
+    Control characters other than newline and tab are dropped (a random demo model writes them).
+    """
+    text = CONTROL_CHARACTERS.sub("", text)
     text = re.sub(r"(\n[ \t]*)+", "\n", text).strip("\n")
     return text.split("\n")[:MAX_SECTIONS] if text.strip() else []
 
@@ -227,7 +232,7 @@ def caption_prompt(sections: list[str], position: int, earlier: list[tuple[int, 
 
 def parse_caption(output: str) -> str:
     """The caption is the reply up to the closing quote."""
-    return output.split('"')[0].strip()
+    return CONTROL_CHARACTERS.sub("", output.split('"')[0]).strip()
 
 
 def fallback_caption(section: str) -> str:
@@ -504,20 +509,27 @@ class XComposerWriter:
         generation = {**generation, "max_new_tokens": min(generation["max_new_tokens"], room)}
         return xcomposer.decoder(embeds, defaults={}, **generation)
 
+    def _reply(self, ids: list[int]) -> str:
+        """The decoded reply, cut where a stop marker begins (a tokenizer may print them)."""
+        text = self.xcomposer.response_text(ids)
+        for marker in (EOH, EOA):
+            text = text.split(marker)[0]
+        return text
+
     def stream_text(self, prompt: str, **generation) -> Iterator[str]:
         decoder = self._decoder(prompt, generation)
         shown = None
         for ids in decoder.steps():
-            text = self.xcomposer.response_text(ids)
+            text = self._reply(ids)
             if text != shown and not text.endswith("\ufffd"):  # wait for a character's remaining bytes
                 shown = text
                 yield text
-        final = self.xcomposer.response_text(decoder.output_ids)
+        final = self._reply(decoder.output_ids)
         if final != shown:
             yield final
 
     def generate_text(self, prompt: str, **generation) -> str:
-        return self.xcomposer.response_text(self._decoder(prompt, generation).run())
+        return self._reply(self._decoder(prompt, generation).run())
 
     def choose_image(self, prompt: str, images: list[Image.Image]) -> str:
         xcomposer = self.xcomposer

@@ -69,7 +69,7 @@ def rename(name: str, renames) -> str:
         if old.startswith("."):
             name = name.replace(old, new)
         elif name.startswith(old):
-            name = new + name[len(old):]
+            name = new + name[len(old) :]
     return name
 
 
@@ -77,7 +77,7 @@ def llm_tensors(tensors) -> Iterator[tuple[str, torch.Tensor]]:
     """The language model's tensors under Llama names (InternLM v1 already uses them, minus the prefix)."""
     for name, tensor in tensors:
         if name.startswith(LLM_PREFIX):
-            yield name[len(LLM_PREFIX):], tensor
+            yield name[len(LLM_PREFIX) :], tensor
 
 
 def image_tensors(tensors) -> Iterator[tuple[str, torch.Tensor]]:
@@ -98,7 +98,9 @@ def image_tensors(tensors) -> Iterator[tuple[str, torch.Tensor]]:
         yield rename(name, IMAGE_RENAMES), tensor
     if pending_biases:
         block = next(iter(pending_biases))
-        raise ModelFolderError(f"{block} has only one of q_bias/v_bias in the checkpoint; a shard is incomplete — re-download the model.")
+        raise ModelFolderError(
+            f"{block} has only one of q_bias/v_bias in the checkpoint; a shard is incomplete — re-download the model."
+        )
 
 
 def lora_part(name: str, spec: LoraSpec) -> tuple[str, str] | None:
@@ -116,7 +118,9 @@ def lora_part(name: str, spec: LoraSpec) -> tuple[str, str] | None:
     return None
 
 
-def merge_lora(tensors, spec: LoraSpec | None, device_of: Callable[[str], torch.device | str]) -> Iterator[tuple[str, torch.Tensor]]:
+def merge_lora(
+    tensors, spec: LoraSpec | None, device_of: Callable[[str], torch.device | str]
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Fold each ``lora_B @ lora_A * scaling`` into its base weight, as the original's forward adds it.
 
     The merge runs in float32 on the device the weight will live on; base biases are untouched.
@@ -124,7 +128,9 @@ def merge_lora(tensors, spec: LoraSpec | None, device_of: Callable[[str], torch.
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors:
         if spec is None and ".lora_" in name:
-            raise ModelFolderError(f"the checkpoint has LoRA deltas ({name}) but config.json has no internlm_lora entry.")
+            raise ModelFolderError(
+                f"the checkpoint has LoRA deltas ({name}) but config.json has no internlm_lora entry."
+            )
         piece = lora_part(name, spec) if spec else None
         if piece is None:
             yield name, tensor

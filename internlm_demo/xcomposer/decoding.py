@@ -115,8 +115,15 @@ class Decoder:
     what ``generate`` returned and ``score`` the winning beam's score (None without beams).
     """
 
-    def __init__(self, llm, prompt_embeds: torch.Tensor, settings: GenerationSettings, bos_id: int, eos_id: int,
-                 stop_ids: Sequence[int] = ()):
+    def __init__(
+        self,
+        llm,
+        prompt_embeds: torch.Tensor,
+        settings: GenerationSettings,
+        bos_id: int,
+        eos_id: int,
+        stop_ids: Sequence[int] = (),
+    ):
         self.llm = llm
         self.prompt_embeds = prompt_embeds
         self.settings = settings
@@ -149,10 +156,13 @@ class Decoder:
     @torch.no_grad()
     def _forward(self, inputs: torch.Tensor, is_embeds: bool) -> torch.Tensor:
         length = inputs.shape[1]
-        positions = torch.arange(self._position, self._position + length, device=inputs.device).expand(inputs.shape[0], -1)
+        positions = torch.arange(self._position, self._position + length, device=inputs.device).expand(
+            inputs.shape[0], -1
+        )
         key = "inputs_embeds" if is_embeds else "input_ids"
-        out = self.llm(**{key: inputs}, position_ids=positions, use_cache=True, logits_to_keep=1,
-                       **{CACHE_ARGUMENT: self._cache})
+        out = self.llm(
+            **{key: inputs}, position_ids=positions, use_cache=True, logits_to_keep=1, **{CACHE_ARGUMENT: self._cache}
+        )
         self._position += length
         return out.logits[:, -1].float().cpu()
 
@@ -167,9 +177,14 @@ class Decoder:
 
     def _single_steps(self) -> Iterator[list[int]]:
         settings = self.settings
-        params = GenerationParams(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                                  temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                                  repetition_penalty=settings.repetition_penalty)
+        params = GenerationParams(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            repetition_penalty=settings.repetition_penalty,
+        )
         ids = torch.tensor([self.bos_id])
         logits = self._forward(self.prompt_embeds, is_embeds=True)
         while ids.numel() < self.max_length:

@@ -50,7 +50,9 @@ def read_xcomposer_folder(folder: Path) -> tuple[dict, InternLMTokenizer]:
             "InternLM-XComposer v1 folder (chat models open in the chat apps; XComposer2 is not supported)."
         )
     if not (folder / "tokenizer.model").is_file():
-        raise ModelFolderError(f"{folder / 'tokenizer.model'} is missing; re-download the model (the tokenizer is part of it).")
+        raise ModelFolderError(
+            f"{folder / 'tokenizer.model'} is missing; re-download the model (the tokenizer is part of it)."
+        )
     tokenizer_config_path = folder / "tokenizer_config.json"
     tokenizer_config = read_json(tokenizer_config_path, "tokenizer settings") if tokenizer_config_path.is_file() else {}
     try:
@@ -64,8 +66,12 @@ def build_image_encoder(config: dict, llm_hidden_size: int) -> ImageEncoder:
     """The image side on the meta device (no memory), sized from config.json."""
     vision = vision_config_for(config)
     with torch.device("meta"):
-        return ImageEncoder(vision, qformer_config_for(config, vision.hidden_size),
-                            int(config.get("num_query_token", 64)), llm_hidden_size)
+        return ImageEncoder(
+            vision,
+            qformer_config_for(config, vision.hidden_size),
+            int(config.get("num_query_token", 64)),
+            llm_hidden_size,
+        )
 
 
 def image_encoder_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
@@ -73,7 +79,9 @@ def image_encoder_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     return dtype if name.startswith("visual_encoder.") else torch.float32
 
 
-def plan_xcomposer_devices(image_encoder_bytes: int, llm_blocks: list[tuple[str, int]], num_gpus: int) -> tuple[int, dict[str, int]]:
+def plan_xcomposer_devices(
+    image_encoder_bytes: int, llm_blocks: list[tuple[str, int]], num_gpus: int
+) -> tuple[int, dict[str, int]]:
     """(GPU of the image encoder, GPU per language-model block) for a balanced, contiguous split.
 
     The image encoder and the token embeddings form one block, so both land on the first GPU
@@ -85,8 +93,9 @@ def plan_xcomposer_devices(image_encoder_bytes: int, llm_blocks: list[tuple[str,
     return first, {embed_name: first, **plan}
 
 
-def xcomposer_device_map(image_encoder: ImageEncoder, llm_config, dtype: torch.dtype, device: str,
-                         num_gpus: int | None) -> tuple[str, dict]:
+def xcomposer_device_map(
+    image_encoder: ImageEncoder, llm_config, dtype: torch.dtype, device: str, num_gpus: int | None
+) -> tuple[str, dict]:
     """(image encoder device, language-model device map) for ``num_gpus`` GPUs, or everything on ``device``."""
     if not num_gpus or num_gpus <= 1:
         return device, {"": device}
@@ -123,8 +132,13 @@ def load_image_encoder_weights(encoder: ImageEncoder, tensors, device: str, dtyp
     encoder.eval()
 
 
-def load_xcomposer(path_or_id: str | Path | None = None, device: str | None = None, dtype: str | None = None,
-                   num_gpus: int | None = None, progress: bool = True) -> XComposer:
+def load_xcomposer(
+    path_or_id: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    num_gpus: int | None = None,
+    progress: bool = True,
+) -> XComposer:
     """Load an original InternLM-XComposer v1 folder (or known id; None → a downloaded one or the embedded demo).
 
     Each tensor goes straight from the checkpoint to its device, so ``num_gpus`` > 1 never needs the
@@ -144,16 +158,20 @@ def load_xcomposer(path_or_id: str | Path | None = None, device: str | None = No
     if progress:
         tensors = tqdm(tensors, desc=f"loading {model_id} (language model)", unit=" tensors", leave=False)
     llm, llm_map = build_llama(llm_config, tensors, device, torch_dtype, num_gpus, shard_names, device_map=llm_map)
-    load_image_encoder_weights(image_encoder, image_tensors(iter_tensors(shards)), image_device, torch_dtype, shard_names)
+    load_image_encoder_weights(
+        image_encoder, image_tensors(iter_tensors(shards)), image_device, torch_dtype, shard_names
+    )
 
     info = ModelInfo(
         model_id=model_id,
         folder=folder,
         family="xcomposer",
         dtype=str(torch_dtype).removeprefix("torch."),
-        device_map={"image_encoder": str(image_device), **{f"llm.{k}" if k else "llm": str(v) for k, v in llm_map.items()}},
+        device_map={
+            "image_encoder": str(image_device),
+            **{f"llm.{k}" if k else "llm": str(v) for k, v in llm_map.items()},
+        },
         context_window=llm_config.max_position_embeddings,
         is_demo=is_demo,
     )
     return XComposer(image_encoder, llm, tokenizer, info)
-

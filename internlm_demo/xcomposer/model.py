@@ -143,12 +143,23 @@ class XComposer:
         """Raw float32 logits for the token after the prompt (before any processor)."""
         return self.llm(inputs_embeds=prompt_embeds, logits_to_keep=1).logits[0, -1].float().cpu()
 
-    def decoder(self, prompt_embeds: torch.Tensor, stop_ids: Sequence[int] | None = None, defaults: dict | None = None,
-                **generate_kwargs) -> Decoder:
+    def decoder(
+        self,
+        prompt_embeds: torch.Tensor,
+        stop_ids: Sequence[int] | None = None,
+        defaults: dict | None = None,
+        **generate_kwargs,
+    ) -> Decoder:
         """A Decoder over ``prompt_embeds``; ``stop_ids`` default to EOH/EOA, ``()`` disables them."""
         settings = GenerationSettings.from_kwargs(generate_kwargs, CHAT_DEFAULTS if defaults is None else defaults)
-        return Decoder(self.llm, prompt_embeds, settings, bos_id=self.tokenizer.bos_id, eos_id=self.tokenizer.eos_id,
-                       stop_ids=self.stop_ids if stop_ids is None else stop_ids)
+        return Decoder(
+            self.llm,
+            prompt_embeds,
+            settings,
+            bos_id=self.tokenizer.bos_id,
+            eos_id=self.tokenizer.eos_id,
+            stop_ids=self.stop_ids if stop_ids is None else stop_ids,
+        )
 
     def response_text(self, output_ids: Sequence[int]) -> str:
         """The original ``decode_text``: special tokens skipped, cut at EOA."""
@@ -159,8 +170,9 @@ class XComposer:
         embeds = self.embed(chat_segments(text, self._image_embeds(image), None))
         return self.response_text(self.decoder(embeds, **generate_kwargs).run())
 
-    def stream_chat(self, text: str, image: ImageInput | None = None, history: list[Turn] | None = None,
-                    **generate_kwargs) -> Iterator[str]:
+    def stream_chat(
+        self, text: str, image: ImageInput | None = None, history: list[Turn] | None = None, **generate_kwargs
+    ) -> Iterator[str]:
         """Yield the response so far; the last value is what ``chat`` returns.
 
         With beam search the intermediate values follow the currently best running beam, as the
@@ -178,19 +190,26 @@ class XComposer:
         if final != shown:
             yield final
 
-    def chat(self, text: str, image: ImageInput | None = None, history: list[Turn] | None = None,
-             **generate_kwargs) -> tuple[str, list[Turn]]:
+    def chat(
+        self, text: str, image: ImageInput | None = None, history: list[Turn] | None = None, **generate_kwargs
+    ) -> tuple[str, list[Turn]]:
         """The original ``model.chat``: returns the response and the history with this turn appended.
 
-        Defaults: num_beams 5, repetition_penalty 1.5, max_new_tokens 500, greedy beams; stops at EOH/EOA.
+        ``image`` is a path, a PIL image, pixel values or embeddings from ``encode_image``. Defaults:
+        num_beams 5, repetition_penalty 1.5, max_new_tokens 500, no sampling; stops at EOH/EOA.
         """
         image_embeds = self._image_embeds(image)
         embeds = self.embed(chat_segments(text, image_embeds, history))
         response = self.response_text(self.decoder(embeds, **generate_kwargs).run())
         return response, [*(history or []), Turn(text=text, response=response, image=image_embeds)]
 
-    def stream_segments(self, segments: Sequence[Segment], break_ids: Sequence[int] = (), defaults: dict | None = None,
-                        **generate_kwargs) -> Iterator[str]:
+    def stream_segments(
+        self,
+        segments: Sequence[Segment],
+        break_ids: Sequence[int] = (),
+        defaults: dict | None = None,
+        **generate_kwargs,
+    ) -> Iterator[str]:
         """Stream a reply to any prompt as the web demo streams: the decoded running ids after each step,
         ending early when the newest id is one of ``break_ids``."""
         decoder = self.decoder(self.embed(segments), defaults=defaults, **generate_kwargs)
@@ -233,8 +252,12 @@ class XComposer:
     def stream_conversation(self, exchanges: Sequence[Exchange], **generate_kwargs) -> Iterator[str]:
         """The web demo's chat tab: reply to the last exchange, streaming, with its defaults
         (max_length 512, 3 beams, sampling, no repetition penalty)."""
-        yield from self.stream_segments(conversation_segments(list(exchanges)), self.conversation_break_ids,
-                                        defaults=CONVERSATION_DEFAULTS, **generate_kwargs)
+        yield from self.stream_segments(
+            conversation_segments(list(exchanges)),
+            self.conversation_break_ids,
+            defaults=CONVERSATION_DEFAULTS,
+            **generate_kwargs,
+        )
 
     def interleaved_embeds(self, text: str, images: Sequence[ImageInput]) -> torch.Tensor:
         """The demo's ``interleav_wrap`` + BOS: ``text`` with one image per ``<ImageHere>``, cut to 1680 positions."""
@@ -242,8 +265,9 @@ class XComposer:
         body = self.embed(segments)[:, :INTERLEAVED_MAX_POSITIONS]
         return torch.cat([self.embed([Text("", bos=True)]), body], dim=1)
 
-    def select_image(self, sections: Sequence[str], candidates: Sequence[ImageInput],
-                     chosen: Sequence[ImageInput] = ()) -> ImageChoice:
+    def select_image(
+        self, sections: Sequence[str], candidates: Sequence[ImageInput], chosen: Sequence[ImageInput] = ()
+    ) -> ImageChoice:
         """The demo's ``model_select_image``: which of four candidates fits after ``sections``.
 
         ``sections`` is the article text cut where earlier images were placed; ``chosen`` holds those

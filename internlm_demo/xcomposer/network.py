@@ -13,8 +13,13 @@ from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfi
 
 # Hyperparameters fixed by the original code; a fixture's ``tiny_dims`` may override the sizes.
 EVA_VIT_G = {"img_size": 224, "patch_size": 14, "embed_dim": 1408, "depth": 39, "num_heads": 16, "mlp_ratio": 4.3637}
-BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-             "cross_attention_freq": 2}
+BERT_BASE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "cross_attention_freq": 2,
+}
 VIT_LAYER_NORM_EPS = 1e-6
 LN_VISION_EPS = 1e-5
 QFORMER_LAYER_NORM_EPS = 1e-12
@@ -55,7 +60,9 @@ def qformer_config_for(config: dict, vision_width: int) -> Blip2QFormerConfig:
 class ImageEncoder(nn.Module):
     """Pixels → ``num_query_token + 2`` embeddings in the language model's space."""
 
-    def __init__(self, vision: Blip2VisionConfig, qformer: Blip2QFormerConfig, num_query_token: int, llm_hidden_size: int):
+    def __init__(
+        self, vision: Blip2VisionConfig, qformer: Blip2QFormerConfig, num_query_token: int, llm_hidden_size: int
+    ):
         super().__init__()
         self.visual_encoder = Blip2VisionModel(vision)
         self.visual_encoder.post_layernorm = nn.Identity()  # EVA's blocks end without a norm; ln_vision follows

@@ -74,7 +74,13 @@ def chat_segments(text: str, image: torch.Tensor | None, history: list[Turn] | N
     """
     segments: list[Segment] = []
     for turn in history or []:
-        segments += [Text(USER, bos=True), *image_part(turn.image), Text(turn.text), Text(BOT), Text(turn.response, bos=True)]
+        segments += [
+            Text(USER, bos=True),
+            *image_part(turn.image),
+            Text(turn.text),
+            Text(BOT),
+            Text(turn.response, bos=True),
+        ]
     opening = Text(USER) if history else Text(META_INSTRUCTION + USER, bos=True)
     return [*segments, opening, *image_part(image), Text(text), Text(ANSWER_CUE)]
 
@@ -118,10 +124,18 @@ def conversation_segments(exchanges: list[Exchange]) -> list[Segment]:
 def align_text(text: str) -> str:
     """The demo's ``align_text``: normalise role markers, close with EOA and ``</s>``."""
     text = text + EOA + " </s>"
-    for old, new in (("###Human", "<|User|>"), ("### Human", "<|User|>"), ("<|User|> :", "<|User|>:"),
-                     ("<|User|>: ", "<|User|>:"), ("<|User|>", " <|User|>"), ("###Assistant", "<|Bot|>"),
-                     ("### Assistant", "<|Bot|>"), ("<|Bot|> :", "<|Bot|>:"), ("<|Bot|>: ", "<|Bot|>:"),
-                     ("<|Bot|>", EOH + " <|Bot|>")):
+    for old, new in (
+        ("###Human", "<|User|>"),
+        ("### Human", "<|User|>"),
+        ("<|User|> :", "<|User|>:"),
+        ("<|User|>: ", "<|User|>:"),
+        ("<|User|>", " <|User|>"),
+        ("###Assistant", "<|Bot|>"),
+        ("### Assistant", "<|Bot|>"),
+        ("<|Bot|> :", "<|Bot|>:"),
+        ("<|Bot|>: ", "<|Bot|>:"),
+        ("<|Bot|>", EOH + " <|Bot|>"),
+    ):
         text = text.replace(old, new)
     if text.find("<|User|>") > text.find("<|Bot|>"):
         text = text.replace(" <|User|>", EOA + " <|User|>")

@@ -1,0 +1,223 @@
+"""InternLM chat page. Run from the repository root:
+
+    streamlit run apps/chat.py -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL]
+
+Address and port (127.0.0.1:6006) come from .streamlit/config.toml. This file only lays out
+the page and wires it to internlm_demo.conversation, which holds the handlers and the state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from dataclasses import asdict
+
+import streamlit as st
+
+from internlm_demo import ModelFolderError
+from internlm_demo import conversation as chat
+from internlm_demo.gpu_queue import process_queue
+from internlm_demo.i18n import LANGUAGES, labels
+from internlm_demo.remote import RemoteBackendError
+from internlm_demo.settings import Settings
+
+REFRESH_S = 0.05  # a streaming reply is re-rendered at most this often, whatever the GPU's speed
+USAGE = "streamlit run apps/chat.py -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL]"
+
+
+@st.cache_resource(show_spinner=False)
+def load_model(settings: Settings):
+    """One model per process and settings, shared by every browser session."""
+    return chat.open_model(settings)
+
+
+def parse_settings(t) -> Settings:
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return Settings.parse(sys.argv[1:], prog="streamlit run apps/chat.py --")
+    except SystemExit:
+        st.error(t("bad_flags", error=errors.getvalue().strip().splitlines()[-1], usage=USAGE))
+        st.stop()
+
+
+def load_or_explain(settings: Settings, t):
+    """The model, or an error panel with the fix and a stopped page."""
+    try:
+        with st.spinner(t("loading_model")):
+            return load_model(settings)
+    except (ModelFolderError, RemoteBackendError) as exc:
+        st.error(t("load_failed", error=exc))
+    except Exception as exc:  # noqa: BLE001 - out of memory, a broken CUDA setup...: a message, not a traceback
+        st.error(t("load_failed", error=t("load_unexpected", kind=type(exc).__name__, error=exc)))
+    st.info(t("load_fix"))
+    st.stop()
+
+
+def conversation() -> chat.Conversation:
+    if "conversation" not in st.session_state:
+        st.session_state.conversation = chat.Conversation()
+    return st.session_state.conversation
+
+
+def current_params(model) -> chat.ChatParams:
+    """The sidebar's settings (defaults for keys whose widgets are not shown)."""
+    values = asdict(chat.ChatParams.defaults_for(model))
+    values.update({name: st.session_state[f"param_{name}"] for name in values if f"param_{name}" in st.session_state})
+    return chat.ChatParams(**values)
+
+
+def gpu_queue_for(model):
+    # A remote server batches requests itself; only local generation waits in line.
+    return None if getattr(model, "estimates_tokens", False) else process_queue()
+
+
+def on_send(model) -> None:
+    chat.send(conversation(), model, current_params(model), st.session_state.draft, gpu_queue_for(model))
+
+
+def on_regenerate(model) -> None:
+    chat.regenerate(conversation(), model, current_params(model), gpu_queue_for(model))
+
+
+def on_import(model) -> None:
+    upload = st.session_state.import_file
+    if upload is None:
+        return
+    try:
+        imported = chat.import_json(upload.getvalue(), model)
+    except chat.ConversationFileError as exc:
+        conversation().notice = chat.Notice("import_error", detail=str(exc))
+        return
+    chat.apply_import(conversation(), imported)
+    for name, value in asdict(imported.params).items():
+        st.session_state[f"param_{name}"] = value
+
+
+def sidebar(model, conv: chat.Conversation, t) -> None:
+    for name, value in asdict(chat.ChatParams.defaults_for(model)).items():
+        st.session_state.setdefault(f"param_{name}", value)
+    with st.sidebar:
+        st.header(t("generation"))
+        for name in ("max_length", "max_new_tokens"):
+            low, high = chat.param_range(name, model)
+            st.slider(t(name), int(low), int(high), step=1, key=f"param_{name}")
+        for name, step in (("top_p", 0.01), ("temperature", 0.01), ("repetition_penalty", 0.005)):
+            low, high = chat.param_range(name, model)
+            st.slider(t(name), float(low), float(high), step=step, key=f"param_{name}")
+        low, high = chat.param_range("top_k", model)
+        st.slider(t("top_k"), int(low), int(high), step=1, key="param_top_k")
+        low, high = chat.param_range("seed", model)
+        st.number_input(t("seed"), int(low), int(high), step=1, key="param_seed", placeholder=t("seed_random"))
+        if model.family.has_system_prompt:
+            st.text_area(t("system_prompt"), key="param_system_prompt", height=120)
+        params = current_params(model)
+
+        st.header(t("context"))
+        meter = chat.context_meter(conv, model, params)
+        used = meter.prompt_tokens / meter.window if meter.window else 1.0
+        st.progress(min(used, 1.0), text=t("meter", used=meter.prompt_tokens, window=meter.window, reply=meter.reply_tokens))
+        if meter.dropped_turns:
+            st.caption(t("meter_dropped", turns=", ".join(map(str, meter.dropped_turns))))
+        if meter.estimated:
+            st.caption(t("meter_estimated"))
+
+        st.header(t("conversation"))
+        st.download_button(t("export"), data=chat.export_json(conv, model, params), on_click="ignore",
+                           file_name=f"conversation-{model.info.model_id}.json", mime="application/json",
+                           icon=":material/download:", disabled=len(conv.messages) < 2)
+        st.file_uploader(t("import"), type=["json"], key="import_file", on_change=on_import, args=(model,))
+
+        st.header(t("model_panel"))
+        model_panel(chat.model_facts(model, conv.last_stats), t)
+
+
+def model_panel(facts: dict, t) -> None:
+    lines = [(t("model_id"), f"`{facts['model_id']}`"), (t("family"), facts["family"]), (t("dtype"), facts["dtype"])]
+    if facts["served_by"]:
+        lines.append((t("device_map"), t("remote", api_base=facts["served_by"])))
+    else:
+        lines.append((t("device_map"), facts["device_map"]))
+        memory = facts["memory"]
+        shown = ", ".join(f"{device}: {size / 2**30:.2f} GiB" for device, size in memory.items()) if memory else t("memory_cpu")
+        lines.append((t("memory"), shown))
+    speed, first = facts["tokens_per_s"], facts["time_to_first_token_s"]
+    lines.append((t("tokens_per_s"), f"{speed:.1f}" if speed else t("not_yet")))
+    lines.append((t("ttft"), f"{first * 1000:.0f} ms" if first is not None else t("not_yet")))
+    st.markdown("\n".join(f"- **{label}:** {value}" for label, value in lines))
+
+
+def show_messages(conv: chat.Conversation, t) -> None:
+    for message in conv.messages:
+        with st.chat_message(message.role):
+            st.markdown(chat.display_markdown(message.content))
+            if message.stopped:
+                st.caption(t("stopped_mark"))
+            if message.role == "assistant" and message.content:
+                with st.popover(t("copy"), icon=":material/content_copy:"):
+                    st.code(message.content, language="markdown", wrap_lines=True)
+
+
+def show_notice(notice: chat.Notice | None, t) -> None:
+    if notice is None:
+        return
+    if notice.kind == "dropped":
+        st.info(t("dropped_notice", turns=", ".join(map(str, notice.turns))), icon=":material/content_cut:")
+    elif notice.kind == "overflow":
+        st.error(t("overflow_notice", tokens=notice.tokens, window=notice.window))
+        st.code(notice.message, language=None, wrap_lines=True)
+    elif notice.kind == "error":
+        st.error(t("error_notice", error=notice.detail))
+        st.code(notice.message, language=None, wrap_lines=True)
+    elif notice.kind == "imported":
+        st.success(t("imported", model_id=notice.detail))
+    elif notice.kind == "import_error":
+        st.error(t("import_failed", error=notice.detail))
+
+
+@st.fragment(run_every=REFRESH_S)
+def live_reply(t) -> None:
+    """The reply being generated; re-run on a timer so generation never waits for rendering."""
+    conv = conversation()
+    pending = conv.pending
+    if pending is None or pending.done.is_set():
+        st.rerun()  # the whole page collects the finished reply
+    with st.chat_message("assistant"):
+        state = pending.state
+        status = st.empty()  # one slot, so the elements below keep their place as the state changes
+        if state == "queued":
+            status.info(t("queued", ahead=pending.queue_ahead) if pending.queue_ahead else t("waiting"),
+                        icon=":material/hourglass_top:")
+        elif state == "stopping":
+            status.caption(t("stopping"))
+        st.markdown(chat.display_markdown(pending.text) + " ▌")
+        st.button(t("stop"), key="stop", on_click=chat.stop, args=(conv,), icon=":material/stop_circle:",
+                  disabled=state == "stopping")
+
+
+def main() -> None:
+    st.set_page_config(page_title="InternLM Chat", page_icon="💬")
+    language = st.sidebar.radio(labels(LANGUAGES[0])("language"), LANGUAGES, horizontal=True, key="language")
+    t = labels(language)
+    st.title(t("title"))
+    model = load_or_explain(parse_settings(t), t)
+    if model.info.is_demo:
+        st.warning(t("demo_banner", model_id=model.info.model_id), icon=":material/science:")
+
+    conv = conversation()
+    chat.collect(conv)
+    sidebar(model, conv, t)
+    show_messages(conv, t)
+    show_notice(conv.notice, t)
+    if conv.pending is not None:
+        live_reply(t)
+    elif conv.messages:
+        regenerate_column, clear_column, _ = st.columns([1, 1, 3])
+        regenerate_column.button(t("regenerate"), key="regenerate", on_click=on_regenerate, args=(model,),
+                                 icon=":material/refresh:")
+        clear_column.button(t("clear"), key="clear", on_click=chat.clear, args=(conv,), icon=":material/delete:")
+    st.chat_input(t("placeholder"), key="draft", on_submit=on_send, args=(model,), disabled=conv.pending is not None)
+
+
+main()

@@ -1,0 +1,413 @@
+"""apps/chat.py driven by Streamlit's AppTest: the real page, real models, real generation on the CPU.
+
+Expected replies come from the same model folder loaded here and asked directly with the
+parameters the test set in the sidebar; a page that dropped or changed a parameter, a turn
+or a seed produces a different reply.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from itertools import pairwise
+
+import pytest
+from streamlit.runtime.media_file_manager import MediaFileManager
+from streamlit.testing.v1 import AppTest
+
+from internlm_demo import load_chat_model
+from internlm_demo.conversation import display_markdown
+from internlm_demo.gpu_queue import process_queue
+from tests.conftest import FIXTURES_DIR, REPO
+
+APP = str(REPO / "apps" / "chat.py")
+# Random weights over a 103k vocabulary almost never pick EOS: replies run to max new tokens,
+# slowly enough on a CPU to be watched and stopped.
+LONG_REPLY_MODEL = FIXTURES_DIR / "internlm-chat-7b-tiny"
+SMALL_WINDOW_MODEL = FIXTURES_DIR / "internlm-chat-20b-tiny"  # max_position_embeddings 64
+WAIT_S = 90
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_chat_model(None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def long_reply_model():
+    return load_chat_model(LONG_REPLY_MODEL, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_window_model():
+    return load_chat_model(SMALL_WINDOW_MODEL, progress=False)
+
+
+@pytest.fixture
+def open_app(monkeypatch):
+    """Start the page as ``streamlit run apps/chat.py -- FLAGS`` would (flags go through sys.argv)."""
+
+    def open_with(*flags: str) -> AppTest:
+        monkeypatch.setattr(sys, "argv", [APP, *map(str, flags)])
+        app = AppTest.from_file(APP, default_timeout=60)
+        return app.run()
+
+    return open_with
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """What the page hands to its download buttons, as a browser would receive it: [(file name, bytes)]."""
+    served = []
+    original_add = MediaFileManager.add
+
+    def add(self, path_or_data, mimetype, coordinates, file_name=None, is_for_static_download=False):
+        if is_for_static_download:
+            served.append((file_name, path_or_data))
+        return original_add(self, path_or_data, mimetype, coordinates, file_name, is_for_static_download)
+
+    monkeypatch.setattr(MediaFileManager, "add", add)
+    return served
+
+
+def streamed(model, query, history, meta_instruction=None, **settings) -> str:
+    """The reply as streamed (the pages' and the server's reply): it never ends in half a character."""
+    text = ""
+    for text in model.stream_chat(query, history, meta_instruction, **settings):
+        pass
+    return text
+
+
+def conversation(app: AppTest):
+    return app.session_state["conversation"]
+
+
+def wait_until_idle(app: AppTest) -> AppTest:
+    """Re-run the page (as its refresh timer does) until the reply is in the history."""
+    deadline = time.monotonic() + WAIT_S
+    while conversation(app).pending is not None:
+        assert time.monotonic() < deadline, "the reply did not finish"
+        time.sleep(0.05)
+        app.run()
+    assert not app.exception
+    return app
+
+
+def wait_for_partial_reply(app: AppTest) -> list[str]:
+    """Re-run the page until the streaming bubble shows text; returns the texts it showed."""
+    shown = []
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        assert time.monotonic() < deadline, "no text was streamed"
+        app.run()
+        bubble = app.chat_message[-1]
+        assert bubble.name == "assistant" and app.button(key="stop") is not None
+        shown.append(bubble.markdown[-1].value.removesuffix(" ▌"))
+        if shown[-1]:
+            return shown
+        time.sleep(0.05)
+
+
+def wait_for_queue_notice(app: AppTest, ahead: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not any(f"Queued ({ahead} ahead)" in info.value for info in app.info):
+        assert time.monotonic() < deadline, "the page never said it was queued"
+        time.sleep(0.05)
+        app.run()
+
+
+def send(app: AppTest, text: str) -> AppTest:
+    return app.chat_input[0].set_value(text).run()
+
+
+def set_params(app: AppTest, **values) -> AppTest:
+    for name, value in values.items():
+        widget = app.number_input(key="param_seed") if name == "seed" else app.slider(key=f"param_{name}")
+        widget.set_value(value)
+    return app.run()
+
+
+def transcript(app: AppTest) -> list[tuple[str, str]]:
+    return [(bubble.name, bubble.markdown[0].value) for bubble in app.chat_message]
+
+
+def test_demo_model_banner_and_defaults(open_app, demo_model):
+    app = open_app()
+    assert not app.exception
+    banner = app.warning[0].value
+    assert "demo" in banner.lower() and "random" in banner
+    assert "python download.py internlm-chat-7b" in banner and "--model internlm-chat-7b" in banner
+    assert app.slider(key="param_top_p").value == 0.8
+    assert app.slider(key="param_temperature").value == demo_model.family.web_demo_temperature
+    assert app.slider(key="param_max_length").value == demo_model.context_window
+    assert not demo_model.family.has_system_prompt and not app.text_area  # v1 has no system prompt
+    model_panel = app.sidebar.markdown[-1].value
+    assert "internlm-demo-tiny" in model_panel and "float32" in model_panel and "CPU" in model_panel
+
+
+def test_send_streams_and_records_the_reply(open_app, demo_model):
+    app = open_app()
+    set_params(app, seed=7, max_new_tokens=40)
+    query = "你好，InternLM！Tell me about **Shanghai**."
+    send(app, query)
+    assert transcript(app)[0] == ("user", query)
+    assert app.chat_input[0].proto.disabled or conversation(app).pending is None  # no second message mid-reply
+    wait_until_idle(app)
+
+    expected = streamed(demo_model, query, [], max_new_tokens=40, temperature=0.7, top_p=0.8, seed=7)
+    assert [role for role, _ in transcript(app)] == ["user", "assistant"]
+    assert conversation(app).messages[1].content == expected
+    assert conversation(app).messages[1].seed == 7 and not conversation(app).messages[1].stopped
+    stats = conversation(app).last_stats
+    assert 0 < stats.new_tokens <= 40
+    panel = app.sidebar.markdown[-1].value
+    assert f"{stats.tokens_per_s:.1f}" in panel and f"{stats.time_to_first_token_s * 1000:.0f} ms" in panel
+    assert not app.chat_input[0].proto.disabled
+
+
+def test_streaming_shows_growing_text_then_stop_keeps_the_partial_reply(open_app, long_reply_model):
+    app = open_app("--model", LONG_REPLY_MODEL)
+    set_params(app, seed=3)
+    query = "Write a long story, please. 请写一个长故事。"
+    send(app, query)
+    assert app.chat_input[0].proto.disabled  # one message at a time
+    shown = wait_for_partial_reply(app)
+    app.run()
+    shown.append(app.chat_message[-1].markdown[-1].value.removesuffix(" ▌"))
+    assert all(later.startswith(earlier) for earlier, later in pairwise(shown))  # the text only grows
+
+    app.button(key="stop").click().run()
+    wait_until_idle(app)
+    reply = conversation(app).messages[-1]
+    generated = conversation(app).last_stats.new_tokens
+    assert reply.role == "assistant" and reply.stopped and reply.seed == 3
+    assert 0 < generated < app.slider(key="param_max_new_tokens").value
+    assert reply.content.startswith(shown[-1])
+    # The same seed gives the same first tokens: the kept text is exactly what had been generated.
+    whole_so_far, _ = long_reply_model.chat(query, [], max_new_tokens=generated, temperature=0.7, top_p=0.8, seed=3)
+    assert reply.content and whole_so_far.startswith(reply.content)
+    assert "(stopped)" in [caption.value for caption in app.caption]
+    assert [role for role, _ in transcript(app)] == ["user", "assistant"]
+
+    # The history stays usable: the next turn is sent with the partial reply as its history.
+    set_params(app, max_new_tokens=6)
+    send(app, "Go on.")
+    wait_until_idle(app)
+    expected = streamed(long_reply_model, "Go on.", [(query, reply.content)], max_new_tokens=6,
+                                        temperature=0.7, top_p=0.8, seed=3)
+    assert conversation(app).messages[-1].content == expected
+    assert [role for role, _ in transcript(app)] == ["user", "assistant", "user", "assistant"]
+
+
+def test_parameter_changes_reach_generation(open_app, demo_model):
+    query = "Explain $e^{i\\pi}+1=0$ in one line."
+    sampled = {"max_new_tokens": 24, "temperature": 1.3, "top_p": 0.5, "top_k": 20, "repetition_penalty": 1.2}
+    with_seed_5 = streamed(demo_model, query, [], seed=5, **sampled)
+    with_seed_6 = streamed(demo_model, query, [], seed=6, **sampled)
+    with_defaults = streamed(demo_model, query, [], seed=5, max_new_tokens=24, temperature=0.7, top_p=0.8)
+    greedy = streamed(demo_model, query, [], max_new_tokens=24, do_sample=False)
+    assert len({with_seed_5, with_seed_6, with_defaults, greedy}) == 4  # each setting changes this reply
+
+    app = open_app()
+    set_params(app, seed=5, **sampled)
+    wait_until_idle(send(app, query))
+    assert conversation(app).messages[-1].content == with_seed_5
+
+    app.button(key="clear").click().run()
+    set_params(app, temperature=0.0)
+    wait_until_idle(send(app, query))
+    assert conversation(app).messages[-1].content == greedy
+
+
+def test_regenerate_replaces_the_last_reply(open_app, demo_model):
+    app = open_app()
+    set_params(app, max_new_tokens=16)  # seed left empty: a fresh seed per reply, recorded on it
+    wait_until_idle(send(app, "Hello!"))
+    first = conversation(app).messages[-1]
+    app.button(key="regenerate").click().run()
+    wait_until_idle(app)
+    second = conversation(app).messages[-1]
+    assert len(conversation(app).messages) == 2 and second.seed != first.seed
+    for reply in (first, second):
+        expected = streamed(demo_model, "Hello!", [], max_new_tokens=16, temperature=0.7, top_p=0.8, seed=reply.seed)
+        assert reply.content == expected
+    assert transcript(app)[1] == ("assistant", display_markdown(second.content))
+
+
+def test_clear_forgets_the_history(open_app, demo_model):
+    app = open_app()
+    set_params(app, max_new_tokens=8)
+    wait_until_idle(send(app, "one"))
+    wait_until_idle(send(app, "two"))
+    assert len(app.chat_message) == 4
+    app.button(key="clear").click().run()
+    assert not app.chat_message and conversation(app).messages == []
+    empty_prompt = demo_model.count_tokens("", [])
+    assert app.sidebar.get("progress")[0].proto.text.startswith(f"{empty_prompt} of")  # the meter is back at zero
+
+
+def test_empty_message_is_ignored(open_app):
+    app = open_app()
+    for blank in ("", "   ", "\n\t"):
+        send(app, blank)
+        assert not app.exception and not app.chat_message and conversation(app).pending is None
+        assert not app.error
+
+
+def test_export_then_import_round_trip(open_app, demo_model, downloads):
+    app = open_app()
+    settings = {"seed": 11, "max_new_tokens": 20, "temperature": 0.3, "top_k": 40, "repetition_penalty": 1.1}
+    set_params(app, **settings)
+    wait_until_idle(send(app, "第一个问题 first question"))
+    wait_until_idle(send(app, "second **question**"))
+    exported_history = [(m.role, m.content) for m in conversation(app).messages]
+    downloads.clear()
+    app.run()
+    name, data = downloads[-1]
+    assert name == "conversation-internlm-demo-tiny.json"
+    document = json.loads(data)
+    assert [(m["role"], m["content"]) for m in document["messages"]] == exported_history
+    assert all(m["seed"] == 11 for m in document["messages"][1::2])
+    assert {k: document["generation"][k] for k in settings} == settings
+    assert document["model"]["id"] == "internlm-demo-tiny" and document["model"]["folder"] == str(demo_model.info.folder)
+    assert {"python", "torch", "transformers", "streamlit"} <= set(document["libraries"])
+
+    fresh = open_app()
+    fresh.file_uploader(key="import_file").upload("conversation.json", data, "application/json").run()
+    assert not fresh.exception
+    assert [(bubble.name, bubble.markdown[0].value) for bubble in fresh.chat_message] == [
+        (role, content) for role, content in transcript(app)]
+    assert [(m.role, m.content) for m in conversation(fresh).messages] == exported_history
+    for name, value in settings.items():
+        widget = fresh.number_input(key="param_seed") if name == "seed" else fresh.slider(key=f"param_{name}")
+        assert widget.value == value
+    assert "internlm-demo-tiny" in fresh.success[0].value
+
+    # Continuing the imported conversation sends its history with its settings.
+    wait_until_idle(send(fresh, "third"))
+    history = list(zip([c for r, c in exported_history[0::2]], [c for r, c in exported_history[1::2]]))
+    expected = streamed(demo_model, "third", history, max_new_tokens=20, temperature=0.3, top_p=0.8, top_k=40,
+                                  repetition_penalty=1.1, seed=11)
+    assert conversation(fresh).messages[-1].content == expected
+
+
+@pytest.mark.parametrize(("content", "complaint"), [
+    (b"{not json", "not valid JSON"),
+    (b'{"format": "something-else", "version": 1, "messages": []}', "not a conversation exported by this app"),
+    (json.dumps({"format": "internlm-demo.conversation", "version": 1, "messages": [
+        {"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}).encode(), "message 1 has role"),
+    (json.dumps({"format": "internlm-demo.conversation", "version": 1, "messages": [],
+                 "generation": {"top_p": 7}}).encode(), '"top_p" is 7'),
+    (json.dumps({"format": "internlm-demo.conversation", "version": 9, "messages": []}).encode(), "version 9"),
+])
+def test_import_refuses_bad_files_and_keeps_the_history(open_app, content, complaint):
+    app = open_app()
+    set_params(app, max_new_tokens=8)
+    wait_until_idle(send(app, "keep me"))
+    before = [(m.role, m.content) for m in conversation(app).messages]
+    app.file_uploader(key="import_file").upload("bad.json", content, "application/json").run()
+    assert not app.exception
+    assert complaint in app.error[0].value
+    assert [(m.role, m.content) for m in conversation(app).messages] == before
+
+
+def test_dropped_turns_are_named(open_app, small_window_model):
+    app = open_app("--model", SMALL_WINDOW_MODEL)
+    window = small_window_model.context_window
+    max_new = app.slider(key="param_max_new_tokens").value
+    set_params(app, seed=1)
+    first = "Tell me something about the sea."
+    wait_until_idle(send(app, first))
+    first_reply = conversation(app).messages[-1].content
+    second = "And about mountains?"
+    budget = small_window_model.fit_history(second, [(first, first_reply)], max_new, None, window)
+    assert budget.dropped == [0]  # precondition: this window cannot hold both turns
+
+    wait_until_idle(send(app, second))
+    notice = app.info[0].value
+    assert "Turn(s) 1 did not fit" in notice
+    expected = streamed(small_window_model, second, budget.history, max_new_tokens=budget.max_new_tokens,
+                                          temperature=0.7, top_p=0.8, seed=1)
+    assert conversation(app).messages[-1].content == expected
+    assert len(app.chat_message) == 4  # dropped from the prompt, not from the page
+
+
+def test_message_too_long_for_the_window_is_refused_and_kept(open_app, small_window_model):
+    app = open_app("--model", SMALL_WINDOW_MODEL)
+    set_params(app, max_new_tokens=8)
+    wait_until_idle(send(app, "hi"))
+    before = [(m.role, m.content) for m in conversation(app).messages]
+    too_long = "这是一条非常长的消息。" * 12 + " and some English words to go with it"
+    tokens = small_window_model.count_tokens(too_long, [])
+    assert tokens >= small_window_model.context_window  # precondition
+
+    send(app, too_long)
+    assert not app.exception and conversation(app).pending is None
+    assert f"it is {tokens} tokens" in app.error[0].value
+    assert f"budget is {small_window_model.context_window} tokens" in app.error[0].value
+    assert app.code[-1].value == too_long  # nothing lost: shown with a copy button
+    assert [(m.role, m.content) for m in conversation(app).messages] == before
+    assert not app.chat_input[0].proto.disabled
+
+
+def test_model_load_failure_shows_the_fix(open_app, tmp_path):
+    app = open_app("--model", tmp_path)  # an empty folder
+    assert not app.exception
+    assert "could not be loaded" in app.error[0].value and "config.json" in app.error[0].value
+    assert "download.py" in app.info[0].value
+    assert not app.chat_input
+
+    app = open_app("--model", "no-such-model")
+    assert not app.exception and "neither a folder nor a known model id" in app.error[0].value
+
+    app = open_app("--num-gpus", "two")
+    assert not app.exception and "invalid int value" in app.error[0].value and "streamlit run" in app.error[0].value
+
+
+def test_queued_sessions_see_their_place_and_only_their_history(open_app):
+    gpu = process_queue()
+    first, second = open_app("--model", LONG_REPLY_MODEL), open_app("--model", LONG_REPLY_MODEL)
+    set_params(first, seed=1)
+    send(first, "first session's question")
+    wait_for_partial_reply(first)  # the first session holds the GPU
+
+    send(second, "second session's question")
+    wait_for_queue_notice(second, 1)
+    assert len(gpu) == 2
+
+    first.button(key="stop").click().run()
+    wait_until_idle(first)
+    wait_for_partial_reply(second)  # the GPU passed to the waiting session
+    second.button(key="stop").click().run()
+    wait_until_idle(second)
+    assert transcript(first)[0][1] == "first session's question"
+    assert transcript(second)[0][1] == "second session's question"
+    assert len(first.chat_message) == len(second.chat_message) == 2
+    assert len(gpu) == 0
+
+
+def test_stop_while_queued_leaves_a_consistent_history(open_app):
+    gpu = process_queue()
+    app = open_app()
+    holder = gpu.join()  # someone else is using the GPU
+    try:
+        send(app, "wait for me")
+        wait_for_queue_notice(app, 1)
+        app.button(key="stop").click().run()
+        wait_until_idle(app)
+    finally:
+        gpu.release(holder)
+    reply = conversation(app).messages[-1]
+    assert reply.role == "assistant" and reply.stopped and reply.content == ""
+    assert [role for role, _ in transcript(app)] == ["user", "assistant"]
+
+
+def test_language_toggle_keeps_settings(open_app):
+    app = open_app()
+    set_params(app, temperature=0.42)
+    app.sidebar.radio[0].set_value("中文").run()
+    assert app.title[0].value == "书生·浦语 对话"
+    assert app.slider(key="param_temperature").value == 0.42
+    assert app.slider(key="param_temperature").label.startswith("温度")
+    assert "演示模型" in app.warning[0].value

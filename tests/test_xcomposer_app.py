@@ -1,0 +1,171 @@
+"""The XComposer Gradio app: its handlers called directly, then the running app through gradio_client."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import zlib
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from apps import xcomposer_handlers as handlers
+from internlm_demo.xcomposer import load_xcomposer
+from internlm_demo.xcomposer.prompts import conversation_prompt
+from tests.conftest import FIXTURES_DIR
+
+IMAGE = str(FIXTURES_DIR / "xcomposer-test-image.png")
+QUICK = {"max_output_tokens": 16, "num_beams": 1, "repetition_penalty": 1.0, "do_sample": False}
+
+
+def last_value(generator):
+    value = None
+    for value in generator:
+        pass
+    return value
+
+
+@pytest.fixture(scope="module")
+def provider():
+    model = load_xcomposer(None, device="cpu", progress=False)
+    return handlers.ModelProvider(lambda: model)
+
+
+def test_handlers_keep_the_conversation_the_model_sees(provider):
+    session = handlers.new_session()
+    display, session, box = handlers.add_message(provider, {"text": "What is this?", "files": [IMAGE]}, session)
+    assert box == handlers.EMPTY_MESSAGE and [m["role"] for m in display] == ["user", "user"]
+    assert session.exchanges[0].image is not None and session.exchanges[0].response is None
+    display, session = last_value(handlers.answer(provider, session, *QUICK.values()))
+    first_reply = session.exchanges[0].response
+    assert display[-1] == {"role": "assistant", "content": first_reply or "…"}
+    _, session, _ = handlers.add_message(provider, {"text": "And the colours?", "files": []}, session)
+    display, session = last_value(handlers.answer(provider, session, *QUICK.values()))
+    prompt = conversation_prompt(session.exchanges)
+    assert prompt.count("<Img><ImageHere></Img>") == 1 and prompt.endswith("<TOKENS_UNUSED_1>")
+    assert "What is this?" in prompt and "And the colours?" in prompt and len(display) == 5
+
+    display, session = handlers.regenerate(session)
+    assert session.exchanges[-1].response is None and display[-1]["role"] == "user"
+    display, session = last_value(handlers.answer(provider, session, *QUICK.values()))
+    assert len(display) == 5 and session.exchanges[0].response == first_reply
+
+
+def test_handlers_turn_a_bad_image_into_a_chat_message(provider, tmp_path):
+    fake = tmp_path / "holiday.png"
+    fake.write_text("not really a photo")
+    session = handlers.new_session()
+    display, session, box = handlers.add_message(provider, {"text": "Look!", "files": [str(fake)]}, session)
+    assert display[-1]["role"] == "assistant" and "holiday.png is not an image" in display[-1]["content"]
+    assert session.exchanges == [] and box == {"text": "Look!", "files": []}, "the text stays for a retry"
+    assert last_value(handlers.answer(provider, session, *QUICK.values())) == (display, session), "nothing to answer"
+
+
+def test_a_message_that_cannot_fit_the_window_is_explained(provider):
+    session = handlers.new_session()
+    _, session, _ = handlers.add_message(provider, {"text": "word " * 3000, "files": []}, session)
+    display, session = last_value(handlers.answer(provider, session, *QUICK.values()))
+    assert "context window" in display[-1]["content"] and session.exchanges == []
+
+
+def test_switching_language_relabels(provider):
+    language, button, banner = handlers.switch_language(provider, "English")
+    assert language == "中文" and button["value"] == "English" and "演示模型" in banner
+    assert handlers.relabel_chat_tab(language)[-1]["value"] == handlers.TEXTS["中文"]["clear"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from apps.xcomposer import demo
+
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
+def text_of(message: dict) -> str:
+    return "".join(part.get("text", "") for part in message["content"] if part.get("type") == "text")
+
+
+def huge_png(path) -> None:
+    """A valid 20000×20000 1-bit PNG of a few kilobytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (2501 * 20000), 9)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_app_uploads_an_image_and_streams_a_reply(client):
+    assert "Demo model" in client.predict(api_name="/model_banner")
+    chat, box = client.predict(
+        {"text": "What is in the picture?", "files": [handle_file(IMAGE)]}, api_name="/add_message"
+    )
+    assert [m["role"] for m in chat] == ["user", "user"] and chat[0]["content"][0]["type"] == "file"
+    assert box == {"text": "", "files": []}
+    job = client.submit(*QUICK.values(), api_name="/answer")
+    updates = list(job)
+    final = job.result()
+    assert len(updates) >= 2 and text_of(updates[0][-1]).endswith(handlers.CURSOR)
+    reply = text_of(final[-1])
+    assert final[-1]["role"] == "assistant" and reply and not reply.endswith(handlers.CURSOR)
+
+    client.predict({"text": "Describe the colours.", "files": []}, api_name="/add_message")
+    chat = client.predict(*QUICK.values(), api_name="/answer")
+    assert [m["role"] for m in chat] == ["user", "user", "assistant", "user", "assistant"]
+
+    chat = client.predict(api_name="/regenerate")
+    assert [m["role"] for m in chat][-1] == "user"
+    chat = client.predict(*QUICK.values(), api_name="/answer_again")
+    assert len(chat) == 5 and chat[-1]["role"] == "assistant"
+
+    chat, box = client.predict(api_name="/clear_history")
+    assert chat == [] and box == {"text": "", "files": []}
+
+
+@pytest.mark.parametrize("kind", ["text-as-png", "txt", "corrupt", "huge", "cmyk"])
+def test_app_reports_bad_uploads_in_the_chat_and_keeps_working(client, tmp_path, kind):
+    client.predict(api_name="/clear_history")
+    path = (
+        tmp_path
+        / {"text-as-png": "a.png", "txt": "notes.txt", "corrupt": "cut.png", "huge": "bomb.png", "cmyk": "print.jpg"}[
+            kind
+        ]
+    )
+    if kind in ("text-as-png", "txt"):
+        path.write_text("plain text")
+    elif kind == "corrupt":
+        path.write_bytes(open(IMAGE, "rb").read()[:3000])
+    elif kind == "huge":
+        huge_png(path)
+    else:
+        Image.new("CMYK", (80, 60), (200, 0, 0, 0)).save(path)
+    chat, box = client.predict({"text": "What is it?", "files": [handle_file(str(path))]}, api_name="/add_message")
+    if kind == "cmyk":  # converted, not refused
+        assert chat[0]["content"][0]["type"] == "file"
+        return
+    expected = {"text-as-png": "not an image", "txt": "not an image", "corrupt": "damaged", "huge": "megapixels"}[kind]
+    assert chat[-1]["role"] == "assistant" and expected in text_of(chat[-1])
+    assert box["text"] == "What is it?"
+    assert client.predict(*QUICK.values(), api_name="/answer") == chat, "no reply to a refused upload"
+    client.predict({"text": "Hello", "files": []}, api_name="/add_message")
+    assert client.predict(*QUICK.values(), api_name="/answer")[-1]["role"] == "assistant"
+
+
+def test_app_switches_language(client):
+    assert "演示模型" in client.predict(api_name="/switch_language")

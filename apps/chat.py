@@ -19,7 +19,7 @@ from internlm_demo import ModelFolderError
 from internlm_demo import conversation as chat
 from internlm_demo.gpu_queue import process_queue
 from internlm_demo.i18n import LANGUAGES, labels
-from internlm_demo.remote import RemoteBackendError
+from internlm_demo.remote import RemoteBackendError, RemoteChatModel
 from internlm_demo.settings import Settings
 
 REFRESH_S = 0.05  # a streaming reply is re-rendered at most this often, whatever the GPU's speed
@@ -33,12 +33,14 @@ def load_model(settings: Settings):
 
 
 def parse_settings(t) -> Settings:
-    errors = io.StringIO()
+    """The flags after ``--``; wrong ones (or ``--help``) show argparse's words on the page."""
+    said = io.StringIO()
     try:
-        with contextlib.redirect_stderr(errors):
-            return Settings.parse(sys.argv[1:], prog="streamlit run apps/chat.py --")
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            return Settings.parse(sys.argv[1:], prog=USAGE.split(" -- ")[0] + " --")
     except SystemExit:
-        st.error(t("bad_flags", error=errors.getvalue().strip().splitlines()[-1], usage=USAGE))
+        st.error(t("bad_flags", usage=USAGE))
+        st.code(said.getvalue().strip(), language=None, wrap_lines=True)
         st.stop()
 
 
@@ -70,7 +72,7 @@ def current_params(model) -> chat.ChatParams:
 
 def gpu_queue_for(model):
     # A remote server batches requests itself; only local generation waits in line.
-    return None if getattr(model, "estimates_tokens", False) else process_queue()
+    return None if isinstance(model, RemoteChatModel) else process_queue()
 
 
 def on_send(model) -> None:
@@ -96,41 +98,46 @@ def on_import(model) -> None:
 
 
 def sidebar(model, conv: chat.Conversation, t) -> None:
-    for name, value in asdict(chat.ChatParams.defaults_for(model)).items():
-        st.session_state.setdefault(f"param_{name}", value)
     with st.sidebar:
-        st.header(t("generation"))
-        for name in ("max_length", "max_new_tokens"):
-            low, high = chat.param_range(name, model)
-            st.slider(t(name), int(low), int(high), step=1, key=f"param_{name}")
-        for name, step in (("top_p", 0.01), ("temperature", 0.01), ("repetition_penalty", 0.005)):
-            low, high = chat.param_range(name, model)
-            st.slider(t(name), float(low), float(high), step=step, key=f"param_{name}")
-        low, high = chat.param_range("top_k", model)
-        st.slider(t("top_k"), int(low), int(high), step=1, key="param_top_k")
-        low, high = chat.param_range("seed", model)
-        st.number_input(t("seed"), int(low), int(high), step=1, key="param_seed", placeholder=t("seed_random"))
-        if model.family.has_system_prompt:
-            st.text_area(t("system_prompt"), key="param_system_prompt", height=120)
-        params = current_params(model)
-
+        params = generation_controls(model, t)
         st.header(t("context"))
-        meter = chat.context_meter(conv, model, params)
-        used = meter.prompt_tokens / meter.window if meter.window else 1.0
-        st.progress(min(used, 1.0), text=t("meter", used=meter.prompt_tokens, window=meter.window, reply=meter.reply_tokens))
-        if meter.dropped_turns:
-            st.caption(t("meter_dropped", turns=", ".join(map(str, meter.dropped_turns))))
-        if meter.estimated:
-            st.caption(t("meter_estimated"))
-
+        context_meter(chat.context_meter(conv, model, params), t)
         st.header(t("conversation"))
         st.download_button(t("export"), data=chat.export_json(conv, model, params), on_click="ignore",
                            file_name=f"conversation-{model.info.model_id}.json", mime="application/json",
                            icon=":material/download:", disabled=len(conv.messages) < 2)
         st.file_uploader(t("import"), type=["json"], key="import_file", on_change=on_import, args=(model,))
-
         st.header(t("model_panel"))
         model_panel(chat.model_facts(model, conv.last_stats), t)
+
+
+def generation_controls(model, t) -> chat.ChatParams:
+    """The original demo's sliders and the rest of the settings; values live in session_state."""
+    for name, value in asdict(chat.ChatParams.defaults_for(model)).items():
+        st.session_state.setdefault(f"param_{name}", value)
+    st.header(t("generation"))
+    for name in ("max_length", "max_new_tokens"):
+        low, high = chat.param_range(name, model)
+        st.slider(t(name), int(low), int(high), step=1, key=f"param_{name}")
+    for name, step in (("top_p", 0.01), ("temperature", 0.01), ("repetition_penalty", 0.005)):
+        low, high = chat.param_range(name, model)
+        st.slider(t(name), float(low), float(high), step=step, key=f"param_{name}")
+    low, high = chat.param_range("top_k", model)
+    st.slider(t("top_k"), int(low), int(high), step=1, key="param_top_k")
+    low, high = chat.param_range("seed", model)
+    st.number_input(t("seed"), int(low), int(high), step=1, key="param_seed", placeholder=t("seed_random"))
+    if model.family.has_system_prompt:
+        st.text_area(t("system_prompt"), key="param_system_prompt", height=120)
+    return current_params(model)
+
+
+def context_meter(meter: chat.ContextMeter, t) -> None:
+    used = meter.prompt_tokens / meter.window if meter.window else 1.0
+    st.progress(min(used, 1.0), text=t("meter", used=meter.prompt_tokens, window=meter.window, reply=meter.reply_tokens))
+    if meter.dropped_turns:
+        st.caption(t("meter_dropped", turns=", ".join(map(str, meter.dropped_turns))))
+    if meter.estimated:
+        st.caption(t("meter_estimated"))
 
 
 def model_panel(facts: dict, t) -> None:

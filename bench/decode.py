@@ -33,26 +33,26 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from internlm_demo import GenerationParams, GenerationStats, load_chat_model  # noqa: E402
-from internlm_demo.chat import ChatModel  # noqa: E402
-from internlm_demo.engine import FastEngine  # noqa: E402
-from internlm_demo.generation import generate_ids  # noqa: E402
+from internlm_demo import GenerationParams, GenerationStats, load_chat_model
+from internlm_demo.chat import ChatModel
+from internlm_demo.engine import FastEngine
+from internlm_demo.generation import generate_ids
 
 GIB = 1024**3
 SHAPES = {
     # internlm-chat-7b: config.json of the original repository
-    "7b": dict(hidden=4096, layers=32, heads=32, intermediate=11008, vocab=103168, bias=True, max_position=2048,
-               rotary_buffers=True),
+    "7b": {"hidden": 4096, "layers": 32, "heads": 32, "intermediate": 11008, "vocab": 103168, "bias": True,
+           "max_position": 2048, "rotary_buffers": True},
     # internlm-chat-20b (config.json of the original repository: bias false, 60 layers, 4k window)
-    "20b": dict(hidden=5120, layers=60, heads=40, intermediate=13824, vocab=103168, bias=False, max_position=4096,
-                rotary_buffers=False),
-    "tiny": dict(hidden=64, layers=2, heads=4, intermediate=128, vocab=103168, bias=True, max_position=2048,
-                 rotary_buffers=True),
+    "20b": {"hidden": 5120, "layers": 60, "heads": 40, "intermediate": 13824, "vocab": 103168, "bias": False,
+            "max_position": 4096, "rotary_buffers": False},
+    "tiny": {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 128, "vocab": 103168, "bias": True,
+             "max_position": 2048, "rotary_buffers": True},
 }
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 TOKENIZER_SOURCES = (REPO.parent / "shared" / "fixtures" / "internlm-chat-7b-tiny", REPO / ".device" / "bench-assets")
-SAMPLING = dict(do_sample=True, temperature=0.8, top_p=0.8, top_k=40, repetition_penalty=1.02)
-ALL_MODES = ("hf", "simple", "engine", "chat", "equality", "memory", "streams", "first_reply")
+SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.02}
+ALL_MODES = ("hf", "simple", "engine", "chat", "equality", "memory", "streams", "first_reply", "profile")
 
 
 # ---- the checkpoint -------------------------------------------------------------------------------
@@ -161,12 +161,13 @@ def read_bandwidth(device) -> dict:
     target = torch.empty_like(data)
     result["copy_read_plus_write"] = 2 * nbytes / timed(lambda: target.copy_(data), device)
     if torch.device(device).type == "cuda":
-        result["triton_read"] = nbytes / timed(triton_reader(data), device)
+        result["triton_read"] = nbytes / triton_reader(data)
     result["read"] = max(v for k, v in result.items() if k != "copy_read_plus_write")
     return result
 
 
 def triton_reader(data: torch.Tensor):
+    """A read-only Triton reduction over ``data``, as fast as a few launch shapes allow."""
     import triton
     import triton.language as tl
 
@@ -174,15 +175,20 @@ def triton_reader(data: torch.Tensor):
     def read_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
         base = tl.program_id(0) * BLOCK * ITERS
         acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for step in range(ITERS):
+        for step in tl.static_range(ITERS):
             offsets = base + step * BLOCK + tl.arange(0, BLOCK)
             acc += tl.load(x_ptr + offsets, mask=offsets < n, other=0.0).to(tl.float32)
         tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))
 
-    block, iters = 4096, 8
-    programs = triton.cdiv(data.numel(), block * iters)
-    partial = torch.empty(programs, dtype=torch.float32, device=data.device)
-    return lambda: read_kernel[(programs,)](data, partial, data.numel(), BLOCK=block, ITERS=iters, num_warps=8)
+    def reader(block, iters, warps):
+        programs = triton.cdiv(data.numel(), block * iters)
+        partial = torch.empty(programs, dtype=torch.float32, device=data.device)
+        return lambda: read_kernel[(programs,)](data, partial, data.numel(), BLOCK=block, ITERS=iters, num_warps=warps)
+
+    shapes = [(4096, 8, 8), (2048, 8, 4), (8192, 4, 8), (1024, 16, 4)]
+    times = {shape: timed(reader(*shape), data.device) for shape in shapes}
+    best = min(times, key=times.get)
+    return times[best]
 
 
 def weight_bytes(model) -> int:
@@ -421,14 +427,14 @@ def sweep_gemv(device, out: Path | None = None) -> list[dict]:
             residual = torch.zeros(1, n, device=device, dtype=torch.float16)
             row = {"model": model_name, "weight": label, "shape": [n, k]}
 
-            def cublas():
+            def cublas(weights=weights, x=x):
                 for w in weights:
                     torch.nn.functional.linear(x, w)
             row["cublas_GBps"] = n * k * 2 * copies / graph_time(cublas) / 1e9
             for config in SWEEP_CONFIGS:
                 kernels = TritonDecodeKernels({(n, k): config})
 
-                def run(kernels=kernels):
+                def run(kernels=kernels, weights=weights, x=x, norm=norm, residual=residual, kind=kind):
                     for w in weights:
                         if kind == "norm":
                             kernels.norm_linear(x, norm, 1e-6, w, None)
@@ -438,7 +444,7 @@ def sweep_gemv(device, out: Path | None = None) -> list[dict]:
                             kernels.linear_add(x, w, None, residual)
                 try:
                     row[str(config)] = n * k * 2 * copies / graph_time(run) / 1e9
-                except Exception as exc:  # a configuration the compiler rejects is reported, not fatal
+                except Exception as exc:  # noqa: BLE001 - a configuration the compiler rejects is reported
                     row[str(config)] = f"failed: {str(exc).splitlines()[0][:80]}"
             rows.append(row)
             del weights
@@ -497,19 +503,40 @@ def kernel_check(engine: FastEngine) -> dict:
         triton_ops.linear_add(wide, w.down, w.down_bias, a)
         torch_ops.linear_add(wide, w.down, w.down_bias, b)
         report["linear_add"] = relative(a, b)
-        qkv = torch.randn(1, w.qkv.shape[0], device=device, dtype=dtype)
         position = torch.tensor([777], device=device)
-        cos, sin = engine.rope.cos_sin(position[:, None], position + 1, dtype)
         caches = [torch.randn(1, engine.kv_heads, 1024, engine.head_dim, device=device, dtype=dtype) for _ in range(2)]
         copies = [c.clone() for c in caches]
-        q1 = triton_ops.rope_store(qkv, cos[:, 0], sin[:, 0], *caches, position, engine.heads, engine.kv_heads)
-        q2 = torch_ops.rope_store(qkv, cos[:, 0], sin[:, 0], *copies, position, engine.heads, engine.kv_heads)
-        report["rope_store_exact"] = bool(torch.equal(q1, q2) and torch.equal(caches[0], copies[0])
-                                          and torch.equal(caches[1], copies[1]))
+        args = (x, w.input_norm, engine.eps, w.qkv, w.qkv_bias, engine.cos_table, engine.sin_table)
+        q1 = triton_ops.norm_linear_rope_store(*args, *caches, position, engine.heads, engine.kv_heads)
+        q2 = torch_ops.norm_linear_rope_store(*args, *copies, position, engine.heads, engine.kv_heads)
+        report["norm_linear_rope_store"] = relative(q1, q2)
+        report["kv_store"] = max(relative(c[0, :, 777], d[0, :, 777]) for c, d in zip(caches, copies))
         report["attention"] = relative(triton_ops.attention(q1, *caches, position, engine.scale),
-                                       torch_ops.attention(q2.float(), copies[0].float(), copies[1].float(),
+                                       torch_ops.attention(q1.float(), caches[0].float(), caches[1].float(),
                                                            position, engine.scale))
     return report
+
+
+def profile_decode(engine: FastEngine, steps: int = 5) -> str:
+    """Per-kernel GPU time of the decode step (run eagerly: the same kernels the graph replays)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        engine._start([1, 2, 3], GenerationParams(do_sample=False, max_new_tokens=steps + 2), False)
+        engine._decode_step(False)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                engine._decode_step(False)
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in rows)
+    lines = [f"decode step, {steps} eager steps: {total / steps / 1000:.3f} ms of kernel time per step"]
+    for event in rows[:14]:
+        lines.append(f"{getattr(event, key) / steps:9.1f} us/step {event.count // steps:4d}x  {event.key[:90]}")
+    return "\n".join(lines)
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -525,13 +552,15 @@ def print_table(result: dict) -> None:
         ttft = f"{row['ttft_1024_ms']:.1f}" if row.get("ttft_1024_ms") is not None else "-"
         peak = f"{row['peak_gib']:.2f}" if row.get("peak_gib") is not None else "-"
         print(f"{row['mode']:34} {row['tok_s']:8.1f} {row['tok_s'] / ceiling:6.3f} {ttft:>13} {peak:>9}")
-    for key in ("equality", "memory_2k", "first_reply_cold", "first_reply_warm"):
+    for key in ("equality", "equality_torch_kernels", "memory_2k", "first_reply_cold", "first_reply_warm"):
         if key in result:
             shown = {k: v for k, v in result[key].items() if k not in ("plain", "engine", "per_stream")}
             print(f"{key}: {json.dumps(shown)}")
     if "streams" in result:
         shown = {k: v for k, v in result["streams"].items() if k != "per_stream"}
         print(f"streams: {json.dumps(shown)}")
+    if "profile" in result:
+        print(result["profile"])
 
 
 def main(argv=None) -> None:
@@ -606,16 +635,29 @@ def main(argv=None) -> None:
         rows.append(mode_chat(chat, short_query, long_query, args.tokens, device))
         print(json.dumps(rows[-1]), flush=True)
     result["modes"] = rows
+    def record(key: str, measure) -> None:
+        """Run one measurement; a failure is recorded in the results instead of ending the run."""
+        try:
+            result[key] = measure()
+        except Exception as exc:  # noqa: BLE001 - the other measurements still count
+            result[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        print(f"{key}: {json.dumps(result[key])[:600] if key != 'profile' else result[key]}", flush=True)
+
     if "equality" in modes:
-        result["equality"] = greedy_equality(chat, engine, short_ids, 64)
+        record("equality", lambda: greedy_equality(chat, engine, short_ids, 64))
+        if engine.kernels.name == "triton":  # the same engine on torch ops (cuBLAS), for comparison
+            record("equality_torch_kernels",
+                   lambda: greedy_equality(chat, FastEngine(chat.model, kernels="torch"), short_ids, 64))
+    if "profile" in modes and torch.device(device).type == "cuda":
+        record("profile", lambda: profile_decode(engine))
     if "memory" in modes:
-        result["memory_2k"] = memory_at_2k(engine, long_ids, device)
+        record("memory_2k", lambda: memory_at_2k(engine, long_ids, device))
     if "streams" in modes:
-        result["streams"] = concurrent_streams(chat, 8, 128)
+        record("streams", lambda: concurrent_streams(chat, 8, 128))
     if "first_reply" in modes:
         cache = Path(tempfile.mkdtemp(prefix="triton-cache-"))
-        result["first_reply_cold"] = first_reply(folder, cache)
-        result["first_reply_warm"] = first_reply(folder, cache)
+        record("first_reply_cold", lambda: first_reply(folder, cache))
+        record("first_reply_warm", lambda: first_reply(folder, cache))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     print_table(result)

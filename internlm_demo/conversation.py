@@ -132,7 +132,7 @@ class PendingReply:
 
     @property
     def state(self) -> str:
-        """"queued", "generating", "stopping" or "done"."""
+        """One of: queued, generating, stopping, done."""
         if self.done.is_set():
             return "done"
         if self.stop.is_set():
@@ -444,10 +444,19 @@ def apply_import(conversation: Conversation, imported: ImportedConversation) -> 
     conversation.notice = Notice("imported", detail=imported.model_id)
 
 
+# Fenced blocks (also one still open while streaming) and inline code spans: left as they are.
+CODE_PATTERN = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.DOTALL)
+DISPLAY_MATH = re.compile(r"\\\[(.+?)\\\]", re.DOTALL)
+INLINE_MATH = re.compile(r"\\\((.+?)\\\)", re.DOTALL)
+
+
 def display_markdown(text: str) -> str:
-    """Markdown for a chat bubble: LaTeX written as \\(…\\) and \\[…\\] becomes $…$ and $$…$$, which Streamlit renders."""
-    text = re.sub(r"\\\[(.+?)\\\]", lambda m: f"$${m.group(1)}$$", text, flags=re.DOTALL)
-    return re.sub(r"\\\((.+?)\\\)", lambda m: f"${m.group(1)}$", text, flags=re.DOTALL)
+    """Markdown for a chat bubble: LaTeX written as \\(…\\) and \\[…\\] becomes $…$ and $$…$$,
+    which Streamlit renders; code is left untouched."""
+    parts = CODE_PATTERN.split(text)
+    for i in range(0, len(parts), 2):  # even indices lie outside code
+        parts[i] = INLINE_MATH.sub(r"$\1$", DISPLAY_MATH.sub(r"$$\1$$", parts[i]))
+    return "".join(parts)
 
 
 def open_model(settings):

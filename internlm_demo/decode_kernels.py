@@ -1,8 +1,8 @@
 """Triton kernels for one decode step at batch 1, with the rounding steps of the transformers Llama.
 
 Each kernel does what a few torch ops do in ``engine.TorchDecodeKernels`` (the reference the tests
-check them against), in one launch: RMSNorm fused into the matrix-vector product that follows it,
-bias / SiLU-gate / residual add fused into its epilogue, RoPE fused with the KV-cache store, and a
+check them against), in one launch: RMSNorm fused into the matrix-vector product that follows it;
+bias, SiLU gate, residual add, or RoPE plus the KV-cache store fused into its epilogue; and a
 split-sequence attention that reads only the cache positions in use (its length comes from a device
 tensor, so one CUDA graph serves every length).
 """
@@ -99,35 +99,99 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, res_ptr, out_ptr, n_out, eps,
 
 
 @triton.jit
-def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
-                       cache_head_stride, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _qkv_rope_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
+                     eps, cache_head_stride, k_dim: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
+                     HEAD_DIM: tl.constexpr, PAIRS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+                     UNROLL: tl.constexpr, BLOCK_K: tl.constexpr):
+    """q/k/v = RMSNorm(x) @ W^T (+ bias) with RoPE on q and k in the epilogue; q goes to q_ptr, k and v
+    into the cache at the current position. A program owns PAIRS dimension pairs (j, j + HEAD_DIM/2) of
+    one head, the two halves that rotate_half mixes."""
     dtype = q_ptr.dtype.element_ty
-    head = tl.program_id(0)
-    half = tl.arange(0, HEAD_DIM // 2)
-    source = qkv_ptr + head * HEAD_DIM
+    HALF: tl.constexpr = HEAD_DIM // 2
+    program = tl.program_id(0)
+    head = program // (HALF // PAIRS)
+    first = (program % (HALF // PAIRS)) * PAIRS
+    index = tl.arange(0, 2 * PAIRS)
+    rows = head * HEAD_DIM + first + index // 2 + (index % 2) * HALF  # interleaved: j, j + HALF, j + 1, ...
+    row_ok = rows >= 0
+    offsets = tl.arange(0, BLOCK_K)
+    squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for start in range(0, k_dim, BLOCK_K):
+        cols = start + offsets
+        xs = tl.load(x_ptr + cols, mask=cols < k_dim, other=0.0).to(tl.float32)
+        squares += xs * xs
+    rstd = tl.rsqrt(tl.sum(squares, axis=0) / k_dim + eps)
+    acc = tl.zeros([2 * PAIRS, BLOCK_K], dtype=tl.float32)
+    if UNROLL:
+        for start in tl.static_range(0, k_dim, BLOCK_K):
+            acc, _ = _gemv_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, start + offsets, acc, acc, rstd, 0,
+                                 k_dim, True, False, EVEN_K, True)
+    else:
+        for start in range(0, k_dim, BLOCK_K):
+            acc, _ = _gemv_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, start + offsets, acc, acc, rstd, 0,
+                                 k_dim, True, False, EVEN_K, True)
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rows).to(tl.float32)
+    low, high = tl.split(tl.reshape(y.to(dtype), [PAIRS, 2]))  # dimensions j and j + HALF
+    dims = first + tl.arange(0, PAIRS)
     position = tl.load(pos_ptr)
-    first = tl.load(source + half)
-    second = tl.load(source + HEAD_DIM // 2 + half)
     if head < HEADS + KV_HEADS:
         # x * cos + rotate_half(x) * sin, rounding after each op as the float16 torch code does
-        cos1 = tl.load(cos_ptr + half).to(tl.float32)
-        cos2 = tl.load(cos_ptr + HEAD_DIM // 2 + half).to(tl.float32)
-        sin1 = tl.load(sin_ptr + half).to(tl.float32)
-        sin2 = tl.load(sin_ptr + HEAD_DIM // 2 + half).to(tl.float32)
-        a = first.to(tl.float32)
-        b = second.to(tl.float32)
-        out1 = ((a * cos1).to(dtype).to(tl.float32) + (-b * sin1).to(dtype).to(tl.float32)).to(dtype)
-        out2 = ((b * cos2).to(dtype).to(tl.float32) + (a * sin2).to(dtype).to(tl.float32)).to(dtype)
+        cos_low = tl.load(cos_ptr + position * HEAD_DIM + dims).to(tl.float32)
+        cos_high = tl.load(cos_ptr + position * HEAD_DIM + HALF + dims).to(tl.float32)
+        sin_low = tl.load(sin_ptr + position * HEAD_DIM + dims).to(tl.float32)
+        sin_high = tl.load(sin_ptr + position * HEAD_DIM + HALF + dims).to(tl.float32)
+        a = low.to(tl.float32)
+        b = high.to(tl.float32)
+        out_low = ((a * cos_low).to(dtype).to(tl.float32) + (-b * sin_low).to(dtype).to(tl.float32)).to(dtype)
+        out_high = ((b * cos_high).to(dtype).to(tl.float32) + (a * sin_high).to(dtype).to(tl.float32)).to(dtype)
         if head < HEADS:
             target = q_ptr + head * HEAD_DIM
         else:
             target = k_cache_ptr + (head - HEADS) * cache_head_stride + position * HEAD_DIM
-        tl.store(target + half, out1)
-        tl.store(target + HEAD_DIM // 2 + half, out2)
     else:
+        out_low = low
+        out_high = high
         target = v_cache_ptr + (head - HEADS - KV_HEADS) * cache_head_stride + position * HEAD_DIM
-        tl.store(target + half, first)
-        tl.store(target + HEAD_DIM // 2 + half, second)
+    tl.store(target + dims, out_low)
+    tl.store(target + HALF + dims, out_high)
+
+
+@triton.jit
+def _attention_partial_mha_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out_ptr, part_lse_ptr,
+                                  scale, cache_head_stride, num_splits, CHUNK: tl.constexpr,
+                                  HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One head's attention over one CHUNK of cache positions (multi-head attention: one query per head)."""
+    head = tl.program_id(0)
+    split = tl.program_id(1)
+    length = tl.load(pos_ptr) + 1
+    start = split * CHUNK
+    if start < length:  # splits past the length do nothing; the reduction skips them
+        end = tl.minimum(start + CHUNK, length)
+        dims = tl.arange(0, HEAD_DIM)
+        q = tl.load(q_ptr + head * HEAD_DIM + dims).to(tl.float32) * scale
+        best = tl.full([1], float("-inf"), dtype=tl.float32)
+        total = tl.zeros([1], dtype=tl.float32)
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        steps = tl.arange(0, BLOCK_T)
+        k_base = k_cache_ptr + head * cache_head_stride
+        v_base = v_cache_ptr + head * cache_head_stride
+        for block in range(0, CHUNK, BLOCK_T):
+            t = start + block + steps
+            t_ok = t < end
+            keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+            scores = tl.where(t_ok, tl.sum(keys.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=0))
+            rescale = tl.exp(best - new_best)
+            weights = tl.exp(scores - new_best)
+            values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+            acc = acc * rescale + tl.sum(values.to(tl.float32) * weights[:, None], axis=0)
+            total = total * rescale + tl.sum(weights, axis=0)
+            best = new_best
+        part = head * num_splits + split
+        tl.store(part_out_ptr + part * HEAD_DIM + dims, acc / total)
+        tl.store(part_lse_ptr + part + tl.arange(0, 1), best + tl.log(total))
 
 
 @triton.jit
@@ -135,40 +199,42 @@ def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out
                               scale, cache_head_stride, num_splits, CHUNK: tl.constexpr,
                               GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                               BLOCK_T: tl.constexpr):
+    """The GROUP query heads of one KV head over one CHUNK of cache positions (grouped-query attention)."""
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
     length = tl.load(pos_ptr) + 1
     start = split * CHUNK
-    end = tl.minimum(start + CHUNK, length)
-    groups = tl.arange(0, GROUP_PAD)
-    dims = tl.arange(0, HEAD_DIM)
-    heads = kv_head * GROUP + groups
-    group_ok = groups < GROUP
-    q = tl.load(q_ptr + heads[:, None] * HEAD_DIM + dims[None, :], mask=group_ok[:, None], other=0.0)
-    q = q.to(tl.float32) * scale
-    best = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
-    total = tl.zeros([GROUP_PAD], dtype=tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
-    steps = tl.arange(0, BLOCK_T)
-    k_base = k_cache_ptr + kv_head * cache_head_stride
-    v_base = v_cache_ptr + kv_head * cache_head_stride
-    # A fixed trip count (positions past the length are masked, so they cost no memory traffic).
-    for block in range(0, CHUNK, BLOCK_T):
-        t = start + block + steps
-        t_ok = t < end
-        keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-        scores = tl.sum(q[:, None, :] * keys[None, :, :], axis=2)
-        scores = tl.where(t_ok[None, :], scores, float("-inf"))
-        new_best = tl.maximum(best, tl.max(scores, axis=1))
-        rescale = tl.exp(best - new_best)
-        weights = tl.exp(scores - new_best[:, None])
-        values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-        acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * values[None, :, :], axis=1)
-        total = total * rescale + tl.sum(weights, axis=1)
-        best = new_best
-    part = (heads * num_splits + split)
-    tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc / total[:, None], mask=group_ok[:, None])
-    tl.store(part_lse_ptr + part, best + tl.log(total), mask=group_ok)
+    if start < length:  # splits past the length do nothing; the reduction skips them
+        end = tl.minimum(start + CHUNK, length)
+        groups = tl.arange(0, GROUP_PAD)
+        dims = tl.arange(0, HEAD_DIM)
+        heads = kv_head * GROUP + groups
+        group_ok = groups < GROUP
+        q = tl.load(q_ptr + heads[:, None] * HEAD_DIM + dims[None, :], mask=group_ok[:, None], other=0.0)
+        q = q.to(tl.float32) * scale
+        best = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
+        total = tl.zeros([GROUP_PAD], dtype=tl.float32)
+        acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
+        steps = tl.arange(0, BLOCK_T)
+        k_base = k_cache_ptr + kv_head * cache_head_stride
+        v_base = v_cache_ptr + kv_head * cache_head_stride
+        for block in range(0, CHUNK, BLOCK_T):
+            t = start + block + steps
+            t_ok = t < end
+            keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+            scores = tl.sum(q[:, None, :] * keys.to(tl.float32)[None, :, :], axis=2)
+            scores = tl.where(t_ok[None, :], scores, float("-inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=1))
+            rescale = tl.exp(best - new_best)
+            weights = tl.exp(scores - new_best[:, None])
+            values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+            acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * values.to(tl.float32)[None, :, :], axis=1)
+            total = total * rescale + tl.sum(weights, axis=1)
+            best = new_best
+        part = heads * num_splits + split
+        tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc / total[:, None],
+                 mask=group_ok[:, None])
+        tl.store(part_lse_ptr + part, best + tl.log(total), mask=group_ok)
 
 
 @triton.jit
@@ -224,12 +290,18 @@ class TritonDecodeKernels:
     def linear_add(self, x, weight, bias, residual):
         self._gemv(x, weight, bias, residual, residual=residual)
 
-    def rope_store(self, qkv, cos, sin, k_cache, v_cache, position, heads, kv_heads):
+    def norm_linear_rope_store(self, x, norm_weight, eps, weight, bias, cos_table, sin_table, k_cache, v_cache,
+                               position, heads, kv_heads):
+        rows, cols = weight.shape
         head_dim = k_cache.shape[-1]
-        q = torch.empty((1, heads, head_dim), dtype=qkv.dtype, device=qkv.device)
-        _rope_store_kernel[(heads + 2 * kv_heads,)](
-            qkv, cos, sin, position, q, k_cache, v_cache, k_cache.stride(1),
-            HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, num_warps=1,
+        block_n, block_k, warps, unroll = (self.configs or {}).get((rows, cols)) or gemv_config(rows, cols)
+        pairs = max(1, min(block_n // 2, head_dim // 2))
+        q = torch.empty((1, heads, head_dim), dtype=x.dtype, device=x.device)
+        _qkv_rope_kernel[(rows // (2 * pairs),)](
+            x, weight, bias if bias is not None else weight, norm_weight, cos_table, sin_table, position, q,
+            k_cache, v_cache, eps, k_cache.stride(1), cols, HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim,
+            PAIRS=pairs, HAS_BIAS=bias is not None, EVEN_K=cols % block_k == 0, UNROLL=bool(unroll),
+            BLOCK_K=block_k, num_warps=warps, num_stages=1,
         )
         return q
 
@@ -243,10 +315,16 @@ class TritonDecodeKernels:
         splits = triton.cdiv(capacity, chunk)
         part_out = torch.empty((heads, splits, head_dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((heads, splits), dtype=torch.float32, device=q.device)
-        _attention_partial_kernel[(kv_heads, splits)](
-            q, k_cache, v_cache, position, part_out, part_lse, scale, k_cache.stride(1), splits, CHUNK=chunk,
-            GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_T=max(16, 64 // group_pad), num_warps=4,
-        )
+        if group == 1:
+            _attention_partial_mha_kernel[(heads, splits)](
+                q, k_cache, v_cache, position, part_out, part_lse, scale, k_cache.stride(1), splits, CHUNK=chunk,
+                HEAD_DIM=head_dim, BLOCK_T=64, num_warps=4,
+            )
+        else:
+            _attention_partial_kernel[(kv_heads, splits)](
+                q, k_cache, v_cache, position, part_out, part_lse, scale, k_cache.stride(1), splits, CHUNK=chunk,
+                GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_T=max(16, 64 // group_pad), num_warps=4,
+            )
         out = torch.empty((1, heads * head_dim), dtype=q.dtype, device=q.device)
         _attention_reduce_kernel[(heads,)](
             part_out, part_lse, position, out, chunk, splits,

@@ -126,8 +126,8 @@ class RopeTable:
 
     Dynamic NTK (InternLM2) rescales the base once the sequence outgrows the trained window; transformers
     does so per forward call from ``max(position) + 1``, so a prompt is embedded with the frequencies of
-    its own length and each later token with those of its position. ``cos_sin`` takes that length as a
-    device tensor, so the choice happens on the GPU inside the graph.
+    its own length and each later token with those of its position, which makes a decode step's
+    cos/sin a function of its position alone: the engine tabulates them per position.
     """
 
     def __init__(self, rotary_emb, config):
@@ -209,10 +209,14 @@ class TorchDecodeKernels:
     def linear_add(self, x, weight, bias, residual):
         residual.add_(F.linear(x, weight, bias))
 
-    def rope_store(self, qkv, cos, sin, k_cache, v_cache, position, heads, kv_heads):
-        """Rotate q and k of one token, store k and v at ``position`` in the cache; returns q [1, H, D]."""
+    def norm_linear_rope_store(self, x, norm_weight, eps, weight, bias, cos_table, sin_table, k_cache, v_cache,
+                               position, heads, kv_heads):
+        """q/k/v of one token; RoPE (rows ``position`` of the tables) on q and k; k and v stored in the
+        cache at ``position``. Returns q [1, H, D]."""
         head_dim = k_cache.shape[-1]
+        qkv = self.norm_linear(x, norm_weight, eps, weight, bias)
         q, k, v = qkv.view(1, heads + 2 * kv_heads, head_dim).split([heads, kv_heads, kv_heads], dim=1)
+        cos, sin = cos_table[position], sin_table[position]
         k_cache[0].index_copy_(1, position, apply_rope(k, cos, sin)[0, :, None])
         v_cache[0].index_copy_(1, position, v[0, :, None])
         return apply_rope(q, cos, sin)
@@ -347,7 +351,7 @@ class FastEngine:
         self.lookahead = lookahead if on_gpu else 0
         self._turn = FifoLock()
         self._penalize = False
-        self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[bool, bool], torch.cuda.CUDAGraph] = {}  # by (sample, penalize)
         self.generator = torch.Generator(device=self.device)
         with torch.no_grad():
             self.token = torch.zeros(1, dtype=torch.long, device=self.device)
@@ -397,13 +401,12 @@ class FastEngine:
     def _decode_logits(self) -> torch.Tensor:
         """Logits [1, V] for ``self.token`` at ``self.position``, its k/v stored in the cache."""
         kernels = self.kernels
-        cos, sin = self.rope.cos_sin(self.position[:, None], self.position + 1, self.dtype)
-        cos, sin = cos[:, 0], sin[:, 0]
         x = F.embedding(self.token, self.embed)
         for index, w in enumerate(self.layers):
             k_cache, v_cache = self.cache.k[index], self.cache.v[index]
-            qkv = kernels.norm_linear(x, w.input_norm, self.eps, w.qkv, w.qkv_bias)
-            q = kernels.rope_store(qkv, cos, sin, k_cache, v_cache, self.position, self.heads, self.kv_heads)
+            q = kernels.norm_linear_rope_store(x, w.input_norm, self.eps, w.qkv, w.qkv_bias, self.cos_table,
+                                               self.sin_table, k_cache, v_cache, self.position, self.heads,
+                                               self.kv_heads)
             kernels.linear_add(kernels.attention(q, k_cache, v_cache, self.position, self.scale), w.o, w.o_bias, x)
             hidden = kernels.norm_gated_linear(x, w.post_norm, self.eps, w.gate_up, w.gate_up_bias)
             kernels.linear_add(hidden, w.down, w.down_bias, x)
@@ -412,7 +415,7 @@ class FastEngine:
     def _choose(self, logits: torch.Tensor, sample: bool) -> None:
         """Pick the next id on the device into ``self.token`` and mark it seen."""
         scores = logits.float()
-        if self._penalize or self.use_graphs:  # a graph always applies it (1.0 leaves scores unchanged)
+        if self._penalize:
             scores = penalize_repeats(scores, self.seen, self.penalty)
         if sample:
             chosen = sample_filtered(scores, self.temperature, self.top_k, self.top_p, self.noise)
@@ -435,6 +438,10 @@ class FastEngine:
             torch.cuda.empty_cache()
         with torch.no_grad():
             self.cache = KVCache(len(self.layers), self.kv_heads, self.head_dim, capacity, self.dtype, self.device)
+            # Row p: cos/sin of a decode step at position p (dynamic NTK sees a p + 1 token sequence there).
+            positions = torch.arange(capacity, device=self.device)
+            cos, sin = self.rope.cos_sin(positions[:, None], positions + 1, self.dtype)
+            self.cos_table, self.sin_table = cos[:, 0].contiguous(), sin[:, 0].contiguous()
         if self.use_graphs:
             try:
                 self._capture()
@@ -450,16 +457,19 @@ class FastEngine:
         pool = torch.cuda.graph_pool_handle()
         with torch.inference_mode():
             for sample in (False, True):
-                # A first run outside capture compiles the Triton kernels and creates library handles.
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    self._decode_step(sample)
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                    self._decode_step(sample)
-                self._graphs[sample] = graph
+                for penalize in (False, True):
+                    self._penalize = penalize
+                    # A first run outside capture compiles the Triton kernels and creates library handles.
+                    side = torch.cuda.Stream()
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):
+                        self._decode_step(sample)
+                    torch.cuda.current_stream().wait_stream(side)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                        self._decode_step(sample)
+                    self._graphs[(sample, penalize)] = graph
+            self._penalize = False
             self.position.zero_()
         torch.cuda.synchronize()
 
@@ -472,7 +482,7 @@ class FastEngine:
         if sample:
             self.noise.exponential_(generator=self.generator)
         if self._graphs:
-            self._graphs[sample].replay()
+            self._graphs[(sample, self._penalize)].replay()
         else:
             self._decode_step(sample)
 

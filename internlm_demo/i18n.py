@@ -34,10 +34,8 @@ LABELS: dict[str, tuple[str, str]] = {
         "使用 `--api-base` 时请先启动服务（`python -m internlm_demo.openai_server --model ... --port 23333`）。"),
     ),
     "load_unexpected": ("{kind}: {error}", "{kind}：{error}"),
-    "bad_flags": (
-        "**The command-line flags after `--` are wrong.**\n\n{error}\n\nUsage: `{usage}`",
-        "**`--` 之后的命令行参数有误。**\n\n{error}\n\n用法：`{usage}`",
-    ),
+    "bad_flags": ("**The command-line flags after `--` were not accepted.** Usage: `{usage}`",
+                  "**`--` 之后的命令行参数有误。** 用法：`{usage}`"),
     "generation": ("Generation", "生成参数"),
     "max_length": ("Max length (prompt + reply tokens)", "最大长度（提示 + 回复 token 数）"),
     "max_new_tokens": ("Max new tokens", "最多生成 token 数"),

@@ -94,6 +94,11 @@ def wait_until_idle(app: AppTest) -> AppTest:
     return app
 
 
+def streaming_text(bubble) -> str:
+    """The text of a streaming bubble without its cursor (Streamlit strips the ends of markdown)."""
+    return bubble.markdown[-1].value.removesuffix("▌").strip()
+
+
 def wait_for_partial_reply(app: AppTest) -> list[str]:
     """Re-run the page until the streaming bubble shows text; returns the texts it showed."""
     shown = []
@@ -103,7 +108,7 @@ def wait_for_partial_reply(app: AppTest) -> list[str]:
         app.run()
         bubble = app.chat_message[-1]
         assert bubble.name == "assistant" and app.button(key="stop") is not None
-        shown.append(bubble.markdown[-1].value.removesuffix(" ▌"))
+        shown.append(streaming_text(bubble))
         if shown[-1]:
             return shown
         time.sleep(0.05)
@@ -174,7 +179,7 @@ def test_streaming_shows_growing_text_then_stop_keeps_the_partial_reply(open_app
     assert app.chat_input[0].proto.disabled  # one message at a time
     shown = wait_for_partial_reply(app)
     app.run()
-    shown.append(app.chat_message[-1].markdown[-1].value.removesuffix(" ▌"))
+    shown.append(streaming_text(app.chat_message[-1]))
     assert all(later.startswith(earlier) for earlier, later in pairwise(shown))  # the text only grows
 
     app.button(key="stop").click().run()
@@ -183,7 +188,7 @@ def test_streaming_shows_growing_text_then_stop_keeps_the_partial_reply(open_app
     generated = conversation(app).last_stats.new_tokens
     assert reply.role == "assistant" and reply.stopped and reply.seed == 3
     assert 0 < generated < app.slider(key="param_max_new_tokens").value
-    assert reply.content.startswith(shown[-1])
+    assert display_markdown(reply.content).strip().startswith(shown[-1])
     # The same seed gives the same first tokens: the kept text is exactly what had been generated.
     whole_so_far, _ = long_reply_model.chat(query, [], max_new_tokens=generated, temperature=0.7, top_p=0.8, seed=3)
     assert reply.content and whole_so_far.startswith(reply.content)
@@ -232,7 +237,7 @@ def test_regenerate_replaces_the_last_reply(open_app, demo_model):
     for reply in (first, second):
         expected = streamed(demo_model, "Hello!", [], max_new_tokens=16, temperature=0.7, top_p=0.8, seed=reply.seed)
         assert reply.content == expected
-    assert transcript(app)[1] == ("assistant", display_markdown(second.content))
+    assert transcript(app)[1] == ("assistant", display_markdown(second.content).strip())  # markdown is stripped
 
 
 def test_clear_forgets_the_history(open_app, demo_model):
@@ -245,6 +250,14 @@ def test_clear_forgets_the_history(open_app, demo_model):
     assert not app.chat_message and conversation(app).messages == []
     empty_prompt = demo_model.count_tokens("", [])
     assert app.sidebar.get("progress")[0].proto.text.startswith(f"{empty_prompt} of")  # the meter is back at zero
+
+
+def test_latex_is_rendered_and_code_left_alone(open_app):
+    app = open_app()
+    set_params(app, max_new_tokens=4)
+    wait_until_idle(send(app, r"Why is \(e^{i\pi}=-1\)? And \[x^2\] vs `re.compile(r'\(x\)')`"))
+    assert transcript(app)[0] == ("user", r"Why is $e^{i\pi}=-1$? And $$x^2$$ vs `re.compile(r'\(x\)')`")
+    assert conversation(app).messages[0].content.startswith(r"Why is \(e")  # the history keeps what was typed
 
 
 def test_empty_message_is_ignored(open_app):
@@ -351,6 +364,22 @@ def test_message_too_long_for_the_window_is_refused_and_kept(open_app, small_win
     assert not app.chat_input[0].proto.disabled
 
 
+def test_max_length_is_the_token_budget(open_app, demo_model):
+    message = "The max length slider bounds prompt and reply together. " * 3
+    tokens = demo_model.count_tokens(message, [])
+    assert 40 <= tokens < demo_model.context_window  # precondition: fits the model, not a 40-token budget
+    app = open_app()
+    set_params(app, max_length=40, max_new_tokens=8)
+    send(app, message)
+    assert f"it is {tokens} tokens" in app.error[0].value and "budget is 40 tokens" in app.error[0].value
+    assert not conversation(app).messages
+
+    set_params(app, max_length=tokens + 3)  # room for three new tokens only
+    wait_until_idle(send(app, message))
+    assert conversation(app).last_stats.prompt_tokens == tokens
+    assert conversation(app).last_stats.new_tokens <= 3
+
+
 def test_model_load_failure_shows_the_fix(open_app, tmp_path):
     app = open_app("--model", tmp_path)  # an empty folder
     assert not app.exception
@@ -362,7 +391,10 @@ def test_model_load_failure_shows_the_fix(open_app, tmp_path):
     assert not app.exception and "neither a folder nor a known model id" in app.error[0].value
 
     app = open_app("--num-gpus", "two")
-    assert not app.exception and "invalid int value" in app.error[0].value and "streamlit run" in app.error[0].value
+    assert not app.exception and "not accepted" in app.error[0].value and "streamlit run" in app.error[0].value
+    assert "argument --num-gpus: invalid int value: 'two'" in app.code[0].value
+    app = open_app("--help")
+    assert not app.exception and "--api-base" in app.code[0].value
 
 
 def test_queued_sessions_see_their_place_and_only_their_history(open_app):

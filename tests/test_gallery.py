@@ -86,7 +86,7 @@ def test_encoder_works_without_any_network():
               "print(round(float(v[0] @ v[1]), 2), round(float(v[0] @ v[2]), 2))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run(["unshare", "--net", sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, check=False)
     if result.returncode != 0 and "Operation not permitted" in result.stderr:
         pytest.skip("no permission to create a network namespace")
     assert result.returncode == 0, result.stderr

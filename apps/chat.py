@@ -22,7 +22,10 @@ from internlm_demo.i18n import LANGUAGES, labels
 from internlm_demo.remote import RemoteBackendError, RemoteChatModel
 from internlm_demo.settings import Settings
 
-REFRESH_S = 0.05  # a streaming reply is re-rendered at most this often, whatever the GPU's speed
+# A streaming reply is re-rendered at most this often, whatever the GPU's speed; a session waiting
+# in the GPU queue looks less often, so that many waiting sessions do not slow the one generating.
+STREAM_REFRESH_S = 0.05
+QUEUED_REFRESH_S = 0.5
 USAGE = "streamlit run apps/chat.py -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL]"
 
 
@@ -183,13 +186,12 @@ def show_notice(notice: chat.Notice | None, t) -> None:
         st.error(t("import_failed", error=notice.detail))
 
 
-@st.fragment(run_every=REFRESH_S)
-def live_reply(t) -> None:
-    """The reply being generated; re-run on a timer so generation never waits for rendering."""
+def live_reply(t, drawn_queued: bool) -> None:
+    """The reply being generated, re-run on a timer (a fragment) so generation never waits for rendering."""
     conv = conversation()
     pending = conv.pending
-    if pending is None or pending.done.is_set():
-        st.rerun()  # the whole page collects the finished reply
+    if pending is None or pending.done.is_set() or (pending.state == "queued") != drawn_queued:
+        st.rerun()  # the whole page collects the finished reply, or picks the refresh rate of the new state
     with st.chat_message("assistant"):
         state = pending.state
         status = st.empty()  # one slot, so the elements below keep their place as the state changes
@@ -218,7 +220,8 @@ def main() -> None:
     show_messages(conv, t)
     show_notice(conv.notice, t)
     if conv.pending is not None:
-        live_reply(t)
+        queued = conv.pending.state == "queued"
+        st.fragment(live_reply, run_every=QUEUED_REFRESH_S if queued else STREAM_REFRESH_S)(t, queued)
     elif conv.messages:
         regenerate_column, clear_column, _ = st.columns([1, 1, 3])
         regenerate_column.button(t("regenerate"), key="regenerate", on_click=on_regenerate, args=(model,),

@@ -162,6 +162,7 @@ def read_bandwidth(device) -> dict:
     result["copy_read_plus_write"] = 2 * nbytes / timed(lambda: target.copy_(data), device)
     if torch.device(device).type == "cuda":
         result["triton_read"] = nbytes / triton_reader(data)
+        result["gemv_read"] = nbytes / gemv_reader(data)
     result["read"] = max(v for k, v in result.items() if k != "copy_read_plus_write")
     return result
 
@@ -189,6 +190,20 @@ def triton_reader(data: torch.Tensor):
     times = {shape: timed(reader(*shape), data.device) for shape in shapes}
     best = min(times, key=times.get)
     return times[best]
+
+
+def gemv_reader(data: torch.Tensor) -> float:
+    """Seconds for the engine's own GEMV kernel to stream ``data`` as a [rows, 4096] weight: also a read."""
+    from internlm_demo.decode_kernels import TritonDecodeKernels
+
+    matrix = data.view(-1, 4096)
+    x = torch.randn(1, 4096, dtype=data.dtype, device=data.device)
+    out = torch.empty(1, matrix.shape[0], dtype=data.dtype, device=data.device)
+    times = []
+    for config in [(2, 2048, 4, 1), (4, 1024, 4, 0), (16, 512, 4, 0), (32, 256, 4, 0)]:
+        kernels = TritonDecodeKernels({tuple(matrix.shape): config})
+        times.append(timed(lambda kernels=kernels: kernels._gemv(x, matrix, None, out), data.device))
+    return min(times)
 
 
 def weight_bytes(model) -> int:
@@ -396,30 +411,48 @@ SWEEP_CONFIGS = [(4, 1024, 4, 0), (4, 1024, 4, 1), (32, 256, 4, 0), (32, 256, 4,
                  (2, 1024, 2, 1), (8, 1024, 8, 1)]
 
 
+# around the winners of the full sweep, for the q/k/v (fused with RoPE) and o shapes
+FOCUSED_SWEEP_CONFIGS = [(2, 2048, 4, 1), (4, 1024, 4, 1), (4, 2048, 4, 1), (8, 1024, 4, 1), (8, 512, 4, 1),
+                         (16, 512, 4, 0), (32, 256, 4, 0), (2, 1024, 2, 1), (2, 4096, 8, 1), (1, 2048, 2, 1),
+                         (2, 512, 1, 1), (8, 2048, 8, 1)]
+
+
 def best_configs(sweep_files: list[Path]) -> dict:
-    """The fastest configuration per weight shape over one or more --sweep JSON files."""
-    best: dict[tuple[int, int], tuple[float, tuple]] = {}
+    """The fastest configuration per weight shape; a later --sweep file overrides earlier ones for its shapes."""
+    chosen = {}
     for path in sweep_files:
+        best: dict[tuple[int, int], tuple[float, tuple]] = {}
         for row in json.loads(path.read_text())["gemv_sweep"]:
             for key, value in row.items():
                 if key.startswith("(") and isinstance(value, float):
                     shape = tuple(row["shape"])
                     if value > best.get(shape, (0.0, None))[0]:
                         best[shape] = (value, tuple(int(v) for v in key.strip("()").split(",")))
-    return {shape: config for shape, (_, config) in best.items()}
+        chosen.update({shape: config for shape, (_, config) in best.items()})
+    return chosen
 
 
-def sweep_gemv(device, out: Path | None = None) -> list[dict]:
-    """Bandwidth of each GEMV configuration on the decode step's weight shapes (weights rotated past L2)."""
+def sweep_gemv(device, out: Path | None = None, only: set[str] | None = None,
+               configs: list[tuple] = SWEEP_CONFIGS) -> list[dict]:
+    """Bandwidth of each GEMV configuration on the decode step's weight shapes (weights rotated past L2).
+
+    ``only`` limits it to entries such as "7b:qkv"; q/k/v is timed as the fused RMSNorm+GEMV+RoPE kernel.
+    """
     from internlm_demo.decode_kernels import TritonDecodeKernels
 
     rows = []
     for model_name in ("7b", "20b"):
         s = SHAPES[model_name]
         h, i, v = s["hidden"], s["intermediate"], s["vocab"]
-        for label, (n, k), kind in (("qkv", (3 * h, h), "norm"), ("o", (h, h), "residual"),
+        heads, head_dim = s["heads"], s["hidden"] // s["heads"]
+        table = torch.randn(64, head_dim, device=device, dtype=torch.float16)
+        caches = [torch.zeros(1, heads, 64, head_dim, device=device, dtype=torch.float16) for _ in range(2)]
+        position = torch.tensor([5], device=device)
+        for label, (n, k), kind in (("qkv", (3 * h, h), "rope"), ("o", (h, h), "residual"),
                                     ("gate_up", (2 * i, h), "gated"), ("down", (h, i), "residual"),
                                     ("lm_head", (v, h), "norm")):
+            if only and f"{model_name}:{label}" not in only:
+                continue
             copies = max(2, math.ceil(512 * 2**20 / (n * k * 2)))
             weights = [0.02 * torch.randn(n, k, device=device, dtype=torch.float16) for _ in range(copies)]
             x = torch.randn(1, k, device=device, dtype=torch.float16)
@@ -431,12 +464,16 @@ def sweep_gemv(device, out: Path | None = None) -> list[dict]:
                 for w in weights:
                     torch.nn.functional.linear(x, w)
             row["cublas_GBps"] = n * k * 2 * copies / graph_time(cublas) / 1e9
-            for config in SWEEP_CONFIGS:
+            for config in configs:
                 kernels = TritonDecodeKernels({(n, k): config})
 
-                def run(kernels=kernels, weights=weights, x=x, norm=norm, residual=residual, kind=kind):
+                def run(kernels=kernels, weights=weights, x=x, norm=norm, residual=residual, kind=kind, table=table,
+                        caches=caches, position=position, heads=heads):
                     for w in weights:
-                        if kind == "norm":
+                        if kind == "rope":
+                            kernels.norm_linear_rope_store(x, norm, 1e-6, w, None, table, table, *caches, position,
+                                                           heads, heads)
+                        elif kind == "norm":
                             kernels.norm_linear(x, norm, 1e-6, w, None)
                         elif kind == "gated":
                             kernels.norm_gated_linear(x, norm, 1e-6, w, None)
@@ -575,6 +612,7 @@ def main(argv=None) -> None:
     parser.add_argument("--hf-tokens", type=int, default=32)
     parser.add_argument("--shard-gib", type=float, default=2.0)
     parser.add_argument("--sweep", action="store_true", help="only time the GEMV configurations")
+    parser.add_argument("--sweep-only", default="", help="e.g. 7b:qkv,7b:o (default: every shape)")
     parser.add_argument("--gemv-configs", type=Path, nargs="*", default=[],
                         help="--sweep JSON files: use the fastest configuration per shape instead of the built-in table")
     parser.add_argument("--first-reply-child", default=None, help=argparse.SUPPRESS)
@@ -586,7 +624,8 @@ def main(argv=None) -> None:
     result = {"date": date.today().isoformat(), "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
     if args.sweep:
-        sweep_gemv(device, args.out)
+        only = set(args.sweep_only.split(",")) if args.sweep_only else None
+        sweep_gemv(device, args.out, only, SWEEP_CONFIGS if only is None else FOCUSED_SWEEP_CONFIGS)
         return
     import transformers
     if args.gemv_configs:

@@ -14,14 +14,24 @@ import triton
 import triton.language as tl
 
 # (BLOCK_N, BLOCK_K, num_warps, unroll) per weight shape (rows, columns): the fastest of
-# bench/decode.py --sweep on an H200. unroll=1 unrolls the K loop, so every load of a program is
-# issued up front. Shapes not listed use DEFAULT_GEMV_CONFIG.
+# bench/decode.py --sweep on an H200 (q/k/v timed as the fused RoPE kernel). unroll=1 unrolls the
+# K loop, so every load of a program is issued up front. Other shapes use DEFAULT_GEMV_CONFIG.
 DEFAULT_GEMV_CONFIG = (4, 1024, 4, 0)
 GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
-    (12288, 4096): (32, 256, 4, 0),  # InternLM-7B q/k/v
-    (22016, 4096): (16, 512, 4, 0),  # InternLM-7B gate/up
-    (103168, 4096): (32, 256, 4, 0),  # InternLM-7B lm_head
+    # InternLM-7B: q/k/v, o, gate/up, down, lm_head
+    (12288, 4096): (1, 2048, 2, 1),
+    (4096, 4096): (4, 2048, 4, 1),
+    (22016, 4096): (2, 2048, 4, 1),
+    (4096, 11008): (4, 2048, 8, 1),
+    (103168, 4096): (2, 2048, 4, 1),
+    # InternLM-20B
+    (15360, 5120): (4, 2048, 4, 1),
+    (5120, 5120): (4, 1024, 4, 0),
+    (27648, 5120): (2, 1024, 2, 1),
+    (5120, 13824): (4, 1024, 4, 1),
+    (103168, 5120): (16, 512, 4, 0),
 }
+SAMPLER_BLOCK = 16384  # one program walks the vocabulary in chunks this large
 
 
 @triton.jit
@@ -254,6 +264,87 @@ def _attention_reduce_kernel(part_out_ptr, part_lse_ptr, pos_ptr, out_ptr, chunk
     tl.store(out_ptr + head * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _greedy_kernel(logits_ptr, seen_ptr, penalty_ptr, token_ptr, VOCAB: tl.constexpr, PENALIZE: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """argmax of the (repetition-penalized) logits into token; the id is marked seen. One program."""
+    best_value = tl.full([1], float("-inf"), dtype=tl.float32)
+    best_index = tl.zeros([1], dtype=tl.int64)
+    for start in range(0, VOCAB, BLOCK):
+        ids = start + tl.arange(0, BLOCK)
+        scores = tl.load(logits_ptr + ids, mask=ids < VOCAB, other=float("-inf")).to(tl.float32)
+        if PENALIZE:
+            penalty = tl.load(penalty_ptr)
+            seen = tl.load(seen_ptr + ids, mask=ids < VOCAB, other=0) != 0
+            scores = tl.where(seen, tl.where(scores < 0, scores * penalty, scores / penalty), scores)
+        value, index = tl.max(scores, axis=0, return_indices=True, return_indices_tie_break_left=True)
+        better = value > best_value  # strictly: the first maximum wins, as torch.argmax
+        best_index = tl.where(better, start + index, best_index)
+        best_value = tl.where(better, value, best_value)
+    tl.store(token_ptr + tl.arange(0, 1), best_index)
+    tl.store(seen_ptr + best_index, tl.full([1], 1, dtype=tl.int1))
+
+
+@triton.jit
+def _scores_kernel(logits_ptr, seen_ptr, penalty_ptr, temperature_ptr, out_ptr, VOCAB: tl.constexpr,
+                   PENALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    """float32 scores for sampling: repetition penalty, then temperature."""
+    ids = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = ids < VOCAB
+    scores = tl.load(logits_ptr + ids, mask=ok, other=0.0).to(tl.float32)
+    if PENALIZE:
+        penalty = tl.load(penalty_ptr)
+        seen = tl.load(seen_ptr + ids, mask=ok, other=0) != 0
+        scores = tl.where(seen, tl.where(scores < 0, scores * penalty, scores / penalty), scores)
+    tl.store(out_ptr + ids, scores / tl.load(temperature_ptr), mask=ok)
+
+
+@triton.jit
+def _sample_sorted_kernel(sorted_ptr, order_ptr, noise_ptr, top_k_ptr, top_p_ptr, token_ptr, seen_ptr,
+                          VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+    """Top-k, top-p and the draw over scores sorted in descending order (``engine.filtered_probs`` rules);
+    noise is Exp(1) per sorted position. The drawn id goes to token and is marked seen. One program."""
+    CHUNKS: tl.constexpr = (VOCAB + BLOCK - 1) // BLOCK
+    offsets = tl.arange(0, BLOCK)
+    top = tl.load(sorted_ptr)
+    k = tl.load(top_k_ptr)
+    k = tl.where(k > 0, tl.minimum(k, VOCAB), VOCAB)
+    kth = tl.load(sorted_ptr + k - 1)
+    weights = tl.zeros([BLOCK], dtype=tl.float32)
+    for chunk in range(CHUNKS):
+        ids = chunk * BLOCK + offsets
+        scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
+        weights += tl.where(scores >= kth, tl.exp(scores - top), 0.0)
+    mass = tl.sum(weights, axis=0)
+    # From the smallest score up, the tokens whose cumulative probability stays <= 1 - top_p are dropped:
+    # that mass only grows toward the top, so the kept tokens are the first `kept` in sorted order.
+    limit = 1.0 - tl.load(top_p_ptr)
+    kept = tl.zeros([1], dtype=tl.int32)
+    carry = tl.zeros([1], dtype=tl.float32)
+    for step in range(CHUNKS):
+        ids = (CHUNKS - 1 - step) * BLOCK + offsets
+        scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
+        probs = tl.where(scores >= kth, tl.exp(scores - top), 0.0) / mass
+        from_smallest = tl.cumsum(probs, axis=0, reverse=True) + carry
+        kept += tl.sum(((from_smallest > limit) & (ids < VOCAB)).to(tl.int32), axis=0)
+        carry += tl.sum(probs, axis=0)
+    kept = tl.maximum(kept, 1)  # the most likely token is never dropped
+    best_value = tl.full([1], -1.0, dtype=tl.float32)
+    best_index = tl.zeros([1], dtype=tl.int32)
+    for chunk in range(CHUNKS):
+        ids = chunk * BLOCK + offsets
+        scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
+        noise = tl.load(noise_ptr + ids, mask=ids < VOCAB, other=1.0)
+        race = tl.where(ids < kept, tl.exp(scores - top) / noise, -1.0)  # argmax p/E draws with probability p
+        value, index = tl.max(race, axis=0, return_indices=True, return_indices_tie_break_left=True)
+        better = value > best_value
+        best_index = tl.where(better, chunk * BLOCK + index, best_index)
+        best_value = tl.where(better, value, best_value)
+    token = tl.load(order_ptr + best_index)
+    tl.store(token_ptr + tl.arange(0, 1), token)
+    tl.store(seen_ptr + token, tl.full([1], 1, dtype=tl.int1))
+
+
 def gemv_config(rows: int, cols: int) -> tuple[int, int, int, int]:
     return GEMV_CONFIGS.get((rows, cols), DEFAULT_GEMV_CONFIG)
 
@@ -305,12 +396,27 @@ class TritonDecodeKernels:
         )
         return q
 
+    def choose(self, logits, seen, penalty, temperature, top_k, top_p, noise, token, sample: bool, penalize: bool):
+        """Pick the next id on the device into ``token`` (greedy, or a draw with ``noise``); mark it seen."""
+        vocab = logits.shape[-1]
+        if not sample:
+            _greedy_kernel[(1,)](logits, seen, penalty, token, VOCAB=vocab, PENALIZE=penalize, BLOCK=SAMPLER_BLOCK,
+                                 num_warps=16)
+            return
+        scores = torch.empty((1, vocab), dtype=torch.float32, device=logits.device)
+        _scores_kernel[(triton.cdiv(vocab, 4096),)](logits, seen, penalty, temperature, scores, VOCAB=vocab,
+                                                    PENALIZE=penalize, BLOCK=4096, num_warps=8)
+        ordered, order = scores.sort(dim=-1, descending=True)
+        _sample_sorted_kernel[(1,)](ordered, order, noise, top_k, top_p, token, seen, VOCAB=vocab,
+                                    BLOCK=SAMPLER_BLOCK, num_warps=16)
+
     def attention(self, q, k_cache, v_cache, position, scale):
         _, heads, head_dim = q.shape
         kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]
         group = heads // kv_heads
         group_pad = triton.next_power_of_2(group)
-        # Up to 64 splits of at least 128 positions: enough programs to fill the GPU at any length.
+        # Up to 64 splits of at least 128 positions: enough programs to fill the GPU at any length
+        # (256-position splits measured slower at a 1k context: fewer programs per head).
         chunk = max(128, triton.next_power_of_2(triton.cdiv(capacity, 64)))
         splits = triton.cdiv(capacity, chunk)
         part_out = torch.empty((heads, splits, head_dim), dtype=torch.float32, device=q.device)

@@ -221,6 +221,15 @@ class TorchDecodeKernels:
         v_cache[0].index_copy_(1, position, v[0, :, None])
         return apply_rope(q, cos, sin)
 
+    def choose(self, logits, seen, penalty, temperature, top_k, top_p, noise, token, sample: bool, penalize: bool):
+        """Pick the next id into ``token`` (greedy, or a draw with Exp(1) ``noise``) and mark it seen."""
+        scores = logits.float()
+        if penalize:
+            scores = penalize_repeats(scores, seen, penalty)
+        chosen = sample_filtered(scores, temperature, top_k, top_p, noise) if sample else scores.argmax(-1)
+        token.copy_(chosen)
+        seen.scatter_(1, chosen[:, None], True)
+
     def attention(self, q, k_cache, v_cache, position, scale):
         """Attention of one query over cache positions 0..position (a mask keeps shapes static)."""
         heads, head_dim = q.shape[1], q.shape[2]
@@ -321,6 +330,9 @@ class FastEngine:
     ``generate`` has the contract of ``generation.generate_ids`` (same stats, stop ids, stop event,
     sampling rules); sampled ids come from a different random stream, so a seed reproduces the
     engine's own output, not the simple path's. One generation runs at a time; callers queue in order.
+
+    ``kernels``: "auto"/"triton" (Triton on a GPU) or "torch"; ``use_graphs``: capture the decode step
+    (default: on a GPU); ``lookahead``: decode steps queued beyond the token the caller is reading.
     """
 
     def __init__(self, model, kernels: str = "auto", use_graphs: bool | None = None, lookahead: int = 2,
@@ -414,15 +426,8 @@ class FastEngine:
 
     def _choose(self, logits: torch.Tensor, sample: bool) -> None:
         """Pick the next id on the device into ``self.token`` and mark it seen."""
-        scores = logits.float()
-        if self._penalize:
-            scores = penalize_repeats(scores, self.seen, self.penalty)
-        if sample:
-            chosen = sample_filtered(scores, self.temperature, self.top_k, self.top_p, self.noise)
-        else:
-            chosen = scores.argmax(-1)
-        self.token.copy_(chosen)
-        self.seen.scatter_(1, chosen[:, None], True)
+        self.kernels.choose(logits, self.seen, self.penalty, self.temperature, self.top_k, self.top_p, self.noise,
+                            self.token, sample, self._penalize)
 
     def _decode_step(self, sample: bool) -> None:
         self._choose(self._decode_logits(), sample)
@@ -509,7 +514,10 @@ class FastEngine:
 
     def generate(self, prompt_ids: list[int], params: GenerationParams, stop_ids: set[int],
                  stats: GenerationStats | None = None, stop: threading.Event | None = None) -> Iterator[int]:
-        """Yield new token ids one at a time; a stop id ends generation and is not yielded."""
+        """Yield new token ids one at a time; a stop id ends generation and is not yielded.
+
+        The engine serves the next caller once this iterator is exhausted or closed.
+        """
         with self._turn:
             yield from self._generate(prompt_ids, params, stop_ids, stats, stop)
 

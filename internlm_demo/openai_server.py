@@ -25,6 +25,8 @@ from .generation import GenerationStats
 from .gpu_queue import GpuQueue, process_queue
 from .settings import Settings
 
+DEFAULT_PORT = 23333  # LMDeploy's api_server default, so --api-base URLs stay interchangeable
+
 
 class ChatMessage(BaseModel):
     role: str
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from .loading import load_chat_model
 
-    settings = Settings.parse(argv, prog="python -m internlm_demo.openai_server")
+    settings = Settings.parse(argv, prog="python -m internlm_demo.openai_server", defaults={"port": DEFAULT_PORT})
     try:
         model = load_chat_model(settings.model, device=settings.device, dtype=settings.dtype, num_gpus=settings.num_gpus)
     except ModelFolderError as exc:

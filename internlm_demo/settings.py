@@ -24,18 +24,21 @@ class Settings:
     agent_script: str | None = None  # JSON of canned model outputs the agent app replays instead of a model
 
     @classmethod
-    def parse(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None, prog: str | None = None) -> Settings:
-        """Flags win over environment variables, which win over the defaults."""
+    def parse(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None, prog: str | None = None,
+              defaults: dict | None = None) -> Settings:
+        """Flags win over environment variables, which win over ``defaults``, then the field defaults."""
         environ = os.environ if environ is None else environ
+        defaults = defaults or {}
         parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
         for field in fields(cls):
             flag = "--" + field.name.replace("_", "-")
             env_value = environ.get(f"INTERNLM_DEMO_{field.name.upper()}")
+            fallback = defaults.get(field.name, field.default)
             if field.type == "bool":
-                default = env_value.lower() in ("1", "true", "yes") if env_value is not None else field.default
+                default = env_value.lower() in ("1", "true", "yes") if env_value is not None else fallback
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
                 continue
             convert = int if field.type.startswith("int") else str
-            default = convert(env_value) if env_value not in (None, "") else field.default
+            default = convert(env_value) if env_value not in (None, "") else fallback
             parser.add_argument(flag, type=convert, default=default, metavar=field.name.upper())
         return cls(**vars(parser.parse_args(argv)))

@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import REPO
+from tests.servers import chromium, free_port, running_server, streamlit_command
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SECRET_CODE = 'import hashlib\nprint(hashlib.sha256(b"browser agent").hexdigest())'
 SECRET_OUTPUT = hashlib.sha256(b"browser agent").hexdigest()
 LONG_TAIL = "END-OF-A-LONG-ANSWER"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,42 +27,19 @@ def agent_url(tmp_path_factory):
         "Thought: " + "this takes a while, " * 150 + LONG_TAIL,
     ]}))
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "INTERNLM_DEMO_AGENT_SCRIPT": str(script)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "apps/agent.py", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    output = server.stdout.read().decode() if server.poll() is not None else ""
-                    pytest.fail(f"streamlit did not start on {url}: {output}")
-                time.sleep(0.3)
+    with running_server(streamlit_command("apps/agent.py", port), f"{url}/_stcore/health",
+                        env={"INTERNLM_DEMO_AGENT_SCRIPT": str(script)}, timeout_s=60):
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def page(agent_url):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.goto(agent_url)
         page.get_by_test_id("stChatInputTextArea").wait_for(timeout=30_000)
         yield page
-        browser.close()
 
 
 def ask(page, question: str) -> None:

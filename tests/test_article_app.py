@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -16,19 +12,13 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.servers import free_port, running_server
 
 TOPICS = {"敦煌 Dunhuang": "murals", "大海 sea": "sunset", "沙漠 desert": "camels"}
 LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 # Beam 1 and the slider's smallest length keep the demo model's article short; every stage still runs.
 FAST = {"num_beams": 1, "repetition_penalty": 5.0, "max_output_tokens": 100, "model_selects_images": True,
         "do_sample": False}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_gallery(root: Path) -> Path:
@@ -39,38 +29,21 @@ def build_gallery(root: Path) -> Path:
     return root
 
 
-def start_app(gallery: Path) -> tuple[subprocess.Popen, str]:
-    """``python apps/xcomposer.py`` on a free 127.0.0.1 port, waited for until it answers."""
+@contextlib.contextmanager
+def running_app(gallery: Path):
+    """``python apps/xcomposer.py --gallery GALLERY`` on a free 127.0.0.1 port; yields its URL."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "apps/xcomposer.py", "--port", str(port), "--gallery", str(gallery)],
-                              cwd=REPO, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return server, url
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"the app did not start:\n{server.stdout.read().decode(errors='replace')}")
-            time.sleep(0.5)
-
-
-def stop_app(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    with running_server([sys.executable, "apps/xcomposer.py", "--port", str(port), "--gallery", str(gallery)], url,
+                        timeout_s=120):
+        yield url
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     gallery = build_gallery(tmp_path_factory.mktemp("app-gallery") / "gallery")
-    server, url = start_app(gallery)
-    yield url, gallery
-    stop_app(server)
+    with running_app(gallery) as url:
+        yield url, gallery
 
 
 def write(client: Client, title: str, folder: str = ""):

@@ -7,59 +7,28 @@ Screenshots land in test-output/<test name>/.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
+from playwright.sync_api import expect
 
-from tests.conftest import FIXTURES_DIR, REPO
+from tests.conftest import FIXTURES_DIR
+from tests.servers import chromium, free_port, running_server, streamlit_command
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 MODEL = FIXTURES_DIR / "internlm-chat-7b-tiny"
 ALICE = "你好，书生！Please write me a long poem about 上海."
 BOB = "Bob here: 今天天气怎么样？"
 WAIT_MS = 30_000
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def chat_url():
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "apps/chat.py", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--", "--model", str(MODEL)],
-        cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    server.kill()
-                    pytest.fail(f"streamlit did not start on {url}: {server.stdout.read().decode()}")
-                time.sleep(0.2)
+    with running_server(streamlit_command("apps/chat.py", port, "--model", str(MODEL)), f"{url}/_stcore/health", timeout_s=60):
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def open_chat(browser, url):
@@ -94,10 +63,7 @@ def watch_stream(page) -> list[str]:
 
 
 def test_two_people_chat_stream_stop_and_clear(chat_url, output_dir):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    expect = sync_api.expect
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    with chromium() as browser:
         alice, bob = open_chat(browser, chat_url), open_chat(browser, chat_url)
 
         send(alice, ALICE)
@@ -140,4 +106,3 @@ def test_two_people_chat_stream_stop_and_clear(chat_url, output_dir):
         expect(bob.get_by_role("heading", name="书生·浦语 对话")).to_be_visible(timeout=WAIT_MS)
         expect(bob.get_by_text("（已停止）")).to_be_visible()
         bob.screenshot(path=output_dir / "6-bob-chinese.png", full_page=True)
-        browser.close()

@@ -247,6 +247,36 @@ def check_triton_kernels_against_torch_reference() -> None:
     assert relative(summed_t, summed_r) < 2e-3
 
 
+def check_triton_sampler_against_torch_reference() -> None:
+    """Greedy and sampled choices of the Triton sampler equal the torch ones for the same Exp(1) noise."""
+    from internlm_demo import decode_kernels
+    from internlm_demo.engine import TorchDecodeKernels
+
+    decode_kernels.SAMPLER_BLOCK = 512  # several chunks per pass over a small vocabulary
+    triton_ops, torch_ops = decode_kernels.TritonDecodeKernels(), TorchDecodeKernels()
+    generator = torch.Generator().manual_seed(3)
+    vocab, disagreements = 2000, 0
+    settings = [(0, 1.0, 1.0), (5, 0.9, 0.7), (50, 0.5, 1.3), (0, 0.8, 0.8), (0, 1e-9, 1.0), (3, 0.95, 2.0)]
+    for case in range(24):
+        logits = (3 * torch.randn(1, vocab, generator=generator)).half()
+        seen = torch.rand(1, vocab, generator=generator) < 0.05
+        noise = torch.empty(1, vocab).exponential_(generator=generator)
+        top_k, top_p, temperature = settings[case % len(settings)]
+        params = (torch.tensor([[1.3 if case % 2 else 1.0]]), torch.tensor([[temperature]]),
+                  torch.tensor([[top_k]]), torch.tensor([[top_p]]), noise)
+        for sample in (False, True):
+            outcomes = []
+            for ops in (triton_ops, torch_ops):
+                token, marks = torch.zeros(1, dtype=torch.long), seen.clone()
+                ops.choose(logits, marks, *params, token, sample, bool(case % 2))
+                outcomes.append((int(token), marks))
+            (a, marks_a), (b, _) = outcomes
+            assert sample or a == b
+            disagreements += a != b
+            assert marks_a[0, a] and torch.equal(marks_a, seen | marks_a) and int((marks_a ^ seen).sum()) <= 1
+    assert disagreements <= 1  # a draw may differ only where rounding moves a top-p boundary
+
+
 def check_engine_on_triton_kernels() -> None:
     """The whole decode step on Triton kernels equals the simple path: GQA, dynamic NTK past the window."""
     from internlm_demo.decode_kernels import TritonDecodeKernels
@@ -269,7 +299,8 @@ def test_triton_kernels_in_the_interpreter_match_torch_and_the_simple_path():
     pytest.importorskip("triton")
     code = ("import warnings; warnings.simplefilter('ignore', RuntimeWarning); "
             "from tests.test_engine import check_triton_kernels_against_torch_reference as a, "
-            "check_engine_on_triton_kernels as b; a(); b(); print('ok')")
+            "check_triton_sampler_against_torch_reference as b, check_engine_on_triton_kernels as c; "
+            "a(); b(); c(); print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                             check=False, env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]

@@ -7,10 +7,8 @@ turn, setting and seed unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,51 +22,32 @@ from streamlit.testing.v1 import AppTest
 from internlm_demo import GenerationStats, load_chat_model
 from internlm_demo.remote import RemoteBackendError, RemoteChatModel
 from tests.conftest import FIXTURES_DIR, REPO
+from tests.servers import free_port, running_server
 
 APP = str(REPO / "apps" / "chat.py")
 INTERNLM2_MODEL = FIXTURES_DIR / "internlm2-chat-7b-tiny"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(*flags) -> tuple[subprocess.Popen, str]:
+@contextlib.contextmanager
+def openai_server(*flags):
+    """``python -m internlm_demo.openai_server`` on a free 127.0.0.1 port; yields its /v1 base URL."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "internlm_demo.openai_server", "--port", str(port), *map(str, flags)],
-        cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
     api_base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{api_base}/models", timeout=2).status_code == 200:
-                return server, api_base
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.fail(f"the OpenAI-compatible server did not start: {server.stdout.read().decode()}")
-        time.sleep(0.2)
+    command = [sys.executable, "-m", "internlm_demo.openai_server", "--port", str(port), *map(str, flags)]
+    with running_server(command, f"{api_base}/models"):
+        yield api_base
 
 
 @pytest.fixture(scope="module")
 def demo_server():
-    server, api_base = start_server()  # no --model: the embedded demo model
-    yield api_base
-    server.terminate()
-    server.wait(timeout=10)
+    with openai_server() as api_base:  # no --model: the embedded demo model
+        yield api_base
 
 
 @pytest.fixture(scope="module")
 def internlm2_server():
-    server, api_base = start_server("--model", INTERNLM2_MODEL)
-    yield api_base
-    server.terminate()
-    server.wait(timeout=10)
+    with openai_server("--model", INTERNLM2_MODEL) as api_base:
+        yield api_base
 
 
 @pytest.fixture(scope="module")

@@ -519,7 +519,7 @@ def test_private_scratch_space_does_not_leak_to_the_host():
     name = f"sandbox-leak-{uuid.uuid4().hex}"
     result = run(f"open('/tmp/{name}', 'w').write('x')\nopen('/dev/shm/{name}', 'w').write('x')")
     if "private" not in result.isolation:
-        pytest.skip("no mount namespace: /tmp is the host's (see SANDBOX.md)")
+        pytest.skip("no mount namespace: /tmp is the host's (see docs/agent-sandbox.md)")
     assert result.ok, result
     assert not Path("/tmp", name).exists() and not Path("/dev/shm", name).exists()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import struct
 import zlib
 
@@ -14,6 +13,7 @@ from apps import xcomposer_handlers as handlers
 from internlm_demo.xcomposer import load_xcomposer
 from internlm_demo.xcomposer.prompts import conversation_prompt
 from tests.conftest import FIXTURES_DIR
+from tests.servers import free_port
 
 IMAGE = str(FIXTURES_DIR / "xcomposer-test-image.png")
 QUICK = {"max_output_tokens": 16, "num_beams": 1, "repetition_penalty": 1.0, "do_sample": False}
@@ -73,12 +73,6 @@ def test_switching_language_relabels(provider):
     language, button, banner = handlers.switch_language(provider, "English")
     assert language == "中文" and button["value"] == "English" and "演示模型" in banner
     assert handlers.relabel_chat_tab(language)[-1]["value"] == handlers.TEXTS["中文"]["clear"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

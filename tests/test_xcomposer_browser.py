@@ -2,98 +2,55 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import FIXTURES_DIR, REPO
+from tests.conftest import FIXTURES_DIR
+from tests.servers import chromium, free_port, running_server
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 IMAGE = FIXTURES_DIR / "xcomposer-test-image.png"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def app_url():
     """The app started as a user starts it; it binds 127.0.0.1 by default and uses the embedded demo model."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "apps/xcomposer.py", "--port", str(port)],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    server.kill()
-                    pytest.fail(f"the app did not start on {url}: {server.stdout.read().decode()}")
-                time.sleep(0.3)
+    with running_server([sys.executable, "apps/xcomposer.py", "--port", str(port)], url):
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_browser_uploads_an_image_and_chats(app_url, output_dir):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(app_url)
-            page.get_by_text("Demo model").wait_for(timeout=30_000)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(app_url)
+        page.get_by_text("Demo model").wait_for(timeout=30_000)
 
-            page.locator("#xcomposer-input input[type=file]").set_input_files(str(IMAGE))
-            page.locator("#xcomposer-input img").first.wait_for(timeout=15_000)  # the attachment preview
-            box = page.locator("#xcomposer-input textarea")
-            box.fill("What is in the picture?")
-            box.press("Enter")
+        page.locator("#xcomposer-input input[type=file]").set_input_files(str(IMAGE))
+        page.locator("#xcomposer-input img").first.wait_for(timeout=15_000)  # the attachment preview
+        box = page.locator("#xcomposer-input textarea")
+        box.fill("What is in the picture?")
+        box.press("Enter")
 
-            chat = page.locator("#xcomposer-chatbot")
-            chat.get_by_text("What is in the picture?").wait_for(timeout=15_000)
-            chat.locator("img").first.wait_for(timeout=15_000)
-            bot = chat.locator(".bot").last
-            bot.wait_for(timeout=30_000)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                reply = bot.inner_text().strip()
-                if reply and not reply.endswith("▌"):
-                    break
-                time.sleep(0.3)
-            assert reply and not reply.endswith("▌"), "the streamed reply finishes"
-            page.screenshot(path=str(output_dir / "xcomposer-chat.png"), full_page=True)
+        chat = page.locator("#xcomposer-chatbot")
+        chat.get_by_text("What is in the picture?").wait_for(timeout=15_000)
+        chat.locator("img").first.wait_for(timeout=15_000)
+        bot = chat.locator(".bot").last
+        bot.wait_for(timeout=30_000)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            reply = bot.inner_text().strip()
+            if reply and not reply.endswith("▌"):
+                break
+            time.sleep(0.3)
+        assert reply and not reply.endswith("▌"), "the streamed reply finishes"
+        page.screenshot(path=str(output_dir / "xcomposer-chat.png"), full_page=True)
 
-            page.get_by_role("button", name="中文").click()
-            page.get_by_role("button", name="🗑️ 清空聊天框").wait_for(timeout=10_000)
-            page.get_by_role("button", name="🗑️ 清空聊天框").click()
-            chat.get_by_text("What is in the picture?").wait_for(state="detached", timeout=10_000)
-        finally:
-            browser.close()
+        page.get_by_role("button", name="中文").click()
+        page.get_by_role("button", name="🗑️ 清空聊天框").wait_for(timeout=10_000)
+        page.get_by_role("button", name="🗑️ 清空聊天框").click()
+        chat.get_by_text("What is in the picture?").wait_for(state="detached", timeout=10_000)

@@ -2,7 +2,7 @@
 
 Every call starts a new process tree and a new, empty working directory; nothing
 survives between calls, so each call is stateless.  Only the standard library is
-importable.  ``SANDBOX.md`` next to this file describes the containment mechanism
+importable.  ``docs/agent-sandbox.md`` describes the containment mechanism
 and its limits.
 
 Process tree of one call (Linux only)::

@@ -40,8 +40,8 @@ REDRAW_INTERVAL_S = 0.1  # redrawing the page for every token would slow a fast 
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def load_model(model: str | None, device: str | None, dtype: str | None, num_gpus: int | None) -> ChatModelCompletion:
-    return ChatModelCompletion(load_chat_model(model, device=device, dtype=dtype, num_gpus=num_gpus, progress=False))
+def load_model(settings: Settings) -> ChatModelCompletion:
+    return ChatModelCompletion(load_chat_model(settings.model, **settings.model_options(), progress=False))
 
 
 def read_settings() -> Settings:
@@ -58,7 +58,7 @@ def read_settings() -> Settings:
 def session_model(settings: Settings, state):
     """A scripted model per browser session (it keeps its place in the script), else the shared loaded model."""
     if not settings.agent_script:
-        return load_model(settings.model, settings.device, settings.dtype, settings.num_gpus)
+        return load_model(settings)
     scripted = state.get("scripted_model")
     if scripted is None or scripted.source != settings.agent_script:
         scripted = state["scripted_model"] = ScriptedModel.from_file(settings.agent_script)

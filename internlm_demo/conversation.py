@@ -467,5 +467,4 @@ def open_model(settings):
         return RemoteChatModel.connect(settings.api_base, settings.api_model)
     from .loading import load_chat_model
 
-    return load_chat_model(settings.model, device=settings.device, dtype=settings.dtype,
-                           num_gpus=settings.num_gpus, progress=False)
+    return load_chat_model(settings.model, **settings.model_options(), progress=False)

@@ -21,6 +21,8 @@ from .tokenizer import InternLMTokenizer, read_tokenizer
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+CHAT_DEFAULT_IDS = ("internlm-chat-7b", "internlm2_5-7b-chat")
+DEMO_MODEL_ID = "internlm-demo-tiny"
 # InternLM-20B's "rotary": {"type": "dynamic"} carries no factor; its model card claims 16k on a 4k window.
 V1_DYNAMIC_ROTARY_FACTOR = 4.0
 
@@ -38,16 +40,22 @@ class ModelInfo:
     is_demo: bool = False
 
 
-def resolve_folder(path_or_id: str | Path | None) -> tuple[Path, str, bool]:
-    """(folder, model id, is_demo) for a folder path, a known model id, or None (the embedded demo)."""
-    from .tiny import ensure_demo_model
+def resolve_folder(path_or_id: str | Path | None, default_ids=CHAT_DEFAULT_IDS, demo=None) -> tuple[Path, str, bool]:
+    """(folder, model id, is_demo) for a folder path, a known model id, or None.
 
+    None (or "demo") means the first of ``default_ids`` that is downloaded, else the embedded demo
+    model that ``demo()`` returns as ``(folder, model id)``.
+    """
     if path_or_id is None or str(path_or_id) == "demo":
-        for model_id in ("internlm-chat-7b", "internlm2_5-7b-chat"):
+        for model_id in default_ids:
             folder = registry.downloaded_folder(model_id)
             if folder is not None:
                 return folder, model_id, False
-        return ensure_demo_model(), "internlm-demo-tiny", True
+        if demo is None:
+            from .tiny import ensure_demo_model
+
+            return ensure_demo_model(), DEMO_MODEL_ID, True
+        return (*demo(), True)
     text = str(path_or_id)
     if text in registry.KNOWN_MODELS:
         folder = registry.downloaded_folder(text)
@@ -144,32 +152,46 @@ def assign_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
 
 
-def load_llama_weights(model: LlamaForCausalLM, tensors, device_map: dict, dtype: torch.dtype, shard_names) -> torch.Tensor | None:
-    """Load mapped tensors onto their devices, checking names and shapes; returns a stored rotary inv_freq."""
-    expected = {name: p.shape for name, p in model.named_parameters()}
+def fill_parameters(module: nn.Module, tensors, place, shard_names, part: str = "") -> None:
+    """Give every meta parameter of ``module`` its tensor, placed by ``place(name, tensor)``; shapes checked.
+
+    Tensors the module has no parameter for are skipped; a parameter left without one is an error.
+    """
+    expected = {name: p.shape for name, p in module.named_parameters()}
     loaded: set[str] = set()
-    stored_inv_freq = None
     for name, tensor in tensors:
-        if name.endswith("rotary_emb.inv_freq"):
-            stored_inv_freq = tensor
-            continue
         if name not in expected:
-            log.info("ignoring tensor %s, which the model does not use", name)
+            log.info("ignoring tensor %s, which the %smodel does not use", name, part)
             continue
         if tuple(tensor.shape) != tuple(expected[name]):
             raise ModelFolderError(
                 f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(expected[name])}; "
                 f"the weights in {', '.join(shard_names)} do not belong to this config.json."
             )
-        assign_tensor(model, name, tensor.to(device=device_for(name, device_map), dtype=dtype))
+        assign_tensor(module, name, place(name, tensor))
         loaded.add(name)
     missing = sorted(set(expected) - loaded)
     if missing:
         raise ModelFolderError(
-            f"{len(missing)} tensors are missing from the checkpoint (first: {missing[0]}); "
+            f"{len(missing)} {part}tensors are missing from the checkpoint (first: {missing[0]}); "
             "a shard is incomplete — re-download the model."
         )
-    return stored_inv_freq
+
+
+def load_llama_weights(model: LlamaForCausalLM, tensors, device_map: dict, dtype: torch.dtype, shard_names) -> torch.Tensor | None:
+    """Load mapped tensors onto their devices; returns the rotary inv_freq the checkpoint stores, if any."""
+    stored: dict[str, torch.Tensor] = {}
+
+    def without_rotary_buffers(pairs):
+        for name, tensor in pairs:
+            if name.endswith("rotary_emb.inv_freq"):
+                stored["inv_freq"] = tensor
+            else:
+                yield name, tensor
+
+    fill_parameters(model, without_rotary_buffers(tensors),
+                    lambda name, tensor: tensor.to(device=device_for(name, device_map), dtype=dtype), shard_names)
+    return stored.get("inv_freq")
 
 
 def device_for(name: str, device_map: dict):
@@ -197,17 +219,22 @@ def choose_device(device: str | None, dtype: str | None, num_gpus: int | None) -
     return device, DTYPES[dtype]
 
 
-def read_model_folder(folder: Path) -> tuple[dict, Family, InternLMTokenizer, dict]:
-    """config.json, family, tokenizer and generation_config.json of an original folder."""
-    config = read_config(folder)
+def read_folder_tokenizer(folder: Path) -> InternLMTokenizer:
+    """The tokenizer of a model folder (``tokenizer.model`` and, if present, ``tokenizer_config.json``)."""
     if not (folder / "tokenizer.model").is_file():
         raise ModelFolderError(f"{folder / 'tokenizer.model'} is missing; re-download the model (the tokenizer is part of it).")
     tokenizer_config_path = folder / "tokenizer_config.json"
     tokenizer_config = read_json(tokenizer_config_path, "tokenizer settings") if tokenizer_config_path.is_file() else {}
     try:
-        tokenizer = read_tokenizer(folder, tokenizer_config)
+        return read_tokenizer(folder, tokenizer_config)
     except (RuntimeError, OSError) as exc:
         raise ModelFolderError(f"{folder / 'tokenizer.model'} cannot be read ({exc}); re-download it.") from exc
+
+
+def read_model_folder(folder: Path) -> tuple[dict, Family, InternLMTokenizer, dict]:
+    """config.json, family, tokenizer and generation_config.json of an original folder."""
+    config = read_config(folder)
+    tokenizer = read_folder_tokenizer(folder)
     model_type = config.get("model_type", "")
     family = family_for(model_type, tokenizer.special_tokens)
     if family is None:

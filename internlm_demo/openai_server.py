@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = Settings.parse(argv, prog="python -m internlm_demo.openai_server", defaults={"port": DEFAULT_PORT})
     try:
-        model = load_chat_model(settings.model, device=settings.device, dtype=settings.dtype, num_gpus=settings.num_gpus)
+        model = load_chat_model(settings.model, **settings.model_options())
     except ModelFolderError as exc:
         sys.exit(f"cannot load the model: {exc}")
     print(f"serving {model.info.model_id} at http://{settings.host}:{settings.port}/v1", flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,7 @@ class Settings:
     num_gpus: int | None = None
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None → GPU when there is one
     dtype: str | None = None  # "float16", "bfloat16", "float32"; None → float16 on GPU, float32 on CPU
+    engine: str = field(default="auto", metadata={"choices": ("auto", "fast", "simple")})  # auto: fast on one GPU
     host: str = "127.0.0.1"
     port: int = 6006
     api_base: str | None = None  # an OpenAI-compatible server to use instead of a local model
@@ -30,15 +31,21 @@ class Settings:
         environ = os.environ if environ is None else environ
         defaults = defaults or {}
         parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
-        for field in fields(cls):
-            flag = "--" + field.name.replace("_", "-")
-            env_value = environ.get(f"INTERNLM_DEMO_{field.name.upper()}")
-            fallback = defaults.get(field.name, field.default)
-            if field.type == "bool":
+        for option in fields(cls):
+            flag = "--" + option.name.replace("_", "-")
+            env_value = environ.get(f"INTERNLM_DEMO_{option.name.upper()}")
+            fallback = defaults.get(option.name, option.default)
+            if option.type == "bool":
                 default = env_value.lower() in ("1", "true", "yes") if env_value is not None else fallback
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
                 continue
-            convert = int if field.type.startswith("int") else str
+            convert = int if option.type.startswith("int") else str
             default = convert(env_value) if env_value not in (None, "") else fallback
-            parser.add_argument(flag, type=convert, default=default, metavar=field.name.upper())
+            choices = option.metadata.get("choices")
+            parser.add_argument(flag, type=convert, default=default, choices=choices,
+                                metavar=None if choices else option.name.upper())
         return cls(**vars(parser.parse_args(argv)))
+
+    def model_options(self) -> dict:
+        """Keyword arguments for ``load_chat_model`` besides the model itself."""
+        return {"device": self.device, "dtype": self.dtype, "num_gpus": self.num_gpus, "engine": self.engine}

@@ -9,13 +9,21 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
-from .. import registry
-from ..checkpoint import iter_tensors, read_config, read_json, weight_files
+from ..checkpoint import iter_tensors, read_config, weight_files
 from ..errors import ModelFolderError
 from ..families import INTERNLM
-from ..loading import ModelInfo, assign_tensor, build_llama, choose_device, device_for, llama_config_for, resolve_folder
+from ..loading import (
+    ModelInfo,
+    build_llama,
+    choose_device,
+    device_for,
+    fill_parameters,
+    llama_config_for,
+    read_folder_tokenizer,
+    resolve_folder,
+)
 from ..placement import model_blocks, plan_device_map
-from ..tokenizer import InternLMTokenizer, read_tokenizer
+from ..tokenizer import InternLMTokenizer
 from .checkpoint import image_tensors, llm_tensors, lora_spec_for, merge_lora
 from .model import XComposer
 from .network import ImageEncoder, qformer_config_for, vision_config_for
@@ -31,13 +39,7 @@ def resolve_xcomposer_folder(path_or_id: str | Path | None) -> tuple[Path, str, 
     """(folder, model id, is_demo): a folder, a known id, or None → a downloaded XComposer or the embedded demo."""
     from .demo import ensure_demo_xcomposer
 
-    if path_or_id is None or str(path_or_id) == "demo":
-        for model_id in DOWNLOADABLE:
-            folder = registry.downloaded_folder(model_id)
-            if folder is not None:
-                return folder, model_id, False
-        return ensure_demo_xcomposer(), DEMO_MODEL_ID, True
-    return resolve_folder(path_or_id)
+    return resolve_folder(path_or_id, DOWNLOADABLE, demo=lambda: (ensure_demo_xcomposer(), DEMO_MODEL_ID))
 
 
 def read_xcomposer_folder(folder: Path) -> tuple[dict, InternLMTokenizer]:
@@ -49,17 +51,7 @@ def read_xcomposer_folder(folder: Path) -> tuple[dict, InternLMTokenizer]:
             f"{folder / 'config.json'} has model_type {model_type!r}, not {MODEL_TYPE!r}: this is not an "
             "InternLM-XComposer v1 folder (chat models open in the chat apps; XComposer2 is not supported)."
         )
-    if not (folder / "tokenizer.model").is_file():
-        raise ModelFolderError(
-            f"{folder / 'tokenizer.model'} is missing; re-download the model (the tokenizer is part of it)."
-        )
-    tokenizer_config_path = folder / "tokenizer_config.json"
-    tokenizer_config = read_json(tokenizer_config_path, "tokenizer settings") if tokenizer_config_path.is_file() else {}
-    try:
-        tokenizer = read_tokenizer(folder, tokenizer_config)
-    except (RuntimeError, OSError) as exc:
-        raise ModelFolderError(f"{folder / 'tokenizer.model'} cannot be read ({exc}); re-download it.") from exc
-    return config, tokenizer
+    return config, read_folder_tokenizer(folder)
 
 
 def build_image_encoder(config: dict, llm_hidden_size: int) -> ImageEncoder:
@@ -110,25 +102,8 @@ def xcomposer_device_map(
 
 def load_image_encoder_weights(encoder: ImageEncoder, tensors, device: str, dtype: torch.dtype, shard_names) -> None:
     """Fill the meta ImageEncoder from mapped tensors on ``device``, checking names and shapes."""
-    expected = {name: p.shape for name, p in encoder.named_parameters()}
-    loaded: set[str] = set()
-    for name, tensor in tensors:
-        if name not in expected:
-            log.info("ignoring tensor %s, which the image encoder does not use", name)
-            continue
-        if tuple(tensor.shape) != tuple(expected[name]):
-            raise ModelFolderError(
-                f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(expected[name])}; "
-                f"the weights in {', '.join(shard_names)} do not belong to this config.json."
-            )
-        assign_tensor(encoder, name, tensor.to(device=device, dtype=image_encoder_dtype(name, dtype)))
-        loaded.add(name)
-    missing = sorted(set(expected) - loaded)
-    if missing:
-        raise ModelFolderError(
-            f"{len(missing)} image-encoder tensors are missing from the checkpoint (first: {missing[0]}); "
-            "a shard is incomplete — re-download the model."
-        )
+    fill_parameters(encoder, tensors, lambda name, tensor: tensor.to(device=device, dtype=image_encoder_dtype(name, dtype)),
+                    shard_names, part="image-encoder ")
     encoder.eval()
 
 

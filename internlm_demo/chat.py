@@ -79,6 +79,13 @@ class ChatModel:
             )
         return Budget(kept, dropped, tokens, min(max_new_tokens, window - tokens), window)
 
+    def generate_tokens(self, prompt_ids: list[int], params: GenerationParams, stop_ids: set[int],
+                        stats: GenerationStats | None = None, stop: threading.Event | None = None) -> Iterator[int]:
+        """New token ids for a raw prompt: the fast engine when one was set up, else the simple path."""
+        if self.engine is not None:
+            return self.engine.generate(prompt_ids, params, stop_ids, stats, stop)
+        return generate_ids(self.model, prompt_ids, params, stop_ids, stats, stop)
+
     def stream_chat(self, query: str, history: History | None = None, meta_instruction: str | None = None,
                     stats: GenerationStats | None = None, stop: threading.Event | None = None,
                     **generate_kwargs) -> Iterator[str]:
@@ -86,9 +93,7 @@ class ChatModel:
         params = GenerationParams.from_kwargs(self.family.chat_defaults, generate_kwargs)
         prompt_ids = self.tokenizer.encode(self.build_prompt(query, history, meta_instruction))
         detokenizer = StreamingDetokenizer(self.tokenizer)
-        tokens = (self.engine.generate(prompt_ids, params, self.stop_ids, stats, stop) if self.engine is not None
-                  else generate_ids(self.model, prompt_ids, params, self.stop_ids, stats, stop))
-        for token in tokens:
+        for token in self.generate_tokens(prompt_ids, params, self.stop_ids, stats, stop):
             text = detokenizer.push(token)
             if text is not None:
                 yield self._cut_at_stop_word(text)

@@ -7,6 +7,7 @@ import math
 import threading
 import time
 import unicodedata
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -197,9 +198,8 @@ class RemoteChatModel:
     def chat(self, query: str, history: History | None = None, meta_instruction: str | None = None,
              **generate_kwargs) -> tuple[str, History]:
         """Generate a whole reply; returns it and the history with the new turn appended."""
-        response = ""
-        for response in self.stream_chat(query, history, meta_instruction, **generate_kwargs):
-            pass
+        final = deque(self.stream_chat(query, history, meta_instruction, **generate_kwargs), maxlen=1)
+        response = final[0] if final else ""
         return response, [*(history or []), (query, response)]
 
     def _events(self, response: httpx.Response) -> Iterator[dict]:

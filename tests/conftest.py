@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,14 @@ def copy_fixture(name: str, destination: Path) -> Path:
     for path in target.iterdir():
         path.chmod(0o644)
     return target
+
+
+def last(stream, default=None):
+    """The final value a generator yields (``default`` when it yields nothing)."""
+    final = deque(stream, maxlen=1)
+    return final[0] if final else default
+
+
+def streamed(model, query, history, meta_instruction=None, **settings) -> str:
+    """The reply as ``stream_chat`` ends it (what the pages and the server send): never half a character."""
+    return last(model.stream_chat(query, history, meta_instruction, **settings), "")

@@ -6,7 +6,6 @@ import re
 import zipfile
 
 import pytest
-
 from playwright.sync_api import expect
 
 from tests.servers import chromium

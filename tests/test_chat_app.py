@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from internlm_demo import load_chat_model
 from internlm_demo.conversation import display_markdown
 from internlm_demo.gpu_queue import process_queue
-from tests.conftest import FIXTURES_DIR, REPO
+from tests.conftest import FIXTURES_DIR, REPO, streamed
 
 APP = str(REPO / "apps" / "chat.py")
 # Random weights over a 103k vocabulary almost never pick EOS: replies run to max new tokens,
@@ -69,14 +69,6 @@ def downloads(monkeypatch):
 
     monkeypatch.setattr(MediaFileManager, "add", add)
     return served
-
-
-def streamed(model, query, history, meta_instruction=None, **settings) -> str:
-    """The reply as streamed (the pages' and the server's reply): it never ends in half a character."""
-    text = ""
-    for text in model.stream_chat(query, history, meta_instruction, **settings):
-        pass
-    return text
 
 
 def conversation(app: AppTest):

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from internlm_demo import GenerationStats, load_chat_model
 from internlm_demo.remote import RemoteBackendError, RemoteChatModel
-from tests.conftest import FIXTURES_DIR, REPO
+from tests.conftest import FIXTURES_DIR, REPO, last, streamed
 from tests.servers import free_port, running_server
 
 APP = str(REPO / "apps" / "chat.py")
@@ -60,14 +60,6 @@ def internlm2_model():
     return load_chat_model(INTERNLM2_MODEL, progress=False)
 
 
-def streamed(model, query, history, meta_instruction=None, **settings) -> str:
-    """The reply as streamed (the pages' and the server's reply): it never ends in half a character."""
-    text = ""
-    for text in model.stream_chat(query, history, meta_instruction, **settings):
-        pass
-    return text
-
-
 def test_models_endpoint_describes_the_served_model(demo_server, demo_model):
     cards = httpx.get(f"{demo_server}/models").json()["data"]
     assert [card["id"] for card in cards] == [demo_model.info.model_id]
@@ -82,8 +74,7 @@ def test_streamed_reply_matches_the_local_model(demo_server, demo_model):
     remote = RemoteChatModel.connect(demo_server)
     settings = {"max_new_tokens": 30, "temperature": 0.9, "top_p": 0.7, "top_k": 50, "repetition_penalty": 1.1, "seed": 4}
     local_stats, remote_stats = GenerationStats(), GenerationStats()
-    for expected in demo_model.stream_chat("你好，world!", [], stats=local_stats, **settings):
-        pass
+    expected = last(demo_model.stream_chat("你好，world!", [], stats=local_stats, **settings))
     partials = list(remote.stream_chat("你好，world!", [], stats=remote_stats, **settings))
     assert partials[-1] == expected
     assert all(later.startswith(earlier) for earlier, later in pairwise(partials))
@@ -108,8 +99,7 @@ def test_whole_completion_without_streaming(demo_server, demo_model):
     assert response.status_code == 200
     completion = response.json()
     stats = GenerationStats()
-    for expected in demo_model.stream_chat("hello", [], stats=stats, max_new_tokens=10, seed=2, temperature=0.5):
-        pass
+    expected = last(demo_model.stream_chat("hello", [], stats=stats, max_new_tokens=10, seed=2, temperature=0.5))
     assert completion["choices"][0]["message"] == {"role": "assistant", "content": expected}
     assert completion["usage"]["completion_tokens"] == stats.new_tokens
     assert completion["usage"]["prompt_tokens"] == stats.prompt_tokens

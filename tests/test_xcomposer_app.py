@@ -12,18 +12,13 @@ from PIL import Image
 from apps import xcomposer_handlers as handlers
 from internlm_demo.xcomposer import load_xcomposer
 from internlm_demo.xcomposer.prompts import conversation_prompt
-from tests.conftest import FIXTURES_DIR
+from tests.conftest import FIXTURES_DIR, last
 from tests.servers import free_port
 
 IMAGE = str(FIXTURES_DIR / "xcomposer-test-image.png")
 QUICK = {"max_output_tokens": 16, "num_beams": 1, "repetition_penalty": 1.0, "do_sample": False}
 
 
-def last_value(generator):
-    value = None
-    for value in generator:
-        pass
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +32,18 @@ def test_handlers_keep_the_conversation_the_model_sees(provider):
     display, session, box = handlers.add_message(provider, {"text": "What is this?", "files": [IMAGE]}, session)
     assert box == handlers.EMPTY_MESSAGE and [m["role"] for m in display] == ["user", "user"]
     assert session.exchanges[0].image is not None and session.exchanges[0].response is None
-    display, session = last_value(handlers.answer(provider, session, *QUICK.values()))
+    display, session = last(handlers.answer(provider, session, *QUICK.values()))
     first_reply = session.exchanges[0].response
     assert display[-1] == {"role": "assistant", "content": first_reply or "…"}
     _, session, _ = handlers.add_message(provider, {"text": "And the colours?", "files": []}, session)
-    display, session = last_value(handlers.answer(provider, session, *QUICK.values()))
+    display, session = last(handlers.answer(provider, session, *QUICK.values()))
     prompt = conversation_prompt(session.exchanges)
     assert prompt.count("<Img><ImageHere></Img>") == 1 and prompt.endswith("<TOKENS_UNUSED_1>")
     assert "What is this?" in prompt and "And the colours?" in prompt and len(display) == 5
 
     display, session = handlers.regenerate(session)
     assert session.exchanges[-1].response is None and display[-1]["role"] == "user"
-    display, session = last_value(handlers.answer(provider, session, *QUICK.values()))
+    display, session = last(handlers.answer(provider, session, *QUICK.values()))
     assert len(display) == 5 and session.exchanges[0].response == first_reply
 
 
@@ -59,13 +54,13 @@ def test_handlers_turn_a_bad_image_into_a_chat_message(provider, tmp_path):
     display, session, box = handlers.add_message(provider, {"text": "Look!", "files": [str(fake)]}, session)
     assert display[-1]["role"] == "assistant" and "holiday.png is not an image" in display[-1]["content"]
     assert session.exchanges == [] and box == {"text": "Look!", "files": []}, "the text stays for a retry"
-    assert last_value(handlers.answer(provider, session, *QUICK.values())) == (display, session), "nothing to answer"
+    assert last(handlers.answer(provider, session, *QUICK.values())) == (display, session), "nothing to answer"
 
 
 def test_a_message_that_cannot_fit_the_window_is_explained(provider):
     session = handlers.new_session()
     _, session, _ = handlers.add_message(provider, {"text": "word " * 3000, "files": []}, session)
-    display, session = last_value(handlers.answer(provider, session, *QUICK.values()))
+    display, session = last(handlers.answer(provider, session, *QUICK.values()))
     assert "context window" in display[-1]["content"] and session.exchanges == []
 
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from ..errors import ContextOverflowError
 from ..families import Family
-from ..generation import GenerationParams, GenerationStats, generate_ids
+from ..generation import GenerationParams, GenerationStats
 from ..tokenizer import InternLMTokenizer
 
 
@@ -75,9 +75,7 @@ class ChatModelCompletion:
         stop_ids = set(model.stop_ids) | {model.tokenizer.token_id(w) for w in stop_words if self._is_token(w)}
         ids: list[int] = []
         text = ""
-        # The same token source as ChatModel.stream_chat: the fast engine when one was set up.
-        tokens = (model.engine.generate(prompt_ids, params, stop_ids, stats, stop) if model.engine is not None
-                  else generate_ids(model.model, prompt_ids, params, stop_ids, stats, stop))
+        tokens = model.generate_tokens(prompt_ids, params, stop_ids, stats, stop)
         try:
             for token in tokens:
                 ids.append(token)

@@ -538,24 +538,18 @@ class FastEngine:
             self._start(prompt_ids, params, sample)
             reader.push(self.token)
             try:
-                for produced in range(params.max_new_tokens):
+                for _ in range(params.max_new_tokens):
                     # Queue the following steps before reading this one, so the GPU keeps working
                     # while the caller handles the token (steps past a stop id are simply dropped).
                     while reader.pushed < params.max_new_tokens and reader.in_flight <= self.lookahead:
                         self._run_step(sample)
                         reader.push(self.token)
                     token = reader.pop()
-                    if produced == 0:
-                        stats.time_to_first_token_s = time.perf_counter() - start
                     if stop is not None and stop.is_set():
                         stats.finish_reason = "stopped"
                         break
-                    if token in stop_ids:
-                        stats.finish_reason = "stop"
+                    if not stats.record(token, stop_ids, start):
                         break
-                    stats.new_tokens += 1
-                    stats.output_ids.append(token)
-                    stats.duration_s = time.perf_counter() - start
                     yield token
             finally:
                 stats.duration_s = time.perf_counter() - start

@@ -48,6 +48,19 @@ class GenerationStats:
     finish_reason: str = ""  # "stop", "length", "stopped" (by the caller) or "error"
     output_ids: list[int] = field(default_factory=list)
 
+    def record(self, token: int, stop_ids: set[int], started: float) -> bool:
+        """Account for one picked token; False when it is a stop id (it ends the reply and is not kept)."""
+        now = time.perf_counter()
+        if self.new_tokens == 0:
+            self.time_to_first_token_s = now - started
+        self.duration_s = now - started
+        if token in stop_ids:
+            self.finish_reason = "stop"
+            return False
+        self.new_tokens += 1
+        self.output_ids.append(token)
+        return True
+
     @property
     def tokens_per_s(self) -> float:
         decode_time = self.duration_s - self.time_to_first_token_s
@@ -123,14 +136,8 @@ def generate_ids(
             logits = model(input_ids=inputs, position_ids=positions, use_cache=True, **{CACHE_ARGUMENT: cache}).logits
             position += length
             token = next_token(logits[0, -1].cpu(), seen, params, generator)
-            if stats.new_tokens == 0:
-                stats.time_to_first_token_s = time.perf_counter() - start
-            if token in stop_ids:
-                stats.finish_reason = "stop"
+            if not stats.record(token, stop_ids, start):
                 break
-            stats.new_tokens += 1
-            stats.output_ids.append(token)
-            stats.duration_s = time.perf_counter() - start
             yield token
             seen = torch.cat([seen, torch.tensor([token])])
             inputs = torch.tensor([[token]], device=device)

@@ -63,9 +63,9 @@ class InternLMTokenizer:
             raise KeyError(f"{text!r} is not a single token in this tokenizer")
         return ids[0]
 
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        """Token ids of ``text``; BOS first unless ``add_bos`` is False."""
-        ids = [self.bos_id] if (self.add_bos if add_bos is None else add_bos) else []
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; BOS first (when the tokenizer config adds it) unless ``add_special_tokens`` is False."""
+        ids = [self.bos_id] if self.add_bos and add_special_tokens else []
         for chunk in self._split_re.split(text):
             if not chunk:
                 continue

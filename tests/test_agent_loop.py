@@ -295,7 +295,7 @@ def test_context_overflow_is_an_error_step_with_advice():
 def test_special_tokens_decode_as_written():
     tokenizer = load_chat_model(str(FIXTURES_DIR / "internlm2-chat-7b-tiny"), progress=False).tokenizer
     text = v2_call("print(1)").removesuffix("<|action_end|>\n")
-    ids = tokenizer.encode(text, add_bos=False)
+    ids = tokenizer.encode(text, add_special_tokens=False)
     specials = {tokenizer.token_id(t): t for t in tokenizer.special_tokens}
     assert decode_with_markers(tokenizer, ids, specials) == text
     assert InterpreterCallProtocol().parse(decode_with_markers(tokenizer, ids, specials)).call.code == "print(1)"

@@ -63,7 +63,7 @@ def test_system_prompt_default_and_none(v2_model):
 
 def test_streaming_never_yields_half_a_character(v2_model):
     tokenizer = v2_model.tokenizer
-    ids = tokenizer.encode("emoji 😀 ok", add_bos=False)
+    ids = tokenizer.encode("emoji 😀 ok", add_special_tokens=False)
     assert len(ids) > 4, "the emoji is split into byte pieces by this tokenizer"
     detokenizer = StreamingDetokenizer(tokenizer)
     emitted = [text for text in map(detokenizer.push, ids) if text is not None]
@@ -114,7 +114,7 @@ def test_embedded_demo_model_starts_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = load_chat_model(None, progress=False)
     assert model.info.is_demo and model.info.family == "internlm"
-    assert model.tokenizer.encode("<eoa>", add_bos=False) == [model.tokenizer.token_id("<eoa>")]
+    assert model.tokenizer.encode("<eoa>", add_special_tokens=False) == [model.tokenizer.token_id("<eoa>")]
     response, history = model.chat("你好", [], max_new_tokens=16, seed=0)
     assert history == [("你好", response)] and response
     assert load_chat_model(None, progress=False).info.folder == model.info.folder, "generated once, then reused"

@@ -60,7 +60,7 @@ def test_tokenizer_matches_original(name, index):
     case = reference_of(name)["tokenizer_cases"][index]
     tokenizer = model_of(name).tokenizer
     assert tokenizer.encode(case["text"]) == case["ids"]
-    assert tokenizer.encode(case["text"], add_bos=False) == case["ids_no_special"]
+    assert tokenizer.encode(case["text"], add_special_tokens=False) == case["ids_no_special"]
     assert tokenizer.decode(case["ids"], skip_special_tokens=True) == case["decode_skip_special_tokens_true"]
     assert tokenizer.decode(case["ids"], skip_special_tokens=False) == case["decode_skip_special_tokens_false"]
 

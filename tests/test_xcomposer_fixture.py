@@ -111,7 +111,7 @@ def test_constants_and_stored_rotary_frequencies(model):
 
 @pytest.mark.parametrize("sample", REF["tokenizer"]["samples"], ids=lambda s: s["text"][:12])
 def test_tokenizer_samples(model, sample):
-    assert model.tokenizer.encode(sample["text"], add_bos=sample["add_special_tokens"]) == sample["ids"]
+    assert model.tokenizer.encode(sample["text"], add_special_tokens=sample["add_special_tokens"]) == sample["ids"]
 
 
 @pytest.fixture(scope="module")

@@ -63,8 +63,8 @@ class XComposerTokenizer:
     def token_id(self, text: str) -> int:
         return self.base.token_id(text)
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.base.encode(self._space_around_special.sub(r"\1", text), add_bos=add_bos)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.base.encode(self._space_around_special.sub(r"\1", text), add_special_tokens=add_special_tokens)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.base.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -119,7 +119,7 @@ class XComposer:
         return self.encode_image(image)
 
     def tokens(self, segment: Text) -> list[int]:
-        return self.tokenizer.encode(segment.text, add_bos=segment.bos)
+        return self.tokenizer.encode(segment.text, add_special_tokens=segment.bos)
 
     def count_positions(self, segments: Sequence[Segment]) -> int:
         """Prompt length in positions, without computing embeddings."""
@@ -227,7 +227,7 @@ class XComposer:
         """Where the demo's chat tab stops streaming: EOS, or a new role marker starting ('<' / ' <', 333/497)."""
         ids = [self.tokenizer.eos_id]
         for text in STREAM_BREAK_TEXTS:
-            pieces = self.tokenizer.encode(text, add_bos=False)
+            pieces = self.tokenizer.encode(text, add_special_tokens=False)
             if len(pieces) == 1:
                 ids.extend(pieces)
         return tuple(ids)

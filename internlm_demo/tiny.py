@@ -17,9 +17,11 @@ import sentencepiece
 import torch
 
 DEMO_CORPUS = Path(__file__).with_name("data") / "demo_corpus.txt"
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 DEMO_DIMS = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 DEMO_SEED = 20231001
+DEMO_BIAS_FEATURE = 4.0  # the constant embedding dimension the head's biases ride on
+DEMO_END_BIAS = 0.8  # head weight on it for <eoa>: a reply of a few dozen tokens at the demo temperature
 
 
 def cache_root() -> Path:
@@ -66,18 +68,28 @@ def write_demo_chat_model(out_dir: Path) -> None:
         {"add_bos_token": True, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
          "tokenizer_class": "InternLMTokenizer"}, indent=2))
     (out_dir / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}))
-    torch.save(random_v1_state_dict(vocab, **dims), out_dir / "pytorch_model.bin")
+    end_of_reply = processor.piece_to_id("<eoa>")
+    unwanted = [i for i in range(vocab) if processor.is_byte(i) or processor.is_control(i) or processor.is_unknown(i)]
+    unwanted.append(processor.piece_to_id("<eoh>"))
+    torch.save(random_v1_state_dict(vocab, end_of_reply, unwanted, **dims), out_dir / "pytorch_model.bin")
 
 
-def random_v1_state_dict(vocab: int, hidden_size: int, intermediate_size: int, num_hidden_layers: int,
-                         num_attention_heads: int) -> dict[str, torch.Tensor]:
-    """Random InternLM v1 weights under the original tensor names."""
+def random_v1_state_dict(vocab: int, end_of_reply: int, unwanted: list[int], hidden_size: int, intermediate_size: int,
+                         num_hidden_layers: int, num_attention_heads: int) -> dict[str, torch.Tensor]:
+    """Random InternLM v1 weights under the original tensor names.
+
+    Random weights alone would ramble for the whole token budget in stray bytes. One embedding
+    dimension is made a constant so that the head can carry a bias: towards ``end_of_reply``
+    (replies of a few dozen tokens) and away from ``unwanted`` pieces (lone bytes, ``<eoh>``).
+    """
     generator = torch.Generator().manual_seed(DEMO_SEED)
 
     def rand(*shape, scale=0.02):
         return torch.randn(*shape, generator=generator) * scale
 
-    state = {"model.embed_tokens.weight": rand(vocab, hidden_size, scale=1.0)}
+    embeddings = rand(vocab, hidden_size, scale=1.0)
+    embeddings[:, 0] = DEMO_BIAS_FEATURE
+    state = {"model.embed_tokens.weight": embeddings}
     for i in range(num_hidden_layers):
         prefix = f"model.layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -89,7 +101,11 @@ def random_v1_state_dict(vocab: int, hidden_size: int, intermediate_size: int, n
         state[f"{prefix}input_layernorm.weight"] = torch.ones(hidden_size)
         state[f"{prefix}post_attention_layernorm.weight"] = torch.ones(hidden_size)
     state["model.norm.weight"] = torch.ones(hidden_size)
-    state["lm_head.weight"] = rand(vocab, hidden_size, scale=hidden_size**-0.5)
+    head = rand(vocab, hidden_size, scale=hidden_size**-0.5)
+    head[:, 0] = 0.0
+    head[end_of_reply, 0] = DEMO_END_BIAS
+    head[unwanted, 0] = -DEMO_END_BIAS * 4
+    state["lm_head.weight"] = head
     return state
 
 

@@ -118,3 +118,12 @@ def test_embedded_demo_model_starts_offline(monkeypatch):
     response, history = model.chat("你好", [], max_new_tokens=16, seed=0)
     assert history == [("你好", response)] and response
     assert load_chat_model(None, progress=False).info.folder == model.info.folder, "generated once, then reused"
+
+
+def test_demo_model_replies_end_and_stay_readable():
+    model = load_chat_model(None, progress=False)
+    for seed in range(5):
+        stats = GenerationStats()
+        response = list(model.stream_chat("Hello 你好", [], stats=stats, seed=seed, temperature=0.7, top_p=0.8))[-1]
+        assert stats.finish_reason == "stop", "the demo model says <eoa> well before 1,024 tokens"
+        assert "\ufffd" not in response and "<eoh>" not in response

@@ -68,28 +68,36 @@ def write_demo_chat_model(out_dir: Path) -> None:
         {"add_bos_token": True, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
          "tokenizer_class": "InternLMTokenizer"}, indent=2))
     (out_dir / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}))
-    end_of_reply = processor.piece_to_id("<eoa>")
-    unwanted = [i for i in range(vocab) if processor.is_byte(i) or processor.is_control(i) or processor.is_unknown(i)]
-    unwanted.append(processor.piece_to_id("<eoh>"))
-    torch.save(random_v1_state_dict(vocab, end_of_reply, unwanted, **dims), out_dir / "pytorch_model.bin")
+    state = random_v1_state_dict(vocab, **dims)
+    steer_replies(state["model.embed_tokens.weight"], state["lm_head.weight"], processor, "<eoa>", "<eoh>")
+    torch.save(state, out_dir / "pytorch_model.bin")
 
 
-def random_v1_state_dict(vocab: int, end_of_reply: int, unwanted: list[int], hidden_size: int, intermediate_size: int,
-                         num_hidden_layers: int, num_attention_heads: int) -> dict[str, torch.Tensor]:
-    """Random InternLM v1 weights under the original tensor names.
+def steer_replies(embeddings: torch.Tensor, head: torch.Tensor, processor, end_of_reply: str, end_of_query: str) -> None:
+    """Make a random model's replies end after a few dozen tokens and avoid lone bytes (in place).
 
-    Random weights alone would ramble for the whole token budget in stray bytes. One embedding
-    dimension is made a constant so that the head can carry a bias: towards ``end_of_reply``
-    (replies of a few dozen tokens) and away from ``unwanted`` pieces (lone bytes, ``<eoh>``).
+    Random weights alone ramble for the whole token budget in stray bytes. One embedding dimension
+    is made a constant so that the head can carry a bias on it: towards ``end_of_reply`` and away
+    from byte, control and unknown pieces and ``end_of_query``.
     """
+    unwanted = [i for i in range(processor.get_piece_size())
+                if processor.is_byte(i) or processor.is_control(i) or processor.is_unknown(i)]
+    unwanted.append(processor.piece_to_id(end_of_query))
+    embeddings[:, 0] = DEMO_BIAS_FEATURE
+    head[:, 0] = 0.0
+    head[processor.piece_to_id(end_of_reply), 0] = DEMO_END_BIAS
+    head[unwanted, 0] = -DEMO_END_BIAS * 4
+
+
+def random_v1_state_dict(vocab: int, hidden_size: int, intermediate_size: int, num_hidden_layers: int,
+                         num_attention_heads: int) -> dict[str, torch.Tensor]:
+    """Random InternLM v1 weights under the original tensor names."""
     generator = torch.Generator().manual_seed(DEMO_SEED)
 
     def rand(*shape, scale=0.02):
         return torch.randn(*shape, generator=generator) * scale
 
-    embeddings = rand(vocab, hidden_size, scale=1.0)
-    embeddings[:, 0] = DEMO_BIAS_FEATURE
-    state = {"model.embed_tokens.weight": embeddings}
+    state = {"model.embed_tokens.weight": rand(vocab, hidden_size, scale=1.0)}
     for i in range(num_hidden_layers):
         prefix = f"model.layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -101,11 +109,7 @@ def random_v1_state_dict(vocab: int, end_of_reply: int, unwanted: list[int], hid
         state[f"{prefix}input_layernorm.weight"] = torch.ones(hidden_size)
         state[f"{prefix}post_attention_layernorm.weight"] = torch.ones(hidden_size)
     state["model.norm.weight"] = torch.ones(hidden_size)
-    head = rand(vocab, hidden_size, scale=hidden_size**-0.5)
-    head[:, 0] = 0.0
-    head[end_of_reply, 0] = DEMO_END_BIAS
-    head[unwanted, 0] = -DEMO_END_BIAS * 4
-    state["lm_head.weight"] = head
+    state["lm_head.weight"] = rand(vocab, hidden_size, scale=hidden_size**-0.5)
     return state
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..tiny import ensure_generated, train_demo_tokenizer
+from ..tiny import ensure_generated, steer_replies, train_demo_tokenizer
 from .prompts import EOA, EOH
 
 DEMO_SEED = 20231002
@@ -204,7 +204,10 @@ def write_demo_xcomposer(out_dir: Path) -> None:
     vocab_size = processor.get_piece_size()
     (out_dir / "config.json").write_text(json.dumps(demo_config(vocab_size), indent=2))
     (out_dir / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2))
-    torch.save(random_xcomposer_state_dict(vocab_size), out_dir / "pytorch_model.bin")
+    state = random_xcomposer_state_dict(vocab_size)
+    steer_replies(state["internlm_model.model.embed_tokens.weight"], state["internlm_model.lm_head.weight"], processor,
+                  EOA, EOH)
+    torch.save(state, out_dir / "pytorch_model.bin")
 
 
 def ensure_demo_xcomposer() -> Path:

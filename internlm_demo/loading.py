@@ -118,13 +118,14 @@ def context_window_of(config: LlamaConfig, family: Family, original: dict) -> in
 
 
 def split_fused_wqkv(wqkv: torch.Tensor, heads: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split InternLM2's ``wqkv`` (per KV group: q heads, then k, then v) into q, k and v weights."""
+    """Split InternLM2's ``wqkv`` weight or bias (per KV group: q heads, then k, then v) into q, k and v."""
     group = heads // kv_heads
     head_dim = wqkv.shape[0] // (kv_heads * (group + 2))
-    grouped = wqkv.reshape(kv_heads, group + 2, head_dim, wqkv.shape[-1])
-    q = grouped[:, :group].reshape(heads * head_dim, -1)
-    k = grouped[:, group].reshape(kv_heads * head_dim, -1)
-    v = grouped[:, group + 1].reshape(kv_heads * head_dim, -1)
+    trailing = wqkv.shape[1:]  # (in_features,) for the weight, () for the bias
+    grouped = wqkv.reshape(kv_heads, group + 2, head_dim, *trailing)
+    q = grouped[:, :group].reshape(heads * head_dim, *trailing)
+    k = grouped[:, group].reshape(kv_heads * head_dim, *trailing)
+    v = grouped[:, group + 1].reshape(kv_heads * head_dim, *trailing)
     return q, k, v
 
 

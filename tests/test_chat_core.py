@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 from internlm_demo import ContextOverflowError, GenerationStats, load_chat_model
+from internlm_demo.loading import split_fused_wqkv
 from internlm_demo.tokenizer import StreamingDetokenizer
 from tests.conftest import FIXTURES_DIR
 
@@ -127,3 +129,24 @@ def test_demo_model_replies_end_and_stay_readable():
         response = list(model.stream_chat("Hello 你好", [], stats=stats, seed=seed, temperature=0.7, top_p=0.8))[-1]
         assert stats.finish_reason == "stop", "the demo model says <eoa> well before 1,024 tokens"
         assert "\ufffd" not in response and "<eoh>" not in response
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 2), (8, 1), (4, 4)])
+def test_fused_wqkv_split_follows_the_group_layout(heads, kv_heads):
+    """Fuse known q/k/v as the InternLM2 layout describes, per KV group [q × heads/kv_heads, k, v]; split back."""
+    head_dim, width = 3, 5
+    q = torch.randn(heads * head_dim, width)
+    k, v = torch.randn(kv_heads * head_dim, width), torch.randn(kv_heads * head_dim, width)
+    q_bias, k_bias, v_bias = torch.randn(heads * head_dim), torch.randn(kv_heads * head_dim), torch.randn(kv_heads * head_dim)
+    group = heads // kv_heads
+
+    def fuse(q, k, v):
+        rows = []
+        for g in range(kv_heads):
+            rows += [q[(g * group + i) * head_dim:(g * group + i + 1) * head_dim] for i in range(group)]
+            rows += [k[g * head_dim:(g + 1) * head_dim], v[g * head_dim:(g + 1) * head_dim]]
+        return torch.cat(rows)
+
+    for parts in ((q, k, v), (q_bias, k_bias, v_bias)):
+        for got, expected in zip(split_fused_wqkv(fuse(*parts), heads, kv_heads), parts):
+            assert torch.equal(got, expected)

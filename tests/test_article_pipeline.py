@@ -11,6 +11,8 @@ from PIL import Image, ImageDraw, ImageOps
 from internlm_demo.gallery import open_gallery
 from internlm_demo.xcomposer import article as pipeline
 from internlm_demo.xcomposer import load_xcomposer
+from internlm_demo.xcomposer.model import SELECT_IMAGE_SETTINGS
+from internlm_demo.xcomposer.prompts import IMAGE_HERE, parse_selection
 from internlm_demo.xcomposer.article import (
     STAGES,
     ArticleError,
@@ -127,7 +129,7 @@ def test_prompts_are_the_original_demo_templates():
     assert pipeline.select_prompt(sections, [1]) == SELECT_RUN["input_text_after_align_text"]
     assert pipeline.LOCATION_GENERATION["max_new_tokens"] == TEMPLATES["generate_loc"]["gen"]["max_length"] - 1
     assert pipeline.CAPTION_GENERATION["max_new_tokens"] == TEMPLATES["generate_cap"]["gen"]["max_length"] - 1
-    assert pipeline.SELECT_GENERATION["max_new_tokens"] == SELECT_RUN["gen_kwargs"]["max_length"] - 1
+    assert SELECT_IMAGE_SETTINGS["max_length"] == SELECT_RUN["gen_kwargs"]["max_length"]
 
 
 def test_image_selection_reproduces_the_original_run():
@@ -138,7 +140,7 @@ def test_image_selection_reproduces_the_original_run():
     images = [transforms[c["transform"]](Image.open(FIXTURES_DIR / c["file"]).convert("RGB")) for c in SELECT_RUN["candidates"]]
     answer = model.choose_image(pipeline.select_prompt(SELECT_RUN["article_lines"], [1]), images)
     assert answer == SELECT_RUN["decoded_out_text(outputs[0][1:])"]
-    assert pipeline.parse_choice(answer) is None and SELECT_RUN["fallback_used"]  # the original fell back to A too
+    assert parse_selection(answer) is None and SELECT_RUN["fallback_used"]  # the original fell back to A too
 
 
 # --- text stages ----------------------------------------------------------------------------------
@@ -166,8 +168,8 @@ def test_locations_parse_and_fall_back():
 def test_captions_and_choices_parse():
     assert pipeline.parse_caption('莫高窟的壁画" 之后的话') == "莫高窟的壁画"
     assert pipeline.fallback_caption("x" * 80 + "结尾") == ("x" * 80 + "结尾")[-50:]
-    assert [pipeline.parse_choice(a) for a in (" B。", "C", "D.", " E", "", " ", "posal")] == [1, 2, 3, None, None, None, None]
-    assert pipeline.parse_choice("D", candidate_count=3) is None
+    assert [parse_selection(a) for a in (" B。", "C", "D.", " E", "", " ", "posal")] == [1, 2, 3, None, None, None, None]
+    assert parse_selection("D", candidate_count=3) is None
 
 
 # --- the pipeline with the embedded XComposer -----------------------------------------------------
@@ -198,7 +200,7 @@ def test_parsed_locations_and_choices_are_used(writer, gallery):
     captions = [prompt for prompt in model.prompts if prompt.endswith('标题是"')]
     assert '现在<Seg1>后插入图像对应的标题是"' in captions[1]  # the first caption is context for the second
     selection = [prompt for prompt in model.prompts if "候选图像包括" in prompt]
-    assert selection[1].count(pipeline.IMAGE_HERE) == 5  # the image placed after section 1, then A–D
+    assert selection[1].count(IMAGE_HERE) == 5  # the image placed after section 1, then A–D
     first_candidates, second_candidates = (article.placements[p].candidates for p in (1, 3))
     assert not set(first_candidates) & set(second_candidates)  # candidates already shown are not shown again
 

@@ -26,12 +26,11 @@ from PIL import Image
 
 from ..gallery import Captioner, GalleryIndex
 from .preprocess import ImageRejectedError, load_image
-from .prompts import EOA, EOH, IMAGE_HERE, SELECT_INSTRUCTION, Text, align_text
+from .prompts import EOA, EOH, Text, align_text, parse_selection, select_image_text
 
 MAX_SECTIONS = 60
 MAX_TITLE_CHARS = 200
 CANDIDATE_COUNT = 4
-CANDIDATE_LETTERS = "ABCD"
 STAGES = ("writing", "placing", "captioning", "retrieving", "selecting")
 
 # The original demo's prompts (fixture reference: demo_templates).
@@ -41,7 +40,6 @@ LOCATION_PROMPT = ' <|User|>:给定文章"{article}" 根据上述文章，选择
 CAPTION_PROMPT = ' <|User|>: 给定文章"{article}" {past}给出适合在<Seg{position}>后插入的图像对应的标题。 \n' + EOH + ' <|Bot|>: 标题是"'
 FIRST_PAST_CAPTION = '现在<Seg{position}>后插入图像对应的标题是"{caption}"， '
 NEXT_PAST_CAPTION = '<Seg{position}>后插入图像对应的标题是"{caption}"， '
-SELECT_QUESTION = "\n\n候选图像包括: {choices}\n\n" + EOH + " <|Bot|>:最合适的图是"
 SEGMENT_MARK = re.compile(r"<Seg(\d+)>")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -49,7 +47,6 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # BOS placeholder, so ``max_length=N`` gave N - 1 new tokens.
 LOCATION_GENERATION = {"num_beams": 5, "max_new_tokens": 299, "repetition_penalty": 1.0, "do_sample": False}
 CAPTION_GENERATION = {"num_beams": 1, "max_new_tokens": 99, "repetition_penalty": 5.0, "do_sample": False}
-SELECT_GENERATION = {"num_beams": 5, "max_new_tokens": 9, "repetition_penalty": 1.0, "do_sample": False}
 # Fallback when the model names no usable section: one image per this many sections, 1 to 5 images.
 FALLBACK_SECTIONS_PER_IMAGE = 3
 FALLBACK_MAX_IMAGES = 5
@@ -244,8 +241,8 @@ def select_prompt(sections: list[str], positions: list[int], candidate_count: in
     """The demo's prompt for choosing the candidate of the last of ``positions``, after ``align_text``.
 
     The context is the article up to that section with an ``<ImageHere>`` for the image already chosen
-    after each earlier position, then the candidates (A–D; fewer letters when fewer images were found).
-    ``align_text`` appends ``<TOKENS_UNUSED_1> </s>``, whose two positions the model boundary drops.
+    after each earlier position, then the candidates. ``align_text`` appends ``<TOKENS_UNUSED_1> </s>``,
+    whose two positions the model boundary drops.
     """
     context, text = [], ""
     for i, section in enumerate(sections[:positions[-1] + 1]):
@@ -253,17 +250,7 @@ def select_prompt(sections: list[str], positions: list[int], candidate_count: in
         if i in positions:
             context.append(text)
             text = ""
-    choices = "\n".join(f"{letter}.{IMAGE_HERE}" for letter in CANDIDATE_LETTERS[:candidate_count])
-    return align_text(SELECT_INSTRUCTION + IMAGE_HERE.join(context) + SELECT_QUESTION.format(choices=choices))
-
-
-def parse_choice(output: str, candidate_count: int = CANDIDATE_COUNT) -> int | None:
-    """The candidate index the reply names (its first character, after one leading space), else None."""
-    if not output:
-        return None
-    answer = output[1] if output[0] == " " and len(output) > 1 else output[0]
-    index = CANDIDATE_LETTERS.find(answer)
-    return index if 0 <= index < candidate_count else None
+    return align_text(select_image_text(context, candidate_count))
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -291,7 +278,7 @@ def select_candidate(model: ComposerModel, gallery: GalleryIndex, article: Artic
     except ImageRejectedError as error:
         return f"Section {position + 1}: {error} Candidate A was kept."
     prompt = select_prompt(article.sections, [*earlier, position], len(placement.candidates))
-    choice = parse_choice(model.choose_image(prompt, images), len(placement.candidates))
+    choice = parse_selection(model.choose_image(prompt, images), len(placement.candidates))
     if choice is None:
         return f"Section {position + 1}: the model's pick of a candidate did not parse; candidate A was used."
     placement.chosen = choice
@@ -532,10 +519,7 @@ class XComposerWriter:
         return self._reply(self._decoder(prompt, generation).run())
 
     def choose_image(self, prompt: str, images: list[Image.Image]) -> str:
-        xcomposer = self.xcomposer
-        embeds = xcomposer.interleaved_embeds(prompt, images)[:, :-2]  # drop the appended EOA and </s>
-        output = xcomposer.decoder(embeds, stop_ids=(), defaults=SELECT_GENERATION).run()
-        return xcomposer.tokenizer.decode(output[1:])
+        return self.xcomposer.answer_selection(prompt, images)
 
     def captioner(self) -> Captioner:
         """A gallery captioner: XComposer describes each image once, at index time."""

@@ -29,6 +29,7 @@ from .prompts import (
     chat_segments,
     conversation_segments,
     interleaved_segments,
+    parse_selection,
     select_image_text,
 )
 
@@ -268,20 +269,22 @@ class XComposer:
     def select_image(
         self, sections: Sequence[str], candidates: Sequence[ImageInput], chosen: Sequence[ImageInput] = ()
     ) -> ImageChoice:
-        """The demo's ``model_select_image``: which of four candidates fits after ``sections``.
+        """The demo's ``model_select_image``: which of the candidates (up to four) fits after ``sections``.
 
         ``sections`` is the article text cut where earlier images were placed; ``chosen`` holds those
-        images (one fewer than sections). An answer outside A–D falls back to A, as the original does.
+        images (one fewer than sections). An answer that names no candidate falls back to A, as the original does.
         """
-        if len(candidates) != len(SELECT_LETTERS):
-            raise ValueError(f"select_image needs exactly {len(SELECT_LETTERS)} candidates, got {len(candidates)}")
+        if not 1 <= len(candidates) <= len(SELECT_LETTERS):
+            raise ValueError(f"select_image takes 1 to {len(SELECT_LETTERS)} candidates, got {len(candidates)}")
         if len(chosen) != len(sections) - 1:
             raise ValueError("chosen must hold one image between each pair of sections")
-        text = align_text(select_image_text(list(sections)))
-        embeds = self.interleaved_embeds(text, [*chosen, *candidates])[:, :-2]  # drop the appended EOA and </s>
+        text = align_text(select_image_text(list(sections), len(candidates)))
+        answer = self.answer_selection(text, [*chosen, *candidates])
+        index = parse_selection(answer, len(candidates))
+        return ImageChoice(0 if index is None else index, answer, fell_back=index is None)
+
+    def answer_selection(self, question: str, images: Sequence[ImageInput]) -> str:
+        """The raw answer to an aligned selection question with one image per ``<ImageHere>``."""
+        embeds = self.interleaved_embeds(question, images)[:, :-2]  # drop the appended EOA and </s>
         output = self.decoder(embeds, stop_ids=(), defaults=SELECT_IMAGE_SETTINGS).run()
-        answer = self.tokenizer.decode(output[1:])
-        letter = answer[1:2] if answer[:1] == " " else answer[:1]
-        if letter and letter in SELECT_LETTERS:
-            return ImageChoice(SELECT_LETTERS.index(letter), answer, fell_back=False)
-        return ImageChoice(0, answer, fell_back=True)
+        return self.tokenizer.decode(output[1:])

@@ -34,9 +34,7 @@ CHAT_IMAGE = "<Img><ImageHere></Img>"
 STREAM_BREAK_TEXTS = ("<", " <")
 # The web demo's model_select_image.
 SELECT_INSTRUCTION = " <|User|>:根据给定上下文和候选图像，选择合适的配图："
-SELECT_CANDIDATES = (
-    "\n\n候选图像包括: A.<ImageHere>\nB.<ImageHere>\nC.<ImageHere>\nD.<ImageHere>\n\n" + EOH + " <|Bot|>:最合适的图是"
-)
+SELECT_QUESTION = "\n\n候选图像包括: {choices}\n\n" + EOH + " <|Bot|>:最合适的图是"
 SELECT_LETTERS = "ABCD"
 # interleav_wrap keeps at most this many prompt positions (before BOS).
 INTERLEAVED_MAX_POSITIONS = 1680
@@ -156,6 +154,17 @@ def interleaved_segments(text: str, images: list[torch.Tensor]) -> list[Segment]
     return segments
 
 
-def select_image_text(sections: list[str]) -> str:
-    """``model_select_image``'s question: the article so far (earlier chosen images between ``sections``), then A–D."""
-    return SELECT_INSTRUCTION + IMAGE_HERE.join(sections) + SELECT_CANDIDATES
+def select_image_text(sections: list[str], candidate_count: int = len(SELECT_LETTERS)) -> str:
+    """``model_select_image``'s question: the article so far (earlier chosen images between ``sections``),
+    then the candidates A–D (fewer letters when fewer images were found)."""
+    choices = "\n".join(f"{letter}.{IMAGE_HERE}" for letter in SELECT_LETTERS[:candidate_count])
+    return SELECT_INSTRUCTION + IMAGE_HERE.join(sections) + SELECT_QUESTION.format(choices=choices)
+
+
+def parse_selection(answer: str, candidate_count: int = len(SELECT_LETTERS)) -> int | None:
+    """The candidate index an answer names (its first character after one leading space), else None."""
+    if not answer:
+        return None
+    letter = answer[1] if answer[0] == " " and len(answer) > 1 else answer[0]
+    index = SELECT_LETTERS.find(letter)
+    return index if 0 <= index < candidate_count else None

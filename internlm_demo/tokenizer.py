@@ -47,10 +47,6 @@ class InternLMTokenizer:
         return self._special_to_id[self.special.eos]
 
     @property
-    def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
-
-    @property
     def special_tokens(self) -> set[str]:
         return set(self._special_to_id)
 

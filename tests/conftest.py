@@ -29,13 +29,6 @@ def private_demo_cache(tmp_path_factory):
     patcher.undo()
 
 
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not FIXTURES_DIR.is_dir():
-        pytest.fail(f"golden fixtures not found at {FIXTURES_DIR}")
-    return FIXTURES_DIR
-
-
 @pytest.fixture
 def output_dir(request) -> Path:
     """A folder under test-output/ named after the test, for screenshots and other artefacts."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -27,8 +26,6 @@ from ..tokenizer import InternLMTokenizer
 from .checkpoint import image_tensors, llm_tensors, lora_spec_for, merge_lora
 from .model import XComposer
 from .network import ImageEncoder, qformer_config_for, vision_config_for
-
-log = logging.getLogger(__name__)
 
 MODEL_TYPE = "InternLMXComposer"
 DOWNLOADABLE = ("internlm-xcomposer-7b", "internlm-xcomposer-vl-7b")

@@ -16,16 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from internlm_demo import download, registry
 from internlm_demo.errors import ModelFolderError
+from internlm_demo.models import hub, registry
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, its help taken from the docstrings."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", help="a known model id (see --list) or its repo id on either source")
-    parser.add_argument("--list", action="store_true", help=download.model_table.__doc__)
-    parser.add_argument("--source", choices=download.SOURCES, default="modelscope",
+    parser.add_argument("--list", action="store_true", help=hub.model_table.__doc__)
+    parser.add_argument("--source", choices=hub.SOURCES, default="modelscope",
                         help="where to download from first (default: modelscope; openxlab needs an account key)")
     parser.add_argument("--output", type=Path, metavar="DIR",
                         help=f"the model folder to create (default: {registry.models_dir()}/MODEL)")
@@ -40,15 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
-        print(download.model_table())
+        print(hub.model_table())
         return 0
     if not args.model:
         parser.error("name a MODEL to download, or pass --list to see the known models")
     try:
-        folder = download.download_model(args.model, source=args.source, output=args.output,
+        folder = hub.download_model(args.model, source=args.source, output=args.output,
                                          revision=args.revision, allow_fallback=not args.no_fallback)
-        print(download.summary(args.model, folder))
-    except (download.DownloadError, ModelFolderError) as problem:
+        print(hub.summary(args.model, folder))
+    except (hub.DownloadError, ModelFolderError) as problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@
     streamlit run apps/chat.py -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL]
 
 Address and port (127.0.0.1:6006) come from .streamlit/config.toml. This file only lays out
-the page and wires it to internlm_demo.conversation, which holds the handlers and the state.
+the page and wires it to internlm_demo.ui.conversation, which holds the handlers and the state.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import asdict
 import streamlit as st
 
 from internlm_demo import ModelFolderError
-from internlm_demo import conversation as chat
-from internlm_demo.gpu_queue import process_queue
-from internlm_demo.i18n import LANGUAGES, labels
-from internlm_demo.remote import RemoteBackendError, RemoteChatModel
+from internlm_demo.generation.admission import process_queue
+from internlm_demo.serving.remote import RemoteBackendError, RemoteChatModel
 from internlm_demo.settings import Settings
+from internlm_demo.ui import conversation as chat
+from internlm_demo.ui.i18n import LANGUAGES, labels
 
 # A streaming reply is re-rendered at most this often, whatever the GPU's speed; a session waiting
 # in the GPU queue looks less often, so that many waiting sessions do not slow the one generating.

@@ -1,7 +1,7 @@
 """The "Write article" tab of the XComposer app: a title in, an illustrated article out, editable and savable.
 
 Images come from a local gallery folder (``--gallery``; by default a small generated demo gallery),
-indexed once and refreshed incrementally (``internlm_demo.gallery``). The pipeline is
+indexed once and refreshed incrementally (``internlm_demo.xcomposer.gallery``). The pipeline is
 ``internlm_demo.xcomposer.article``; this module only lays out the tab and wires its handlers,
 which are plain functions callable without a browser.
 """
@@ -19,7 +19,6 @@ import gradio as gr
 from PIL import Image
 
 from internlm_demo.errors import ModelFolderError
-from internlm_demo.gallery import GalleryError, GalleryIndex, ensure_demo_gallery, open_gallery
 from internlm_demo.xcomposer.article import (
     STAGES,
     Article,
@@ -35,6 +34,7 @@ from internlm_demo.xcomposer.article import (
     search_again,
     to_markdown,
 )
+from internlm_demo.xcomposer.gallery import GalleryError, GalleryIndex, ensure_demo_gallery, open_gallery
 
 EXAMPLES = ["又见敦煌", "星链新闻稿", "如何养好一只宠物", "Shanghai Travel Guide in English",
             "Travel guidance of London in English", "Advertising for Genshin Impact in English"]

@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from internlm_demo import GenerationParams, GenerationStats, load_chat_model
-from internlm_demo.chat import ChatModel
-from internlm_demo.engine import FastEngine
-from internlm_demo.generation import generate_ids
+from internlm_demo.generation.engine import FastEngine
+from internlm_demo.generation.simple import generate_ids
+from internlm_demo.serving.chat_model import ChatModel
 
 GIB = 1024**3
 SHAPES = {
@@ -194,7 +194,7 @@ def triton_reader(data: torch.Tensor):
 
 def gemv_reader(data: torch.Tensor) -> float:
     """Seconds for the engine's own GEMV kernel to stream ``data`` as a [rows, 4096] weight: also a read."""
-    from internlm_demo.decode_kernels import TritonDecodeKernels
+    from internlm_demo.generation.triton_kernels import TritonDecodeKernels
 
     matrix = data.view(-1, 4096)
     x = torch.randn(1, 4096, dtype=data.dtype, device=data.device)
@@ -438,7 +438,7 @@ def sweep_gemv(device, out: Path | None = None, only: set[str] | None = None,
 
     ``only`` limits it to entries such as "7b:qkv"; q/k/v is timed as the fused RMSNorm+GEMV+RoPE kernel.
     """
-    from internlm_demo.decode_kernels import TritonDecodeKernels
+    from internlm_demo.generation.triton_kernels import TritonDecodeKernels
 
     rows = []
     for model_name in ("7b", "20b"):
@@ -517,7 +517,7 @@ def graph_time(fn, replays: int = 20) -> float:
 
 def kernel_check(engine: FastEngine) -> dict:
     """Each Triton operation against the torch reference on this model's real layer-0 tensors."""
-    from internlm_demo.engine import TorchDecodeKernels
+    from internlm_demo.generation.engine import TorchDecodeKernels
 
     if engine.kernels.name != "triton":
         return {"skipped": "the engine runs torch kernels"}
@@ -629,7 +629,7 @@ def main(argv=None) -> None:
         return
     import transformers
     if args.gemv_configs:
-        from internlm_demo import decode_kernels
+        from internlm_demo.generation import triton_kernels as decode_kernels
         decode_kernels.GEMV_CONFIGS.update(best_configs([p for p in args.gemv_configs if p.is_file()]))
         result["gemv_configs"] = {f"{n}x{k}": c for (n, k), c in decode_kernels.GEMV_CONFIGS.items()}
         print("GEMV configurations:", result["gemv_configs"], flush=True)

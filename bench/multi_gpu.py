@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from decode import SHAPES, TOKENIZER_SOURCES, save_checkpoint
 
 from internlm_demo import GenerationParams, GenerationStats, load_chat_model
-from internlm_demo.generation import generate_ids
+from internlm_demo.generation.simple import generate_ids
 
 GIB = 1024**3
 GREEDY_TOKENS = 64

@@ -7,13 +7,14 @@ pay for importing torch and transformers.
 from importlib import import_module
 
 _EXPORTS = {
-    "ChatModel": ".chat",
+    "ChatModel": ".serving.chat_model",
     "ContextOverflowError": ".errors",
     "ModelFolderError": ".errors",
-    "GenerationParams": ".generation",
-    "GenerationStats": ".generation",
-    "load_chat_model": ".loading",
-    "download_model": ".download",
+    "GenerationParams": ".generation.params",
+    "GenerationStats": ".generation.params",
+    "load_chat_model": ".serving.chat_model",
+    "load_xcomposer": ".xcomposer.loading",
+    "download_model": ".models.hub",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -31,7 +31,7 @@ from internlm_demo.agent.protocol import (
 )
 from internlm_demo.agent.sandbox import PythonInterpreter
 from internlm_demo.agent.scripted import ScriptedModel, ScriptError
-from internlm_demo.families import INTERNLM, INTERNLM2
+from internlm_demo.models.families import INTERNLM, INTERNLM2
 from tests.conftest import FIXTURES_DIR, reference
 
 # Code whose output the script cannot know in advance: only a real run of it produces the digest.

@@ -8,11 +8,8 @@ import zipfile
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from internlm_demo.gallery import open_gallery
 from internlm_demo.xcomposer import article as pipeline
 from internlm_demo.xcomposer import load_xcomposer
-from internlm_demo.xcomposer.model import SELECT_IMAGE_SETTINGS
-from internlm_demo.xcomposer.prompts import IMAGE_HERE, parse_selection
 from internlm_demo.xcomposer.article import (
     STAGES,
     ArticleError,
@@ -21,6 +18,9 @@ from internlm_demo.xcomposer.article import (
     compose,
     illustrate,
 )
+from internlm_demo.xcomposer.gallery import open_gallery
+from internlm_demo.xcomposer.model import SELECT_IMAGE_SETTINGS
+from internlm_demo.xcomposer.prompts import IMAGE_HERE, parse_selection
 from tests.conftest import FIXTURES_DIR, reference
 
 TEMPLATES = reference("internlm-xcomposer-7b-tiny")["demo_templates"]

@@ -17,8 +17,8 @@ from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from internlm_demo import load_chat_model
-from internlm_demo.conversation import display_markdown
-from internlm_demo.gpu_queue import process_queue
+from internlm_demo.generation.admission import process_queue
+from internlm_demo.ui.conversation import display_markdown
 from tests.conftest import FIXTURES_DIR, REPO, streamed
 
 APP = str(REPO / "apps" / "chat.py")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from internlm_demo import ContextOverflowError, GenerationStats, load_chat_model
-from internlm_demo.loading import split_fused_wqkv
-from internlm_demo.tokenizer import StreamingDetokenizer
+from internlm_demo.models.loading import split_fused_wqkv
+from internlm_demo.models.tokenizer import StreamingDetokenizer
 from tests.conftest import FIXTURES_DIR
 
 

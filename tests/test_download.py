@@ -21,8 +21,8 @@ import pytest
 import requests
 from modelscope_hub.errors import AuthenticationError, FileDownloadError, NetworkError
 
-from internlm_demo import registry
-from internlm_demo.download import (
+from internlm_demo.models import registry
+from internlm_demo.models.hub import (
     DownloadError,
     NotEnoughSpaceError,
     SourceRefusedError,

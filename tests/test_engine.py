@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from internlm_demo import GenerationParams, GenerationStats, load_chat_model
-from internlm_demo.chat import ChatModel
-from internlm_demo.engine import FastEngine, FifoLock, filtered_probs, penalize_repeats, sample_filtered
-from internlm_demo.generation import generate_ids, next_token
+from internlm_demo.generation.engine import FastEngine, FifoLock
+from internlm_demo.generation.sampling import filtered_probs, next_token, penalize_repeats, sample_filtered
+from internlm_demo.generation.simple import generate_ids
+from internlm_demo.serving.chat_model import ChatModel
 from tests.conftest import FIXTURES_DIR, REPO, reference
 
 FIXTURES = ("internlm-chat-7b-tiny", "internlm-chat-20b-tiny", "internlm2-chat-7b-tiny")
@@ -201,8 +202,8 @@ def test_fifo_lock_serves_waiters_in_arrival_order():
 
 def check_triton_kernels_against_torch_reference() -> None:
     """Each Triton operation against TorchDecodeKernels on float16 data (run under TRITON_INTERPRET=1)."""
-    from internlm_demo.decode_kernels import TritonDecodeKernels
-    from internlm_demo.engine import TorchDecodeKernels
+    from internlm_demo.generation.engine import TorchDecodeKernels
+    from internlm_demo.generation.triton_kernels import TritonDecodeKernels
 
     generator = torch.Generator().manual_seed(0)
 
@@ -249,8 +250,8 @@ def check_triton_kernels_against_torch_reference() -> None:
 
 def check_triton_sampler_against_torch_reference() -> None:
     """Greedy and sampled choices of the Triton sampler equal the torch ones for the same Exp(1) noise."""
-    from internlm_demo import decode_kernels
-    from internlm_demo.engine import TorchDecodeKernels
+    from internlm_demo.generation import triton_kernels as decode_kernels
+    from internlm_demo.generation.engine import TorchDecodeKernels
 
     decode_kernels.SAMPLER_BLOCK = 512  # several chunks per pass over a small vocabulary
     triton_ops, torch_ops = decode_kernels.TritonDecodeKernels(), TorchDecodeKernels()
@@ -279,7 +280,7 @@ def check_triton_sampler_against_torch_reference() -> None:
 
 def check_engine_on_triton_kernels() -> None:
     """The whole decode step on Triton kernels equals the simple path: GQA, dynamic NTK past the window."""
-    from internlm_demo.decode_kernels import TritonDecodeKernels
+    from internlm_demo.generation.triton_kernels import TritonDecodeKernels
 
     name = "internlm2-chat-7b-tiny"
     chat = load_chat_model(FIXTURES_DIR / name, device="cpu", progress=False, engine="simple")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from internlm_demo import gallery
-from internlm_demo.gallery import Captioner, GalleryError, open_gallery, text_terms
+from internlm_demo.xcomposer import gallery
+from internlm_demo.xcomposer.gallery import Captioner, GalleryError, open_gallery, text_terms
 
 # A labelled gallery: 10 topics × 4 images in folders named in Chinese or English, file names as a
 # person or a camera would give them, one sidecar per topic in the other language. The queries are

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from internlm_demo.placement import GIB, balanced_device_map, model_blocks, plan_device_map
+from internlm_demo.models.placement import GIB, balanced_device_map, model_blocks, plan_device_map
 
 REAL_SHAPES = {
     "internlm-chat-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,

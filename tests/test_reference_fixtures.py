@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from internlm_demo import GenerationStats, load_chat_model
-from internlm_demo.generation import reset_dynamic_rope
+from internlm_demo.generation.simple import reset_dynamic_rope
 from tests.conftest import FIXTURES_DIR
 
 CHAT_FIXTURES = sorted(

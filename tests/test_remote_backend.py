@@ -1,5 +1,5 @@
 """RemoteChatModel against real HTTP servers on 127.0.0.1: the project's OpenAI-compatible server
-(started as ``python -m internlm_demo.openai_server``) and, for failures, a plain server that answers 500.
+(started as ``python -m internlm_demo.serving.openai_server``) and, for failures, a plain server that answers 500.
 
 Replies are compared with the same model folder loaded here: the protocol must carry every
 turn, setting and seed unchanged.
@@ -20,7 +20,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from internlm_demo import GenerationStats, load_chat_model
-from internlm_demo.remote import RemoteBackendError, RemoteChatModel
+from internlm_demo.serving.remote import RemoteBackendError, RemoteChatModel
 from tests.conftest import FIXTURES_DIR, REPO, last, streamed
 from tests.servers import free_port, running_server
 
@@ -30,10 +30,10 @@ INTERNLM2_MODEL = FIXTURES_DIR / "internlm2-chat-7b-tiny"
 
 @contextlib.contextmanager
 def openai_server(*flags):
-    """``python -m internlm_demo.openai_server`` on a free 127.0.0.1 port; yields its /v1 base URL."""
+    """``python -m internlm_demo.serving.openai_server`` on a free 127.0.0.1 port; yields its /v1 base URL."""
     port = free_port()
     api_base = f"http://127.0.0.1:{port}/v1"
-    command = [sys.executable, "-m", "internlm_demo.openai_server", "--port", str(port), *map(str, flags)]
+    command = [sys.executable, "-m", "internlm_demo.serving.openai_server", "--port", str(port), *map(str, flags)]
     with running_server(command, f"{api_base}/models"):
         yield api_base
 
@@ -135,7 +135,7 @@ def test_stop_closes_the_stream_and_keeps_what_came(internlm2_server, internlm2_
 
 def test_unreachable_server_is_a_clear_error():
     api_base = f"http://127.0.0.1:{free_port()}/v1"
-    with pytest.raises(RemoteBackendError, match="cannot reach an OpenAI-compatible server at .*Connection refused.*internlm_demo.openai_server"):
+    with pytest.raises(RemoteBackendError, match="cannot reach an OpenAI-compatible server at .*Connection refused.*internlm_demo.serving.openai_server"):
         RemoteChatModel.connect(api_base)
 
 

@@ -12,9 +12,9 @@ from PIL import Image
 from transformers import LlamaForCausalLM
 
 from internlm_demo.errors import ModelFolderError
-from internlm_demo.families import INTERNLM
-from internlm_demo.loading import choose_device, llama_config_for
-from internlm_demo.placement import model_blocks
+from internlm_demo.models.families import INTERNLM
+from internlm_demo.models.loading import choose_device, llama_config_for
+from internlm_demo.models.placement import model_blocks
 from internlm_demo.xcomposer import Exchange, load_xcomposer
 from internlm_demo.xcomposer.checkpoint import LoraSpec, image_tensors, lora_spec_for, merge_lora
 from internlm_demo.xcomposer.decoding import Decoder, GenerationSettings

@@ -7,9 +7,9 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from ..errors import ContextOverflowError
-from ..families import Family
-from ..generation import GenerationParams, GenerationStats
-from ..tokenizer import InternLMTokenizer
+from ..generation.params import GenerationParams, GenerationStats
+from ..models.families import Family
+from ..models.tokenizer import InternLMTokenizer
 
 
 class CompletionModel(Protocol):

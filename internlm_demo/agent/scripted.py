@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..families import FAMILIES, Family
+from ..models.families import FAMILIES, Family
 from .completion import cut_at_stop_word
 
 CHUNK_CHARS = 6  # streamed like a model: a few characters at a time

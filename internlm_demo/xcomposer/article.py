@@ -24,7 +24,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from ..gallery import Captioner, GalleryIndex
+from .gallery import Captioner, GalleryIndex
 from .preprocess import ImageRejectedError, load_image
 from .prompts import EOA, EOH, Text, align_text, parse_selection, select_image_text
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass, fields
 import torch
 from transformers import DynamicCache
 
-from ..generation import CACHE_ARGUMENT, GenerationParams, next_token
+from ..generation.params import GenerationParams
+from ..generation.sampling import next_token
+from ..generation.simple import CACHE_ARGUMENT
 
 
 @dataclass

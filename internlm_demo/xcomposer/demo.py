@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..tiny import ensure_generated, steer_replies, train_demo_tokenizer
+from ..models.demo import ensure_generated, steer_replies, train_demo_tokenizer
 from .prompts import EOA, EOH
 
 DEMO_SEED = 20231002

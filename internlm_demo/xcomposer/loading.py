@@ -8,10 +8,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
-from ..checkpoint import iter_tensors, read_config, weight_files
 from ..errors import ModelFolderError
-from ..families import INTERNLM
-from ..loading import (
+from ..models.checkpoint import iter_tensors, read_config, weight_files
+from ..models.families import INTERNLM
+from ..models.loading import (
     ModelInfo,
     build_llama,
     choose_device,
@@ -21,8 +21,8 @@ from ..loading import (
     read_folder_tokenizer,
     resolve_folder,
 )
-from ..placement import model_blocks, plan_device_map
-from ..tokenizer import InternLMTokenizer
+from ..models.placement import model_blocks, plan_device_map
+from ..models.tokenizer import InternLMTokenizer
 from .checkpoint import image_tensors, llm_tensors, lora_spec_for, merge_lora
 from .model import XComposer
 from .network import ImageEncoder, qformer_config_for, vision_config_for

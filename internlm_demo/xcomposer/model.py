@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..errors import ContextOverflowError
-from ..tokenizer import InternLMTokenizer
+from ..models.tokenizer import InternLMTokenizer
 from .decoding import Decoder, GenerationSettings
 from .network import ImageEncoder
 from .preprocess import image_to_pixels

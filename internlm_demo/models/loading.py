@@ -11,9 +11,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ..errors import ModelFolderError
 from . import registry
 from .checkpoint import iter_tensors, read_config, read_json, weight_files
-from .errors import ModelFolderError
 from .families import Family, family_for
 from .placement import balanced_device_map, dispatch
 from .tokenizer import InternLMTokenizer, read_tokenizer
@@ -52,7 +52,7 @@ def resolve_folder(path_or_id: str | Path | None, default_ids=CHAT_DEFAULT_IDS, 
             if folder is not None:
                 return folder, model_id, False
         if demo is None:
-            from .tiny import ensure_demo_model
+            from .demo import ensure_demo_model
 
             return ensure_demo_model(), DEMO_MODEL_ID, True
         return (*demo(), True)
@@ -272,15 +272,21 @@ def build_llama(config: LlamaConfig, tensors, device: str, dtype: torch.dtype, n
     return model, device_map
 
 
-def load_chat_model(path_or_id: str | Path | None = None, device: str | None = None, dtype: str | None = None,
-                    num_gpus: int | None = None, progress: bool = True, engine: str = "auto"):
-    """Load an InternLM chat model (folder or known id; None → a downloaded model or the embedded demo).
+@dataclass(frozen=True)
+class LoadedModel:
+    """A native transformers model with what it needs to chat: tokenizer, family, facts and stop ids."""
 
-    ``engine``: "auto" (the fast engine on a single GPU, else the simple path), "fast" or "simple".
-    """
-    from .chat import ChatModel
-    from .engine import engine_for
+    model: LlamaForCausalLM
+    tokenizer: InternLMTokenizer
+    family: Family
+    info: ModelInfo
+    stop_ids: set[int]
 
+
+def load_model(path_or_id: str | Path | None = None, device: str | None = None, dtype: str | None = None,
+               num_gpus: int | None = None, progress: bool = True) -> LoadedModel:
+    """Read, validate and place an InternLM chat checkpoint (folder or known id; None → a downloaded
+    model or the embedded demo) as a native transformers Llama."""
     folder, model_id, is_demo = resolve_folder(path_or_id)
     config, family, tokenizer, generation_config = read_model_folder(folder)
     llama_config = llama_config_for(family, config)
@@ -300,6 +306,4 @@ def load_chat_model(path_or_id: str | Path | None = None, device: str | None = N
         is_demo=is_demo,
     )
     eos = generation_config.get("eos_token_id", config.get("eos_token_id", tokenizer.eos_id))
-    return ChatModel(model, tokenizer, family, info, extra_stop_ids=set(eos if isinstance(eos, list) else [eos]),
-                     engine=engine_for(model, engine, device_map))
-
+    return LoadedModel(model, tokenizer, family, info, set(eos if isinstance(eos, list) else [eos]))

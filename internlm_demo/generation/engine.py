@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generation import GenerationParams, GenerationStats
+from .params import GenerationParams, GenerationStats
+from .sampling import penalize_repeats, sample_filtered
 
 log = logging.getLogger(__name__)
 
@@ -159,38 +160,6 @@ class RopeTable:
         return (angles.cos() * self.scaling).to(dtype), (angles.sin() * self.scaling).to(dtype)
 
 
-# ---- sampling on the device -----------------------------------------------------------------------
-
-
-def penalize_repeats(scores: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
-    """The repetition penalty of ``generation.next_token`` over a [B, V] mask of ids already seen."""
-    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen, penalized, scores)
-
-
-def filtered_probs(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor):
-    """(probabilities in descending-score order, the order) after temperature, top-k and top-p.
-
-    Same rules as ``generation.next_token``: top-k keeps every score ≥ the k-th largest (0 = off);
-    top-p drops the tokens whose cumulative mass, summed from the smallest, stays ≤ 1 - top_p, never
-    the most likely one. Parameters are [B, 1] tensors so one CUDA graph serves any setting.
-    """
-    ordered, order = (scores / temperature).sort(dim=-1, descending=True)
-    vocab = scores.shape[-1]
-    k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
-    ordered = ordered.masked_fill(ordered < ordered.gather(-1, k - 1), float("-inf"))
-    mass_from_smallest = ordered.softmax(-1).flip(-1).cumsum(-1).flip(-1)
-    drop = mass_from_smallest <= 1 - top_p
-    drop[:, 0] = False
-    return ordered.masked_fill(drop, float("-inf")).softmax(-1), order
-
-
-def sample_filtered(scores, temperature, top_k, top_p, noise: torch.Tensor) -> torch.Tensor:
-    """One id per row drawn from ``filtered_probs``; ``noise`` is Exp(1) per entry (argmax p/E ~ p)."""
-    probs, order = filtered_probs(scores, temperature, top_k, top_p)
-    return order.gather(-1, (probs / noise).argmax(-1, keepdim=True)).squeeze(-1)
-
-
 # ---- the decode-step operations -------------------------------------------------------------------
 
 
@@ -245,7 +214,7 @@ class TorchDecodeKernels:
 def triton_kernels():
     """The Triton decode kernels, or None when Triton cannot be imported."""
     try:
-        from .decode_kernels import TritonDecodeKernels
+        from .triton_kernels import TritonDecodeKernels
     except ImportError as exc:
         log.warning("Triton is unavailable (%s); the fast engine uses torch ops in its CUDA graph", exc)
         return None

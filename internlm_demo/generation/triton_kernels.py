@@ -302,7 +302,7 @@ def _scores_kernel(logits_ptr, seen_ptr, penalty_ptr, temperature_ptr, out_ptr, 
 @triton.jit
 def _sample_sorted_kernel(sorted_ptr, order_ptr, noise_ptr, top_k_ptr, top_p_ptr, token_ptr, seen_ptr,
                           VOCAB: tl.constexpr, BLOCK: tl.constexpr):
-    """Top-k, top-p and the draw over scores sorted in descending order (``engine.filtered_probs`` rules);
+    """Top-k, top-p and the draw over scores sorted in descending order (``sampling.filtered_probs`` rules);
     noise is Exp(1) per sorted position. The drawn id goes to token and is marked seen. One program."""
     CHUNKS: tl.constexpr = (VOCAB + BLOCK - 1) // BLOCK
     offsets = tl.arange(0, BLOCK)

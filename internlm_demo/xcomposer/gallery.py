@@ -293,7 +293,7 @@ class GalleryIndex:
 
 
 def cache_folder_for(root: Path, cache_dir: Path | None = None) -> Path:
-    from .tiny import cache_root
+    from ..models.demo import cache_root
 
     base = cache_dir if cache_dir is not None else cache_root() / "galleries"
     return base / hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:16]
@@ -542,6 +542,6 @@ def write_demo_gallery(folder: Path) -> None:
 
 def ensure_demo_gallery() -> Path:
     """The generated demo gallery folder (under the demo cache), written on first use."""
-    from .tiny import ensure_generated
+    from ..models.demo import ensure_generated
 
     return ensure_generated(f"demo-gallery{DEMO_GALLERY_VERSION}", write_demo_gallery)

@@ -13,15 +13,15 @@ from dataclasses import dataclass, field, replace
 
 import httpx
 
-from .chat import ChatModel, History
-from .families import FAMILIES, INTERNLM, INTERNLM2, INTERNLM3, Family
-from .generation import GenerationParams, GenerationStats
+from ..generation.params import GenerationParams, GenerationStats
+from ..models.families import FAMILIES, INTERNLM, INTERNLM2, INTERNLM3, Family
+from .chat_model import ChatModel, History
 
 # A server that does not say how long its window is (LMDeploy, OpenAI) gets this one.
 DEFAULT_REMOTE_WINDOW = 4096
 TOKENS_PER_MESSAGE = 4  # role markers around each message, as in ChatML
 GENERIC_FAMILY = replace(INTERNLM2, name="openai-compatible", default_meta_instruction="")
-START_HINT = "start one with `python -m internlm_demo.openai_server --model MODEL --port PORT`, or fix --api-base"
+START_HINT = "start one with `python -m internlm_demo.serving.openai_server --model MODEL --port PORT`, or fix --api-base"
 
 
 class RemoteBackendError(Exception):

@@ -16,10 +16,10 @@ import threading
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
-from .chat import History
-from .errors import ContextOverflowError
-from .generation import GenerationStats
-from .gpu_queue import GpuQueue
+from ..errors import ContextOverflowError
+from ..generation.admission import GpuQueue
+from ..generation.params import GenerationStats
+from ..serving.chat_model import History
 
 EXPORT_FORMAT = "internlm-demo.conversation"
 EXPORT_VERSION = 1
@@ -462,9 +462,9 @@ def display_markdown(text: str) -> str:
 def open_model(settings):
     """The chat model ``settings`` names: a RemoteChatModel with ``api_base``, else a local one."""
     if settings.api_base:
-        from .remote import RemoteChatModel
+        from ..serving.remote import RemoteChatModel
 
         return RemoteChatModel.connect(settings.api_base, settings.api_model)
-    from .loading import load_chat_model
+    from ..serving.chat_model import load_chat_model
 
     return load_chat_model(settings.model, **settings.model_options(), progress=False)

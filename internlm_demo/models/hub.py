@@ -22,8 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import ModelFolderError
 from . import registry
-from .errors import ModelFolderError
 from .registry import KnownModel
 
 log = logging.getLogger(__name__)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from .errors import ContextOverflowError
-from .families import Family
-from .generation import GenerationParams, GenerationStats, generate_ids
-from .tokenizer import InternLMTokenizer, StreamingDetokenizer
+from ..errors import ContextOverflowError
+from ..generation.engine import engine_for
+from ..generation.params import GenerationParams, GenerationStats
+from ..generation.simple import generate_ids
+from ..models.families import Family
+from ..models.loading import load_model
+from ..models.tokenizer import InternLMTokenizer, StreamingDetokenizer
 
 History = list[tuple[str, str]]
 
@@ -111,3 +115,14 @@ class ChatModel:
         for word in self.family.stop_words:
             text = text.split(word)[0]
         return text
+
+
+def load_chat_model(path_or_id: str | Path | None = None, device: str | None = None, dtype: str | None = None,
+                    num_gpus: int | None = None, progress: bool = True, engine: str = "auto") -> ChatModel:
+    """Load an InternLM chat model (folder or known id; None → a downloaded model or the embedded demo).
+
+    ``engine``: "auto" (the fast engine on a single GPU, else the simple path), "fast" or "simple".
+    """
+    loaded = load_model(path_or_id, device, dtype, num_gpus, progress)
+    return ChatModel(loaded.model, loaded.tokenizer, loaded.family, loaded.info, extra_stop_ids=loaded.stop_ids,
+                     engine=engine_for(loaded.model, engine, loaded.info.device_map))

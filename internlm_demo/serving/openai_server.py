@@ -1,6 +1,6 @@
 """A minimal OpenAI-compatible server for one ChatModel: ``/v1/models`` and ``/v1/chat/completions``.
 
-Run: ``python -m internlm_demo.openai_server --model internlm-chat-7b --port 23333``
+Run: ``python -m internlm_demo.serving.openai_server --model internlm-chat-7b --port 23333``
 (binds 127.0.0.1 unless ``--host`` says otherwise). Streaming answers are server-sent events.
 """
 
@@ -19,11 +19,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from .chat import ChatModel, History
-from .errors import ContextOverflowError, ModelFolderError
-from .generation import GenerationStats
-from .gpu_queue import GpuQueue, process_queue
-from .settings import Settings
+from ..errors import ContextOverflowError, ModelFolderError
+from ..generation.admission import GpuQueue, process_queue
+from ..generation.params import GenerationStats
+from ..settings import Settings
+from .chat_model import ChatModel, History
 
 DEFAULT_PORT = 23333  # LMDeploy's api_server default, so --api-base URLs stay interchangeable
 
@@ -227,9 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     """Load the model named by ``--model`` and serve it until interrupted."""
     import uvicorn
 
-    from .loading import load_chat_model
+    from .chat_model import load_chat_model
 
-    settings = Settings.parse(argv, prog="python -m internlm_demo.openai_server", defaults={"port": DEFAULT_PORT})
+    settings = Settings.parse(argv, prog="python -m internlm_demo.serving.openai_server", defaults={"port": DEFAULT_PORT})
     try:
         model = load_chat_model(settings.model, **settings.model_options())
     except ModelFolderError as exc:

@@ -27,11 +27,11 @@ LABELS: dict[str, tuple[str, str]] = {
         ("Fix: pass `--model` a folder that holds `config.json`, `tokenizer.model` and the weights, or a model id "
         "downloaded with `python download.py ID`; without `--model` the app starts with the embedded demo model. "
         "Example: `streamlit run apps/chat.py -- --model internlm-chat-7b`. "
-        "With `--api-base`, start the server first (`python -m internlm_demo.openai_server --model ... --port 23333`)."),
+        "With `--api-base`, start the server first (`python -m internlm_demo.serving.openai_server --model ... --port 23333`)."),
         ("解决办法：`--model` 应指向包含 `config.json`、`tokenizer.model` 和权重文件的文件夹，或用 "
         "`python download.py ID` 下载过的模型 ID；不带 `--model` 时使用内置演示模型。"
         "示例：`streamlit run apps/chat.py -- --model internlm-chat-7b`。"
-        "使用 `--api-base` 时请先启动服务（`python -m internlm_demo.openai_server --model ... --port 23333`）。"),
+        "使用 `--api-base` 时请先启动服务（`python -m internlm_demo.serving.openai_server --model ... --port 23333`）。"),
     ),
     "load_unexpected": ("{kind}: {error}", "{kind}：{error}"),
     "bad_flags": ("**The command-line flags after `--` were not accepted.** Usage: `{usage}`",

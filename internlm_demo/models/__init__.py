@@ -1,0 +1,1 @@
+"""What a checkpoint is: known models, original folders, families, tokenizer, placement, loading, demo models."""

@@ -1,0 +1,1 @@
+"""Who asks for tokens: ChatModel, the remote OpenAI client and the OpenAI-compatible server."""

@@ -3,7 +3,7 @@
     streamlit run apps/chat.py -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL]
 
 Address and port (127.0.0.1:6006) come from .streamlit/config.toml. This file only lays out
-the page and wires it to internlm_demo.ui.conversation, which holds the handlers and the state.
+the page and wires it to internlm_demo.ui (conversation: the handlers and the state; transcript: export/import).
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ import streamlit as st
 
 from internlm_demo import ModelFolderError
 from internlm_demo.generation.admission import process_queue
+from internlm_demo.serving.backend import open_backend
 from internlm_demo.serving.remote import RemoteBackendError, RemoteChatModel
 from internlm_demo.settings import Settings
 from internlm_demo.ui import conversation as chat
+from internlm_demo.ui import transcript
 from internlm_demo.ui.i18n import LANGUAGES, labels
+from internlm_demo.ui.markdown import display_markdown
+from internlm_demo.ui.model_facts import model_facts
 
 # A streaming reply is re-rendered at most this often, whatever the GPU's speed; a session waiting
 # in the GPU queue looks less often, so that many waiting sessions do not slow the one generating.
@@ -32,7 +36,7 @@ USAGE = "streamlit run apps/chat.py -- --model ID_OR_PATH [--num-gpus N] [--dtyp
 @st.cache_resource(show_spinner=False)
 def load_model(settings: Settings):
     """One model per process and settings, shared by every browser session."""
-    return chat.open_model(settings)
+    return open_backend(settings)
 
 
 def parse_settings(t) -> Settings:
@@ -91,11 +95,11 @@ def on_import(model) -> None:
     if upload is None:
         return
     try:
-        imported = chat.import_json(upload.getvalue(), model)
-    except chat.ConversationFileError as exc:
+        imported = transcript.import_json(upload.getvalue(), model)
+    except transcript.ConversationFileError as exc:
         conversation().notice = chat.Notice("import_error", detail=str(exc))
         return
-    chat.apply_import(conversation(), imported)
+    transcript.apply_import(conversation(), imported)
     for name, value in asdict(imported.params).items():
         st.session_state[f"param_{name}"] = value
 
@@ -106,12 +110,12 @@ def sidebar(model, conv: chat.Conversation, t) -> None:
         st.header(t("context"))
         context_meter(chat.context_meter(conv, model, params), t)
         st.header(t("conversation"))
-        st.download_button(t("export"), data=chat.export_json(conv, model, params), on_click="ignore",
+        st.download_button(t("export"), data=transcript.export_json(conv, model, params), on_click="ignore",
                            file_name=f"conversation-{model.info.model_id}.json", mime="application/json",
                            icon=":material/download:", disabled=len(conv.messages) < 2)
         st.file_uploader(t("import"), type=["json"], key="import_file", on_change=on_import, args=(model,))
         st.header(t("model_panel"))
-        model_panel(chat.model_facts(model, conv.last_stats), t)
+        model_panel(model_facts(model, conv.last_stats), t)
 
 
 def generation_controls(model, t) -> chat.ChatParams:
@@ -161,7 +165,7 @@ def model_panel(facts: dict, t) -> None:
 def show_messages(conv: chat.Conversation, t) -> None:
     for message in conv.messages:
         with st.chat_message(message.role):
-            st.markdown(chat.display_markdown(message.content))
+            st.markdown(display_markdown(message.content))
             if message.stopped:
                 st.caption(t("stopped_mark"))
             if message.role == "assistant" and message.content:
@@ -200,7 +204,7 @@ def live_reply(t, drawn_queued: bool) -> None:
                         icon=":material/hourglass_top:")
         elif state == "stopping":
             status.caption(t("stopping"))
-        st.markdown(chat.display_markdown(pending.text) + " ▌")
+        st.markdown(display_markdown(pending.text) + " ▌")
         st.button(t("stop"), key="stop", on_click=chat.stop, args=(conv,), icon=":material/stop_circle:",
                   disabled=state == "stopping")
 

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from internlm_demo import load_chat_model
 from internlm_demo.generation.admission import process_queue
-from internlm_demo.ui.conversation import display_markdown
+from internlm_demo.ui.markdown import display_markdown
 from tests.conftest import FIXTURES_DIR, REPO, streamed
 
 APP = str(REPO / "apps" / "chat.py")

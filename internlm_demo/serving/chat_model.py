@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ContextOverflowError
 from ..generation.engine import engine_for
 from ..generation.params import GenerationParams, GenerationStats
 from ..generation.simple import generate_ids
 from ..models.families import Family
 from ..models.loading import load_model
 from ..models.tokenizer import InternLMTokenizer, StreamingDetokenizer
-
-History = list[tuple[str, str]]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How a conversation fits the context window."""
-
-    history: History  # the turns that are kept
-    dropped: list[int]  # indices (into the original history) of turns left out, oldest first
-    prompt_tokens: int
-    max_new_tokens: int
-    window: int
+from .backend import Budget, History, fit_history
 
 
 class ChatModel:
-    """A loaded model with its tokenizer and family; holds only what it is given."""
+    """A loaded model with its tokenizer and family; holds only what it is given. Meets ``backend.ChatBackend``."""
+
+    estimates_tokens = False
 
     def __init__(self, model, tokenizer: InternLMTokenizer, family: Family, info, extra_stop_ids: set[int] = frozenset(),
                  engine=None):
@@ -60,28 +48,9 @@ class ChatModel:
 
     def fit_history(self, query: str, history: History | None, max_new_tokens: int,
                     meta_instruction: str | None = None, window: int | None = None) -> Budget:
-        """Drop the oldest whole turns until prompt + ``max_new_tokens`` fit the window.
-
-        When even the query alone leaves less room than ``max_new_tokens``, the reply is shortened;
-        when the query alone does not fit, ContextOverflowError says by how much.
-        """
-        window = window or self.context_window
-        history = list(history or [])
-        dropped: list[int] = []
-        kept_from = 0
-        while True:
-            kept = history[kept_from:]
-            tokens = self.count_tokens(query, kept, meta_instruction)
-            if tokens + max_new_tokens <= window or kept_from == len(history):
-                break
-            dropped.append(kept_from)
-            kept_from += 1
-        if tokens >= window:
-            raise ContextOverflowError(
-                f"the message is {tokens} tokens long with the prompt format, but the model's context window is "
-                f"{window} tokens; shorten it by at least {tokens - window + 1} tokens."
-            )
-        return Budget(kept, dropped, tokens, min(max_new_tokens, window - tokens), window)
+        """Drop the oldest whole turns until prompt + ``max_new_tokens`` fit the window (``backend.fit_history``)."""
+        return fit_history(self.count_tokens, query, history, max_new_tokens, meta_instruction,
+                           window or self.context_window)
 
     def generate_tokens(self, prompt_ids: list[int], params: GenerationParams, stop_ids: set[int],
                         stats: GenerationStats | None = None, stop: threading.Event | None = None) -> Iterator[int]:

@@ -1,4 +1,4 @@
-"""A chat model served by an OpenAI-compatible server (LMDeploy ``api_server``, vLLM, our own), as a ChatModel."""
+"""A chat model served by an OpenAI-compatible server (LMDeploy ``api_server``, vLLM, our own), as a ChatBackend."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 
 from ..generation.params import GenerationParams, GenerationStats
 from ..models.families import FAMILIES, INTERNLM, INTERNLM2, INTERNLM3, Family
-from .chat_model import ChatModel, History
+from .backend import Budget, History, fit_history
 
 # A server that does not say how long its window is (LMDeploy, OpenAI) gets this one.
 DEFAULT_REMOTE_WINDOW = 4096
@@ -118,8 +118,11 @@ class RemoteChatModel:
     def context_window(self) -> int:
         return self.info.context_window
 
-    # The budget logic is ChatModel's; only the token counting differs.
-    fit_history = ChatModel.fit_history
+    def fit_history(self, query: str, history: History | None, max_new_tokens: int,
+                    meta_instruction: str | None = None, window: int | None = None) -> Budget:
+        """Drop the oldest whole turns until the estimated prompt + ``max_new_tokens`` fit the window."""
+        return fit_history(self.count_tokens, query, history, max_new_tokens, meta_instruction,
+                           window or self.context_window)
 
     def messages(self, query: str, history: History | None = None, meta_instruction: str | None = None) -> list[dict]:
         """The OpenAI ``messages`` list for a turn; without ``meta_instruction`` the server's default applies."""

@@ -1,30 +1,23 @@
-"""One chat session as plain data, and the handlers a chat page calls: send, stop, regenerate, clear, export, import.
+"""One chat session as plain data, and the handlers a chat page calls: send, stop, regenerate, clear.
 
 A reply is generated on a worker thread through the shared GPU queue; the page polls the
 ``PendingReply`` and calls ``collect`` to move a finished (or stopped) reply into the history.
 Nothing here knows about a UI; notices carry numbers and texts, the page words them.
+Export and import of a transcript are in ``transcript``.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
-import platform
 import random
-import re
 import threading
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 
 from ..errors import ContextOverflowError
 from ..generation.admission import GpuQueue
 from ..generation.params import GenerationStats
-from ..serving.chat_model import History
+from ..serving.backend import ChatBackend, History
 
-EXPORT_FORMAT = "internlm-demo.conversation"
-EXPORT_VERSION = 1
 MAX_SEED = 2**31 - 1
-EXPORT_LIBRARIES = ("torch", "transformers", "sentencepiece", "safetensors", "accelerate", "httpx", "streamlit")
 
 # Widget ranges, also what an imported file must respect. None: the model's context window.
 PARAM_LIMITS: dict[str, tuple[float, float | None]] = {
@@ -38,16 +31,12 @@ PARAM_LIMITS: dict[str, tuple[float, float | None]] = {
 }
 
 
-def param_range(name: str, model) -> tuple[float, float]:
+def param_range(name: str, model: ChatBackend) -> tuple[float, float]:
     """(lowest, highest) value of a generation setting for this model."""
     low, high = PARAM_LIMITS[name]
     if high is None:
         return min(low, model.context_window), model.context_window
     return low, high
-
-
-class ConversationFileError(ValueError):
-    """An imported conversation file is unusable; the message says what is wrong in it."""
 
 
 @dataclass
@@ -72,7 +61,7 @@ class ChatParams:
     system_prompt: str | None = None  # None: the family's default meta instruction
 
     @classmethod
-    def defaults_for(cls, model) -> ChatParams:
+    def defaults_for(cls, model: ChatBackend) -> ChatParams:
         """The original web demo's defaults for this model's family."""
         window = model.context_window
         family = model.family
@@ -84,10 +73,10 @@ class ChatParams:
             system_prompt=family.default_meta_instruction if family.has_system_prompt else None,
         )
 
-    def window(self, model) -> int:
+    def window(self, model: ChatBackend) -> int:
         return min(self.max_length, model.context_window)
 
-    def meta_instruction(self, model) -> str | None:
+    def meta_instruction(self, model: ChatBackend) -> str | None:
         return self.system_prompt if model.family.has_system_prompt else None
 
     def generation_kwargs(self, seed: int, max_new_tokens: int | None = None) -> dict:
@@ -166,7 +155,7 @@ def history_pairs(messages: list[Message]) -> History:
     return [(q.content, a.content) for q, a in zip(messages[0::2], messages[1::2]) if a.role == "assistant"]
 
 
-def send(conversation: Conversation, model, params: ChatParams, text: str | None,
+def send(conversation: Conversation, model: ChatBackend, params: ChatParams, text: str | None,
          gpu_queue: GpuQueue | None = None) -> bool:
     """Start a reply to ``text`` on a worker thread; False when nothing was started.
 
@@ -193,7 +182,8 @@ def send(conversation: Conversation, model, params: ChatParams, text: str | None
     return True
 
 
-def generate_reply(pending: PendingReply, model, gpu_queue: GpuQueue | None, meta: str | None, kwargs: dict) -> None:
+def generate_reply(pending: PendingReply, model: ChatBackend, gpu_queue: GpuQueue | None, meta: str | None,
+                   kwargs: dict) -> None:
     """Worker thread: wait for the GPU, stream into ``pending``, always end by setting ``pending.done``."""
 
     def on_wait(ahead: int) -> None:
@@ -216,7 +206,7 @@ def generate_reply(pending: PendingReply, model, gpu_queue: GpuQueue | None, met
         pending.done.set()
 
 
-def stream_into(pending: PendingReply, model, meta: str | None, kwargs: dict) -> None:
+def stream_into(pending: PendingReply, model: ChatBackend, meta: str | None, kwargs: dict) -> None:
     for text in model.stream_chat(pending.query, pending.history, meta, stats=pending.stats, stop=pending.stop, **kwargs):
         pending.text = text
 
@@ -247,7 +237,8 @@ def stop(conversation: Conversation) -> None:
         conversation.pending.stop.set()
 
 
-def regenerate(conversation: Conversation, model, params: ChatParams, gpu_queue: GpuQueue | None = None) -> bool:
+def regenerate(conversation: Conversation, model: ChatBackend, params: ChatParams,
+               gpu_queue: GpuQueue | None = None) -> bool:
     """Replace the last reply with a new one; the history is unchanged when that cannot start."""
     messages = conversation.messages
     if conversation.pending is not None or len(messages) < 2 or messages[-1].role != "assistant":
@@ -267,204 +258,15 @@ def clear(conversation: Conversation) -> None:
     conversation.pending = None
 
 
-def context_meter(conversation: Conversation, model, params: ChatParams) -> ContextMeter:
+def context_meter(conversation: Conversation, model: ChatBackend, params: ChatParams) -> ContextMeter:
     """Tokens the next prompt would use, and which turns it would leave out."""
     meta = params.meta_instruction(model)
     window = params.window(model)
     history = history_pairs(conversation.messages)
-    estimated = getattr(model, "estimates_tokens", False)
+    estimated = model.estimates_tokens
     try:
         budget = model.fit_history("", history, params.max_new_tokens, meta, window)
     except ContextOverflowError:  # the system prompt alone fills the window
         return ContextMeter(model.count_tokens("", [], meta), 0, window, tuple(range(1, len(history) + 1)), estimated)
     dropped = tuple(i + 1 for i in budget.dropped)
     return ContextMeter(budget.prompt_tokens, budget.max_new_tokens, window, dropped, estimated)
-
-
-def model_facts(model, stats: GenerationStats | None) -> dict:
-    """What the model panel shows: identity, placement, memory per GPU, speed of the last reply."""
-    info = model.info
-    remote = not info.device_map
-    return {
-        "served_by": str(info.folder) if remote else None,
-        "model_id": info.model_id,
-        "family": info.family,
-        "dtype": info.dtype,
-        "device_map": device_summary(info.device_map),
-        "memory": gpu_memory(info.device_map),
-        "tokens_per_s": stats.tokens_per_s if stats else None,
-        "time_to_first_token_s": stats.time_to_first_token_s if stats and stats.new_tokens else None,
-    }
-
-
-def device_summary(device_map: dict) -> str:
-    """``cpu``, ``cuda:0``, or ``cuda:0 ×17, cuda:1 ×16`` (blocks per device) for a split model."""
-    if not device_map:
-        return "—"
-    counts: dict[str, int] = {}
-    for device in device_map.values():
-        counts[str(device)] = counts.get(str(device), 0) + 1
-    if len(counts) == 1:
-        return next(iter(counts))
-    return ", ".join(f"{device} ×{n}" for device, n in counts.items())
-
-
-def gpu_memory(device_map: dict) -> dict[str, int] | None:
-    """Bytes allocated by torch on each GPU the model uses; None when it runs on no GPU."""
-    devices = {f"cuda:{d}" if str(d).isdigit() else str(d) for d in device_map.values()}
-    gpus = sorted(d for d in devices if d.startswith("cuda"))
-    if not gpus:
-        return None
-    import torch
-
-    return {device: torch.cuda.memory_allocated(device) for device in gpus}
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in EXPORT_LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def export_json(conversation: Conversation, model, params: ChatParams) -> str:
-    """The conversation as a JSON document that ``import_json`` reads back."""
-    info = model.info
-    document = {
-        "format": EXPORT_FORMAT,
-        "version": EXPORT_VERSION,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"id": info.model_id, "folder": str(info.folder), "family": info.family, "dtype": info.dtype,
-                  "context_window": info.context_window, "is_demo": info.is_demo},
-        "generation": asdict(params),
-        "messages": [{k: v for k, v in asdict(m).items() if v is not None and v is not False}
-                     for m in conversation.messages[: len(conversation.messages) // 2 * 2]],  # answered turns
-        "libraries": library_versions(),
-    }
-    return json.dumps(document, ensure_ascii=False, indent=2)
-
-
-@dataclass(frozen=True)
-class ImportedConversation:
-    messages: list[Message]
-    params: ChatParams
-    model_id: str  # the model the file was made with
-
-
-def import_json(data: str | bytes, model) -> ImportedConversation:
-    """Read an exported conversation; ConversationFileError says precisely what is wrong.
-
-    Settings beyond this model's window are lowered to it.
-    """
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        document = json.loads(text)
-    except UnicodeDecodeError as exc:
-        raise ConversationFileError(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
-    except json.JSONDecodeError as exc:
-        raise ConversationFileError(f"the file is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from exc
-    if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
-        raise ConversationFileError(f'this is not a conversation exported by this app (its "format" must be "{EXPORT_FORMAT}").')
-    if not isinstance(document.get("version"), int) or document["version"] > EXPORT_VERSION:
-        raise ConversationFileError(
-            f"the file has format version {document.get('version')!r}; this app reads version {EXPORT_VERSION} — update the app."
-        )
-    messages = read_messages(document.get("messages"))
-    params = read_params(document.get("generation", {}), model)
-    model_entry = document.get("model") if isinstance(document.get("model"), dict) else {}
-    return ImportedConversation(messages, params, str(model_entry.get("id", "unknown")))
-
-
-def read_messages(entries) -> list[Message]:
-    if not isinstance(entries, list):
-        raise ConversationFileError('"messages" must be a list of {"role", "content"} objects.')
-    messages = []
-    for number, entry in enumerate(entries, start=1):
-        expected = "user" if number % 2 else "assistant"
-        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
-            raise ConversationFileError(f'message {number} must be an object with a text "content".')
-        if entry.get("role") != expected:
-            raise ConversationFileError(
-                f"message {number} has role {entry.get('role')!r} but should be {expected!r}: "
-                "turns must alternate user, assistant, starting with user."
-            )
-        seed = entry.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ConversationFileError(f'message {number} has a "seed" that is not an integer.')
-        messages.append(Message(expected, entry["content"], stopped=entry.get("stopped") is True, seed=seed))
-    if len(messages) % 2:
-        raise ConversationFileError(f"the last message ({len(messages)}) is a question without a reply; remove it or add the reply.")
-    return messages
-
-
-def read_params(entries, model) -> ChatParams:
-    """ChatParams from a file's "generation" object: defaults for missing keys, checked ranges."""
-    if not isinstance(entries, dict):
-        raise ConversationFileError('"generation" must be an object of settings.')
-    known = {f.name: f for f in fields(ChatParams)}
-    unknown = sorted(set(entries) - set(known))
-    if unknown:
-        raise ConversationFileError(f'"generation" has unknown settings: {", ".join(unknown)}.')
-    values = asdict(ChatParams.defaults_for(model))
-    for name, value in entries.items():
-        if name == "system_prompt":
-            if value is not None and not isinstance(value, str):
-                raise ConversationFileError('"system_prompt" must be text or null.')
-        elif name == "seed" and value is None:
-            pass
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConversationFileError(f'"{name}" must be a number, not {value!r}.')
-        else:
-            if known[name].type.startswith("int"):
-                if value != int(value):
-                    raise ConversationFileError(f'"{name}" must be a whole number, not {value}.')
-                value = int(value)
-            else:
-                value = float(value)
-            low, high = param_range(name, model)
-            if PARAM_LIMITS[name][1] is None:  # a window-sized setting from a longer-context model is lowered
-                value = min(value, high)
-            if not low <= value <= high:
-                raise ConversationFileError(f'"{name}" is {value}, outside {low}…{high}.')
-        values[name] = value
-    if not model.family.has_system_prompt:
-        values["system_prompt"] = None
-    elif values["system_prompt"] is None:
-        values["system_prompt"] = model.family.default_meta_instruction
-    return ChatParams(**values)
-
-
-def apply_import(conversation: Conversation, imported: ImportedConversation) -> None:
-    """Replace the history with an imported one (stopping a running reply)."""
-    clear(conversation)
-    conversation.messages.extend(imported.messages)
-    conversation.notice = Notice("imported", detail=imported.model_id)
-
-
-# Fenced blocks (also one still open while streaming) and inline code spans: left as they are.
-CODE_PATTERN = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.DOTALL)
-DISPLAY_MATH = re.compile(r"\\\[(.+?)\\\]", re.DOTALL)
-INLINE_MATH = re.compile(r"\\\((.+?)\\\)", re.DOTALL)
-
-
-def display_markdown(text: str) -> str:
-    """Markdown for a chat bubble: LaTeX written as \\(…\\) and \\[…\\] becomes $…$ and $$…$$,
-    which Streamlit renders; code is left untouched."""
-    parts = CODE_PATTERN.split(text)
-    for i in range(0, len(parts), 2):  # even indices lie outside code
-        parts[i] = INLINE_MATH.sub(r"$\1$", DISPLAY_MATH.sub(r"$$\1$$", parts[i]))
-    return "".join(parts)
-
-
-def open_model(settings):
-    """The chat model ``settings`` names: a RemoteChatModel with ``api_base``, else a local one."""
-    if settings.api_base:
-        from ..serving.remote import RemoteChatModel
-
-        return RemoteChatModel.connect(settings.api_base, settings.api_model)
-    from ..serving.chat_model import load_chat_model
-
-    return load_chat_model(settings.model, **settings.model_options(), progress=False)

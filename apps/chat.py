@@ -211,8 +211,8 @@ def live_reply(t, drawn_queued: bool) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="InternLM Chat", page_icon="💬")
-    language = st.sidebar.radio(labels(LANGUAGES[0])("language"), LANGUAGES, horizontal=True, key="language")
-    t = labels(language)
+    language = st.sidebar.radio(labels(LANGUAGES[0], "chat")("language"), LANGUAGES, horizontal=True, key="language")
+    t = labels(language, "chat")
     st.title(t("title"))
     model = load_or_explain(parse_settings(t), t)
     if model.info.is_demo:

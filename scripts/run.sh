@@ -15,6 +15,6 @@ case "$app" in
                --server.port "${INTERNLM_DEMO_PORT:-6006}" -- "$@" ;;
   agent)     exec "$VENV/bin/streamlit" run apps/agent.py --server.address "$host" \
                --server.port "${INTERNLM_DEMO_PORT:-6007}" -- "$@" ;;
-  xcomposer) exec "$VENV/bin/python" apps/xcomposer.py "$@" ;;
+  xcomposer) exec "$VENV/bin/python" -m apps.xcomposer "$@" ;;
   *) echo "unknown app '$app': use chat, xcomposer or agent" >&2; exit 2 ;;
 esac

@@ -31,10 +31,10 @@ def build_gallery(root: Path) -> Path:
 
 @contextlib.contextmanager
 def running_app(gallery: Path):
-    """``python apps/xcomposer.py --gallery GALLERY`` on a free 127.0.0.1 port; yields its URL."""
+    """``python -m apps.xcomposer --gallery GALLERY`` on a free 127.0.0.1 port; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    with running_server([sys.executable, "apps/xcomposer.py", "--port", str(port), "--gallery", str(gallery)], url,
+    with running_server([sys.executable, "-m", "apps.xcomposer", "--port", str(port), "--gallery", str(gallery)], url,
                         timeout_s=120):
         yield url
 

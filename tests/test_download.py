@@ -501,7 +501,7 @@ def test_cli_xcomposer_summary_names_its_app(monkeypatch, capsys):
 
     use_modelscope(monkeypatch, ModelScopeStandIn(FIXTURES / "internlm-xcomposer-7b-tiny"))
     assert cli.main(["internlm-xcomposer-7b"]) == 0
-    assert "python apps/xcomposer.py --model internlm-xcomposer-7b" in capsys.readouterr().out
+    assert "python -m apps.xcomposer --model internlm-xcomposer-7b" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -9,7 +9,11 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from apps import xcomposer_handlers as handlers
+from apps.xcomposer import chat_handlers as handlers
+from apps.xcomposer.app import build_demo
+from apps.xcomposer.context import ModelProvider
+from internlm_demo.settings import Settings
+from internlm_demo.ui.i18n import labels
 from internlm_demo.xcomposer import load_xcomposer
 from internlm_demo.xcomposer.prompts import conversation_prompt
 from tests.conftest import FIXTURES_DIR, last
@@ -24,7 +28,7 @@ QUICK = {"max_output_tokens": 16, "num_beams": 1, "repetition_penalty": 1.0, "do
 @pytest.fixture(scope="module")
 def provider():
     model = load_xcomposer(None, device="cpu", progress=False)
-    return handlers.ModelProvider(lambda: model)
+    return ModelProvider(lambda: model)
 
 
 def test_handlers_keep_the_conversation_the_model_sees(provider):
@@ -67,13 +71,12 @@ def test_a_message_that_cannot_fit_the_window_is_explained(provider):
 def test_switching_language_relabels(provider):
     language, button, banner = handlers.switch_language(provider, "English")
     assert language == "中文" and button["value"] == "English" and "演示模型" in banner
-    assert handlers.relabel_chat_tab(language)[-1]["value"] == handlers.TEXTS["中文"]["clear"]
+    assert handlers.relabel_chat_tab(language)[-1]["value"] == labels("中文", "xcomposer")("clear")
 
 
 @pytest.fixture(scope="module")
 def client():
-    from apps.xcomposer import demo
-
+    demo = build_demo(Settings.parse([]))
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         yield Client(demo.local_url, verbose=False)

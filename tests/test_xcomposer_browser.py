@@ -1,4 +1,4 @@
-"""`python apps/xcomposer.py` in a real Chromium: upload an image, ask about it, see the streamed reply."""
+"""`python -m apps.xcomposer` in a real Chromium: upload an image, ask about it, see the streamed reply."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def app_url():
     """The app started as a user starts it; it binds 127.0.0.1 by default and uses the embedded demo model."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    with running_server([sys.executable, "apps/xcomposer.py", "--port", str(port)], url):
+    with running_server([sys.executable, "-m", "apps.xcomposer", "--port", str(port)], url):
         yield url
 
 

@@ -455,7 +455,7 @@ def app_commands(model: KnownModel, folder: Path) -> list[str]:
     default = registry.models_dir() / model.id
     name = model.id if folder.resolve() == default.resolve() else shlex.quote(str(folder))
     if model.family == "xcomposer":
-        return [f"python apps/xcomposer.py --model {name}"]
+        return [f"python -m apps.xcomposer --model {name}"]
     return [f"streamlit run apps/chat.py -- --model {name}", f"streamlit run apps/agent.py -- --model {name}"]
 
 

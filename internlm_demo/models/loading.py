@@ -241,7 +241,7 @@ def read_model_folder(folder: Path) -> tuple[dict, Family, InternLMTokenizer, di
     if family is None:
         raise ModelFolderError(
             f"{folder / 'config.json'} has model_type {model_type!r}, which this loader does not know; "
-            "supported: internlm, internlm2, internlm3, llama (XComposer folders open in apps/xcomposer.py)."
+            "supported: internlm, internlm2, internlm3, llama (XComposer folders open in `python -m apps.xcomposer`)."
         )
     generation_path = folder / "generation_config.json"
     generation_config = read_json(generation_path, "generation settings") if generation_path.is_file() else {}

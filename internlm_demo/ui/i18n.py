@@ -1,4 +1,4 @@
-"""The apps' user-facing words in English and 中文; format fields are filled by the caller."""
+"""Every app's user-facing words in English and 中文, one section per app; format fields are filled by the caller."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ DEMO_DOWNLOAD_EN = (
 )
 DEMO_DOWNLOAD_ZH = "要与书生·浦语对话，请先下载真实模型：`python download.py internlm-chat-7b`，再用 `--model internlm-chat-7b` 启动。"
 
-# key: (English, 中文)
-LABELS: dict[str, tuple[str, str]] = {
+# The chat page (apps/chat.py). key: (English, 中文)
+CHAT: dict[str, tuple[str, str]] = {
     "title": ("InternLM Chat", "书生·浦语 对话"),
     "language": ("Language / 语言", "Language / 语言"),
     "demo_banner": (
@@ -90,12 +90,64 @@ LABELS: dict[str, tuple[str, str]] = {
 }
 
 
-def labels(language: str) -> Callable[..., str]:
-    """A lookup ``t(key, **fields)`` in ``language`` (one of LANGUAGES; unknown means English)."""
+# The XComposer app's frame and its "Multimodal chat" tab (apps/xcomposer/).
+XCOMPOSER: dict[str, tuple[str, str]] = {
+    "switch": ("中文", "English"),  # the language button names the other language
+    "tab_chat": ("💬 Multimodal chat", "💬 多模态对话"),
+    "chatbot": ("InternLM-XComposer", "浦语·灵笔"),
+    "input": ("Attach an image (optional), type your question and press Enter", "可附上一张图片，输入问题后按回车"),
+    "parameters": ("Parameters", "参数"),
+    "max_output_tokens": ("Max output tokens", "最多输出字数"),
+    "num_beams": ("Beam size", "集束大小"),
+    "repetition_penalty": ("Repetition penalty", "重复惩罚"),
+    "do_sample": ("Sampling", "采样"),
+    "regenerate": ("🔄 Regenerate", "🔄 重新生成"),
+    "clear": ("🗑️ Clear history", "🗑️ 清空聊天框"),
+    "model": ("Model", "模型"),
+    "no_model": ("The model could not be loaded:", "模型无法加载："),
+    "demo_warning": (
+        "Demo model: tiny and randomly initialised, its replies are noise. "
+        "Download internlm-xcomposer-7b and pass --model to chat for real.",
+        "演示模型：极小且随机初始化，回复没有意义。请下载 internlm-xcomposer-7b 并用 --model 指定。",
+    ),
+}
+
+# The XComposer app's "Write article" tab.
+ARTICLE: dict[str, tuple[str, str]] = {
+    "tab": ("📝 Write article", "📝 创作图文并茂文章"),
+    "title": ("Write an illustrated article based on the given title:", "根据给定标题写一个图文并茂的文章："),
+    "submit": ("Submit", "生成"),
+    "image_count": ("Select the number of the inserted image after article generation.", "生成文章后，可选择全文配图数量"),
+    "fixed": ("Insert a fixed number of images", "固定数量配图"),
+    "advanced": ("Advanced Settings", "高级设置"),
+    "beams": ("Beam Size", "集束大小"),
+    "repetition": ("Repetition_penalty", "重复惩罚"),
+    "max_tokens": ("Max output tokens", "最多输出字数"),
+    "model_selects": ("Model selects images", "模型选图"),
+    "sampling": ("Do_sample", "采样"),
+    "gallery": ("Gallery folder (empty: the generated demo gallery)", "图库文件夹（留空：生成的演示图库）"),
+    "index": ("Index gallery", "建立图库索引"),
+    "section": ("Section", "段落"),
+    "caption": ("Caption", "标题"),
+    "search": ("Search again", "搜索"),
+    "candidates": ("Candidates — click one to use it", "候选图像——点击一张即可使用"),
+    "add": ("➕ Add image", "➕ 添加配图"),
+    "delete": ("🗑️ Delete image", "🗑️ 删除配图"),
+    "edit": ("Edit images", "编辑"),
+    "save": ("Save article", "文章下载"),
+    "file": ("Article (zip: article.md + images/)", "文章（zip：article.md + images/）"),
+}
+
+SECTIONS = {"chat": CHAT, "xcomposer": XCOMPOSER, "article": ARTICLE}
+
+
+def labels(language: str, section: str) -> Callable[..., str]:
+    """A lookup ``t(key, **fields)`` into ``section`` (a key of SECTIONS) in ``language`` (unknown means English)."""
     column = LANGUAGES.index(language) if language in LANGUAGES else 0
+    table = SECTIONS[section]
 
     def t(key: str, **fields) -> str:
-        text = LABELS[key][column]
+        text = table[key][column]
         return text.format(**fields) if fields else text
 
     return t

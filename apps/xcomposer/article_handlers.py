@@ -1,9 +1,8 @@
-"""The "Write article" tab of the XComposer app: a title in, an illustrated article out, editable and savable.
+"""Event handlers of the "Write article" tab, and how they render an article: plain functions, callable without a browser.
 
 Images come from a local gallery folder (``--gallery``; by default a small generated demo gallery),
 indexed once and refreshed incrementally (``internlm_demo.xcomposer.gallery``). The pipeline is
-``internlm_demo.xcomposer.article``; this module only lays out the tab and wires its handlers,
-which are plain functions callable without a browser.
+``internlm_demo.xcomposer.article``.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import gradio as gr
 from PIL import Image
 
 from internlm_demo.errors import ModelFolderError
+from internlm_demo.ui.i18n import labels
 from internlm_demo.xcomposer.article import (
     STAGES,
     Article,
@@ -36,41 +36,20 @@ from internlm_demo.xcomposer.article import (
 )
 from internlm_demo.xcomposer.gallery import GalleryError, GalleryIndex, ensure_demo_gallery, open_gallery
 
-EXAMPLES = ["又见敦煌", "星链新闻稿", "如何养好一只宠物", "Shanghai Travel Guide in English",
-            "Travel guidance of London in English", "Advertising for Genshin Impact in English"]
+from .context import ModelProvider
+
 THUMBNAIL_SIDE = 480
 CANDIDATE_SIDE = 256
 CURSOR = "▌"
 # Gradio finds a handler's progress tracker by this default value; it binds it to each event itself.
 PROGRESS = gr.Progress()
-TEXTS = {
-    "English": {
-        "tab": "📝 Write article", "title": "Write an illustrated article based on the given title:",
-        "submit": "Submit", "image_count": "Select the number of the inserted image after article generation.",
-        "fixed": "Insert a fixed number of images", "advanced": "Advanced Settings", "beams": "Beam Size",
-        "repetition": "Repetition_penalty", "max_tokens": "Max output tokens", "model_selects": "Model selects images",
-        "sampling": "Do_sample", "gallery": "Gallery folder (empty: the generated demo gallery)",
-        "index": "Index gallery", "section": "Section", "caption": "Caption", "search": "Search again",
-        "candidates": "Candidates — click one to use it", "add": "➕ Add image", "delete": "🗑️ Delete image",
-        "edit": "Edit images", "save": "Save article", "file": "Article (zip: article.md + images/)",
-    },
-    "中文": {
-        "tab": "📝 创作图文并茂文章", "title": "根据给定标题写一个图文并茂的文章：", "submit": "生成",
-        "image_count": "生成文章后，可选择全文配图数量", "fixed": "固定数量配图", "advanced": "高级设置",
-        "beams": "集束大小", "repetition": "重复惩罚", "max_tokens": "最多输出字数", "model_selects": "模型选图",
-        "sampling": "采样", "gallery": "图库文件夹（留空：生成的演示图库）", "index": "建立图库索引",
-        "section": "段落", "caption": "标题", "search": "搜索", "candidates": "候选图像——点击一张即可使用",
-        "add": "➕ 添加配图", "delete": "🗑️ 删除配图", "edit": "编辑", "save": "文章下载",
-        "file": "文章（zip：article.md + images/）",
-    },
-}
 
 
 @dataclass(frozen=True)
 class ArticleTab:
-    """What the handlers share: the app's model provider (``get()`` → XComposer) and the default gallery."""
+    """What the handlers share: the app's model provider and the default gallery."""
 
-    provider: object
+    provider: ModelProvider
     default_gallery: str | None = None
 
 
@@ -327,83 +306,12 @@ def save_article(article: Article | None) -> str | None:
 
 
 def relabel(language: str) -> tuple:
-    """Labels of the tab in ``language``, one update per component of ``build_article_tab``'s relabel list."""
-    t = TEXTS.get(language, TEXTS["English"])
-    return (gr.update(label=t["tab"]), gr.update(label=t["title"]), gr.update(value=t["submit"]),
-            gr.update(label=t["image_count"]), gr.update(value=t["fixed"]), gr.update(label=t["advanced"]),
-            gr.update(label=t["beams"]), gr.update(label=t["repetition"]), gr.update(label=t["max_tokens"]),
-            gr.update(label=t["model_selects"]), gr.update(label=t["sampling"]), gr.update(label=t["gallery"]),
-            gr.update(value=t["index"]), gr.update(label=t["edit"]), gr.update(label=t["section"]),
-            gr.update(label=t["caption"]), gr.update(value=t["search"]), gr.update(label=t["candidates"]),
-            gr.update(value=t["add"]), gr.update(value=t["delete"]), gr.update(value=t["save"]), gr.update(label=t["file"]))
-
-
-# --- layout ---------------------------------------------------------------------------------------
-
-
-def build_article_tab(app) -> None:
-    """Lay out the tab inside the app's Blocks; ``app`` has ``provider``, ``language`` and ``gallery``."""
-    tab_context = ArticleTab(app.provider, app.gallery)
-    t = TEXTS["English"]
-    with gr.Tab(t["tab"], id="article") as tab:
-        article = gr.State(None)
-        with gr.Row():
-            title = gr.Textbox(label=t["title"], scale=2, elem_id="article-title")
-            submit = gr.Button(t["submit"], variant="primary", scale=1, elem_id="article-submit")
-        with gr.Row():
-            image_count = gr.Slider(1, 30, value=5, step=1, label=t["image_count"], scale=2)
-            fixed = gr.Button(t["fixed"], interactive=False, scale=1)
-        with gr.Row():
-            with gr.Column():
-                with gr.Accordion(t["advanced"], open=False, elem_id="article-advanced") as advanced:
-                    num_beams = gr.Slider(1, 6, value=5, step=1, label=t["beams"], elem_id="article-beams")
-                    repetition_penalty = gr.Slider(1.0, 10.0, value=5.0, step=0.1, label=t["repetition"])
-                    max_output_tokens = gr.Slider(100, 2000, value=1000, step=1, label=t["max_tokens"],
-                                                  elem_id="article-max-tokens")
-                    model_selects = gr.Checkbox(value=True, label=t["model_selects"])
-                    do_sample = gr.Checkbox(value=False, label=t["sampling"])
-                with gr.Row():
-                    folder = gr.Textbox(value=tab_context.default_gallery or "", label=t["gallery"], scale=3)
-                    index = gr.Button(t["index"], scale=1)
-                gallery_status = gr.Markdown(elem_id="article-gallery-status")
-            with gr.Column():
-                gr.Examples(examples=[[example] for example in EXAMPLES], inputs=[title])
-        status = gr.Markdown(stage_board(), elem_id="article-status")
-        notes = gr.Markdown(elem_id="article-notes")
-        with gr.Row():
-            with gr.Column(scale=3):
-                view = gr.Markdown(elem_id="article-view")
-            with gr.Column(scale=2), gr.Accordion(t["edit"], open=True, visible=False) as editor:
-                section = gr.Dropdown(choices=[], label=t["section"], elem_id="article-section")
-                section_text = gr.Markdown()
-                with gr.Row():
-                    caption = gr.Textbox(label=t["caption"], scale=4, elem_id="article-caption")
-                    search = gr.Button(t["search"], scale=1, elem_id="article-search")
-                candidates = gr.Gallery(label=t["candidates"], columns=2, height="auto", allow_preview=False,
-                                        elem_id="article-candidates")
-                with gr.Row():
-                    add = gr.Button(t["add"], visible=False, elem_id="article-add")
-                    delete = gr.Button(t["delete"], visible=False, elem_id="article-delete")
-        save = gr.Button(t["save"], elem_id="article-save")
-        saved = gr.File(label=t["file"], elem_id="article-file")
-
-    outputs = [article, status, notes, view, section, section_text, caption, candidates, add, delete, editor, fixed]
-    parameters = [num_beams, repetition_penalty, max_output_tokens, model_selects, do_sample]
-    model_queue = {"concurrency_id": "xcomposer-model", "concurrency_limit": 1}
-    gr.on([submit.click, title.submit], functools.partial(write_article, tab_context), [title, *parameters, folder],
-          outputs, api_name="write_article", **model_queue)
-    fixed.click(functools.partial(insert_fixed_images, tab_context), [article, image_count, *parameters, folder], outputs,
-                api_name="insert_fixed_images", **model_queue)
-    index.click(functools.partial(index_gallery, tab_context), folder, gallery_status, api_name="index_gallery")
-    section.input(show_section, [article, section], outputs[5:11], api_name="show_section")
-    search.click(functools.partial(search_section, tab_context), [article, section, caption, folder], outputs,
-                 api_name="search_again")
-    candidates.select(choose_candidate, [article, section], outputs, api_name=False)
-    add.click(functools.partial(add_section_image, tab_context), [article, section, folder], outputs,
-              api_name="add_image", **model_queue)
-    delete.click(delete_section_image, [article, section], outputs, api_name="delete_image")
-    save.click(save_article, article, saved, api_name="save_article")
-    app.language.change(relabel, app.language,
-                        [tab, title, submit, image_count, fixed, advanced, num_beams, repetition_penalty,
-                         max_output_tokens, model_selects, do_sample, folder, index, editor, section, caption, search,
-                         candidates, add, delete, save, saved])
+    """Labels of the tab in ``language``, one update per component of ``article_tab.build_article_tab``'s relabel list."""
+    t = labels(language, "article")
+    return (gr.update(label=t("tab")), gr.update(label=t("title")), gr.update(value=t("submit")),
+            gr.update(label=t("image_count")), gr.update(value=t("fixed")), gr.update(label=t("advanced")),
+            gr.update(label=t("beams")), gr.update(label=t("repetition")), gr.update(label=t("max_tokens")),
+            gr.update(label=t("model_selects")), gr.update(label=t("sampling")), gr.update(label=t("gallery")),
+            gr.update(value=t("index")), gr.update(label=t("edit")), gr.update(label=t("section")),
+            gr.update(label=t("caption")), gr.update(value=t("search")), gr.update(label=t("candidates")),
+            gr.update(value=t("add")), gr.update(value=t("delete")), gr.update(value=t("save")), gr.update(label=t("file")))

@@ -1,36 +1,23 @@
-"""Event handlers of the XComposer app: plain functions over a ChatSession, callable without a browser."""
+"""Event handlers of the XComposer chat tab and the app's header: plain functions over a ChatSession, callable without a browser."""
 
 from __future__ import annotations
 
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gradio as gr
 
 from internlm_demo.errors import ContextOverflowError, ModelFolderError
-from internlm_demo.xcomposer import Exchange, ImageRejectedError, XComposer, load_image
+from internlm_demo.ui.i18n import LANGUAGES, labels
+from internlm_demo.xcomposer import Exchange, ImageRejectedError, load_image
+
+from .context import ModelProvider
 
 PREVIEW_SIZE = 512
 CURSOR = "▌"
 EMPTY_MESSAGE = {"text": "", "files": []}
-
-
-class ModelProvider:
-    """Loads the model on first use, once per process; after a failure the next call tries again."""
-
-    def __init__(self, load: Callable[[], XComposer]):
-        self._load = load
-        self._model: XComposer | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> XComposer:
-        with self._lock:
-            if self._model is None:
-                self._model = self._load()
-            return self._model
 
 
 @dataclass
@@ -47,15 +34,16 @@ def new_session() -> ChatSession:
 
 def model_banner(provider: ModelProvider, language: str = "English") -> str:
     """Markdown naming the loaded model; a demo model is flagged loudly."""
+    t = labels(language, "xcomposer")
     try:
         model = provider.get()
     except ModelFolderError as exc:
-        return f"**{text_for(language, 'no_model')}** {exc}"
+        return f"**{t('no_model')}** {exc}"
     info = model.info
     devices = ", ".join(sorted(set(info.device_map.values())))
-    line = f"**{text_for(language, 'model')}:** `{info.model_id}` · {info.dtype} · {devices}"
+    line = f"**{t('model')}:** `{info.model_id}` · {info.dtype} · {devices}"
     if info.is_demo:
-        line += f"\n\n⚠️ **{text_for(language, 'demo_warning')}**"
+        line += f"\n\n⚠️ **{t('demo_warning')}**"
     return line
 
 
@@ -158,66 +146,24 @@ def clear_history() -> tuple[list[dict], ChatSession, dict]:
     return [], new_session(), EMPTY_MESSAGE
 
 
-LANGUAGES = ("English", "中文")
-TEXTS = {
-    "English": {
-        "switch": "中文",
-        "tab_chat": "💬 Multimodal chat",
-        "chatbot": "InternLM-XComposer",
-        "input": "Attach an image (optional), type your question and press Enter",
-        "parameters": "Parameters",
-        "max_output_tokens": "Max output tokens",
-        "num_beams": "Beam size",
-        "repetition_penalty": "Repetition penalty",
-        "do_sample": "Sampling",
-        "regenerate": "🔄 Regenerate",
-        "clear": "🗑️ Clear history",
-        "model": "Model",
-        "no_model": "The model could not be loaded:",
-        "demo_warning": "Demo model: tiny and randomly initialised, its replies are noise. "
-        "Download internlm-xcomposer-7b and pass --model to chat for real.",
-    },
-    "中文": {
-        "switch": "English",
-        "tab_chat": "💬 多模态对话",
-        "chatbot": "浦语·灵笔",
-        "input": "可附上一张图片，输入问题后按回车",
-        "parameters": "参数",
-        "max_output_tokens": "最多输出字数",
-        "num_beams": "集束大小",
-        "repetition_penalty": "重复惩罚",
-        "do_sample": "采样",
-        "regenerate": "🔄 重新生成",
-        "clear": "🗑️ 清空聊天框",
-        "model": "模型",
-        "no_model": "模型无法加载：",
-        "demo_warning": "演示模型：极小且随机初始化，回复没有意义。请下载 internlm-xcomposer-7b 并用 --model 指定。",
-    },
-}
-
-
-def text_for(language: str, key: str) -> str:
-    return TEXTS[language if language in TEXTS else "English"][key]
-
-
 def switch_language(provider: ModelProvider, current: str):
     """Flip between English and 中文: returns (language, the button's new label, the model banner)."""
-    language = "中文" if current == "English" else "English"
-    return language, gr.update(value=text_for(language, "switch")), model_banner(provider, language)
+    language = LANGUAGES[1] if current == LANGUAGES[0] else LANGUAGES[0]
+    return language, gr.update(value=labels(language, "xcomposer")("switch")), model_banner(provider, language)
 
 
 def relabel_chat_tab(language: str):
     """Labels of the chat tab in ``language``, one update per component."""
-    t = TEXTS[language]
+    t = labels(language, "xcomposer")
     return (
-        gr.update(label=t["tab_chat"]),
-        gr.update(label=t["chatbot"]),
-        gr.update(placeholder=t["input"]),
-        gr.update(label=t["parameters"]),
-        gr.update(label=t["max_output_tokens"]),
-        gr.update(label=t["num_beams"]),
-        gr.update(label=t["repetition_penalty"]),
-        gr.update(label=t["do_sample"]),
-        gr.update(value=t["regenerate"]),
-        gr.update(value=t["clear"]),
+        gr.update(label=t("tab_chat")),
+        gr.update(label=t("chatbot")),
+        gr.update(placeholder=t("input")),
+        gr.update(label=t("parameters")),
+        gr.update(label=t("max_output_tokens")),
+        gr.update(label=t("num_beams")),
+        gr.update(label=t("repetition_penalty")),
+        gr.update(label=t("do_sample")),
+        gr.update(value=t("regenerate")),
+        gr.update(value=t("clear")),
     )

@@ -8,15 +8,18 @@ import zipfile
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from internlm_demo.xcomposer import article as pipeline
 from internlm_demo.xcomposer import load_xcomposer
 from internlm_demo.xcomposer.article import (
     STAGES,
+    Article,
     ArticleError,
     ComposeSettings,
     XComposerWriter,
     compose,
+    editing,
+    export,
     illustrate,
+    pipeline,
 )
 from internlm_demo.xcomposer.gallery import open_gallery
 from internlm_demo.xcomposer.model import SELECT_IMAGE_SETTINGS
@@ -185,7 +188,7 @@ def test_every_stage_runs_with_the_embedded_model(writer, gallery):
     assert len(writing) > 1  # streamed
     assert model.prompts[0] == pipeline.ARTICLE_PROMPT.format(title="又见敦煌")
     assert article.placements and len(placed(article)) == len(set(placed(article)))
-    markdown = pipeline.to_markdown(article, lambda position, placement: placement.image)
+    markdown = export.to_markdown(article, lambda position, placement: placement.image)
     links = LINK.findall(markdown)
     assert links and all((gallery.root / link).is_file() for link in links)
     assert markdown.startswith("# 又见敦煌\n")
@@ -216,7 +219,7 @@ def test_unparsable_outputs_fall_back_and_say_so(writer, gallery):
 
 def test_fixed_number_of_images_without_model_selection(writer, gallery):
     model = ScriptedStages(writer, article=ARTICLE, locations="<Seg4>")
-    article = pipeline.Article("又见敦煌", pipeline.split_sections(ARTICLE), str(gallery.root))
+    article = Article("又见敦煌", pipeline.split_sections(ARTICLE), str(gallery.root))
     events = list(illustrate(model, gallery, article, ComposeSettings(image_count=3, model_selects_images=False)))
     assert sorted(article.placements) == [0, 2, 4] and model.choices_asked == 0
     assert article.notes == ["The model named 1 usable section(s) of the 3 asked for; the rest were chosen evenly spaced."]
@@ -238,24 +241,24 @@ def test_a_small_gallery_never_places_an_image_twice(writer, tmp_path):
 
 def test_editing_an_article(writer, gallery):
     _, article = run(ScriptedStages(writer, article=ARTICLE, locations="<Seg1>"), gallery)
-    before = pipeline.edited(article)
-    searched = pipeline.search_again(gallery, article, 1, "sunset over the sea 海边日落")
+    before = editing.edited(article)
+    searched = editing.search_again(gallery, article, 1, "sunset over the sea 海边日落")
     assert searched.placements[1].caption == "sunset over the sea 海边日落"
     assert searched.placements[1].image.startswith("大海 sea/") and article.placements == before.placements
-    picked = pipeline.pick_candidate(searched, 1, 2)
+    picked = editing.pick_candidate(searched, 1, 2)
     assert picked.placements[1].image == searched.placements[1].candidates[2]
-    added = pipeline.add_image(CappedLengths(writer), gallery, picked, 3)
+    added = editing.add_image(CappedLengths(writer), gallery, picked, 3)
     assert added.placements[3].image not in placed(picked) and added.placements[3].caption
     with pytest.raises(ArticleError, match="already placed"):
-        clash = pipeline.edited(added)
+        clash = editing.edited(added)
         clash.placements[3].candidates.append(added.placements[1].image)
-        pipeline.pick_candidate(clash, 3, len(clash.placements[3].candidates) - 1)
-    removed = pipeline.delete_image(added, 1)
+        editing.pick_candidate(clash, 3, len(clash.placements[3].candidates) - 1)
+    removed = editing.delete_image(added, 1)
     assert sorted(removed.placements) == [3]
     with pytest.raises(ArticleError, match="no section 9"):
-        pipeline.delete_image(removed, 8)
+        editing.delete_image(removed, 8)
     with pytest.raises(ArticleError, match="Type a caption"):
-        pipeline.search_again(gallery, removed, 3, "  ")
+        editing.search_again(gallery, removed, 3, "  ")
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -266,7 +269,7 @@ def test_zip_holds_the_markdown_and_every_image_it_links(writer, gallery, tmp_pa
     bmp = gallery.root / "城市 city" / "old-scan.bmp"
     Image.new("RGB", (30, 20), "purple").save(bmp)
     article.placements[2].candidates[article.placements[2].chosen] = bmp.relative_to(gallery.root).as_posix()
-    target = pipeline.export_zip(article, tmp_path / "out")
+    target = export.export_zip(article, tmp_path / "out")
     with zipfile.ZipFile(target) as archive:
         names = set(archive.namelist())
         markdown = archive.read("article.md").decode("utf-8")
@@ -280,7 +283,7 @@ def test_zip_holds_the_markdown_and_every_image_it_links(writer, gallery, tmp_pa
         assert converted.format == "PNG" and converted.size == (30, 20)
     bmp.unlink()
     with pytest.raises(ArticleError, match="no longer in the gallery"):
-        pipeline.export_zip(article, tmp_path / "again")
+        export.export_zip(article, tmp_path / "again")
 
 
 # --- bad input ------------------------------------------------------------------------------------

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from internlm_demo.xcomposer import gallery
-from internlm_demo.xcomposer.gallery import Captioner, GalleryError, open_gallery, text_terms
+from internlm_demo.xcomposer.gallery import Captioner, GalleryError, ensure_demo_gallery, open_gallery
+from internlm_demo.xcomposer.gallery.demo import DEMO_IMAGES_PER_TOPIC, DEMO_TOPICS
+from internlm_demo.xcomposer.gallery.index import cache_folder_for
+from internlm_demo.xcomposer.gallery.matching import default_encoder
+from internlm_demo.xcomposer.gallery.text import name_text, text_terms
 
 # A labelled gallery: 10 topics × 4 images in folders named in Chinese or English, file names as a
 # person or a camera would give them, one sidecar per topic in the other language. The queries are
@@ -96,7 +99,7 @@ def test_encoder_works_without_any_network():
 
 def test_terms_cover_words_and_cjk_bigrams():
     assert text_terms("Sunsets over 大海边, 2023") == ["sunset", "over", "大", "海", "边", "大海", "海边"]
-    assert gallery.name_text("海边/IMG_2031/sunset_beach-02.jpg") == "海边 sunset beach"
+    assert name_text("海边/IMG_2031/sunset_beach-02.jpg") == "海边 sunset beach"
 
 
 def test_retrieval_quality_on_labelled_gallery(labelled):
@@ -146,7 +149,7 @@ def test_second_start_reuses_the_index(tmp_path):
     """The index lives on disk in the demo cache; opening the gallery again (as a new start does) reads it."""
     root = build_labelled_gallery(tmp_path / "gallery")
     first = open_gallery(root)  # default cache: $INTERNLM_DEMO_CACHE/galleries/<hash of the folder>
-    index_file = gallery.cache_folder_for(root.resolve()) / "index.json"
+    index_file = cache_folder_for(root.resolve()) / "index.json"
     assert first.report.added == 40 and index_file.is_file()
     written = index_file.stat().st_mtime_ns
     second = open_gallery(root)
@@ -210,10 +213,10 @@ def test_captions_are_written_once_and_redone_for_another_captioner(tmp_path):
 
 
 def test_demo_gallery_is_generated_once_and_searchable():
-    folder = gallery.ensure_demo_gallery()
-    assert gallery.ensure_demo_gallery() == folder
+    folder = ensure_demo_gallery()
+    assert ensure_demo_gallery() == folder
     index = open_gallery(folder)
-    assert len(index) == len(gallery.DEMO_TOPICS) * gallery.DEMO_IMAGES_PER_TOPIC
+    assert len(index) == len(DEMO_TOPICS) * DEMO_IMAGES_PER_TOPIC
     assert index.search("敦煌莫高窟色彩斑斓的壁画", 1)[0].path.startswith("敦煌 Dunhuang/")
     assert index.search("sunset at the beach", 1)[0].path.startswith("海边 seaside/")
 
@@ -226,7 +229,7 @@ def test_a_thousand_images_index_and_reindex(tmp_path):
         folder = root / f"album{i % 20:02d}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (320, 240), (i % 256, i * 7 % 256, i * 13 % 256)).save(folder / f"{words[i % 10]}_{words[i // 10 % 10]}_{i}.png")
-    gallery.default_encoder().encode(["load the encoder before timing"])
+    default_encoder().encode(["load the encoder before timing"])
     started = time.perf_counter()
     first = open_gallery(root, cache_dir=tmp_path / "cache")
     cold = time.perf_counter() - started

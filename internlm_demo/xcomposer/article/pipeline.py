@@ -8,30 +8,22 @@ pick the best candidate (A–D) in context; assemble Markdown with the images in
 
 When the model's choice of sections or of a candidate does not parse, a documented fallback is used
 (evenly spaced sections; candidate A) and ``Article.notes`` says so. The pipeline is plain generators
-of ``StageEvent``; the model is anything with the three methods of ``ComposerModel``.
+of ``StageEvent``; the model is anything with the three methods of ``document.ComposerModel``.
 """
 
 from __future__ import annotations
 
-import copy
-import io
 import re
-import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Iterator
 
-from PIL import Image
-
-from .gallery import Captioner, GalleryIndex
-from .preprocess import ImageRejectedError, load_image
-from .prompts import EOA, EOH, Text, align_text, parse_selection, select_image_text
+from ..gallery import GalleryIndex
+from ..preprocess import ImageRejectedError, load_image
+from ..prompts import EOH, align_text, parse_selection, select_image_text
+from .document import Article, ArticleError, ComposerModel, ComposeSettings, Placement, StageEvent
 
 MAX_SECTIONS = 60
 MAX_TITLE_CHARS = 200
 CANDIDATE_COUNT = 4
-STAGES = ("writing", "placing", "captioning", "retrieving", "selecting")
 
 # The original demo's prompts (fixture reference: demo_templates).
 ARTICLE_PROMPT = " <|User|>:根据给定标题写一个图文并茂，不重复的文章：{title}\n" + EOH + " <|Bot|>:"
@@ -51,78 +43,6 @@ CAPTION_GENERATION = {"num_beams": 1, "max_new_tokens": 99, "repetition_penalty"
 FALLBACK_SECTIONS_PER_IMAGE = 3
 FALLBACK_MAX_IMAGES = 5
 CAPTION_FALLBACK_CHARS = 50
-
-
-class ArticleError(ValueError):
-    """Input the pipeline cannot work with; the message says what to do."""
-
-
-class ComposerModel(Protocol):
-    """What the pipeline needs from XComposer; ``XComposerWriter`` provides it. Prompts are raw text (BOS added)."""
-
-    def stream_text(self, prompt: str, **generation) -> Iterator[str]:
-        """The reply so far, after each step; the last value is the whole reply."""
-
-    def generate_text(self, prompt: str, **generation) -> str:
-        """The whole reply."""
-
-    def choose_image(self, prompt: str, images: list[Image.Image]) -> str:
-        """The raw reply to ``prompt`` with one image per ``<ImageHere>``, as the demo's ``model_select_image``."""
-
-
-@dataclass
-class ComposeSettings:
-    """The article tab's controls; the defaults are the original demo's."""
-
-    num_beams: int = 5
-    repetition_penalty: float = 5.0
-    max_output_tokens: int = 1000  # the demo's max_length: 999 new tokens
-    model_selects_images: bool = True
-    do_sample: bool = False
-    image_count: int | None = None  # None: the model decides how many images
-
-    def article_generation(self) -> dict:
-        return {"num_beams": int(self.num_beams), "repetition_penalty": float(self.repetition_penalty),
-                "max_new_tokens": max(1, int(self.max_output_tokens) - 1), "do_sample": bool(self.do_sample)}
-
-
-@dataclass
-class Placement:
-    """The image after one section: its caption, the candidates found for it, and the one chosen."""
-
-    caption: str
-    candidates: list[str]  # gallery-relative paths, best match first
-    chosen: int = 0
-
-    @property
-    def image(self) -> str | None:
-        return self.candidates[self.chosen] if self.candidates else None
-
-
-@dataclass
-class Article:
-    """An article being composed or edited."""
-
-    title: str
-    sections: list[str]
-    gallery_root: str
-    placements: dict[int, Placement] = field(default_factory=dict)  # section index → image
-    notes: list[str] = field(default_factory=list)  # fallbacks and problems, for the UI
-
-    def placed_images(self, except_section: int | None = None) -> set[str]:
-        return {p.image for i, p in self.placements.items() if p.image and i != except_section}
-
-
-@dataclass
-class StageEvent:
-    """Progress of the pipeline: the stage, a line for the UI, and the work so far."""
-
-    stage: str  # one of STAGES, or "done"
-    message: str
-    step: int = 0
-    total: int = 0
-    text: str = ""  # the article text so far, while writing
-    article: Article | None = None
 
 
 # --- input ----------------------------------------------------------------------------------------
@@ -339,193 +259,12 @@ def illustrate(model: ComposerModel, gallery: GalleryIndex, article: Article, se
     yield StageEvent("done", f"Done: {len(article.placements)} image(s) in {len(sections)} section(s).", article=article)
 
 
-def write_caption(model: ComposerModel, article: Article, position: int, earlier: list[tuple[int, str]]) -> str:
-    output = model.generate_text(caption_prompt(article.sections, position, earlier), **CAPTION_GENERATION)
+def write_caption(model: ComposerModel, article: Article, position: int, earlier: list[tuple[int, str]],
+                  inserting: bool = False) -> str:
+    """The model's caption for the image after ``position``; the section's last words when it writes none (noted)."""
+    output = model.generate_text(caption_prompt(article.sections, position, earlier, inserting), **CAPTION_GENERATION)
     caption = parse_caption(output)
     if not caption:
         caption = fallback_caption(article.sections[position])
         article.notes.append(f"Section {position + 1}: the model wrote no caption; the section's last words were used.")
     return caption
-
-
-# --- editing --------------------------------------------------------------------------------------
-
-
-def edited(article: Article) -> Article:
-    """A copy to edit, so that a UI's earlier state stays as it was."""
-    return copy.deepcopy(article)
-
-
-def check_section(article: Article, position: int) -> int:
-    position = int(position)
-    if not 0 <= position < len(article.sections):
-        raise ArticleError(f"There is no section {position + 1}; the article has {len(article.sections)}.")
-    return position
-
-
-def search_again(gallery: GalleryIndex, article: Article, position: int, caption: str) -> Article:
-    """New candidates for ``position`` from an edited caption (images placed elsewhere left out); picks the first."""
-    position = check_section(article, position)
-    caption = caption.strip()
-    if not caption:
-        raise ArticleError("Type a caption to search for.")
-    check_gallery(gallery)
-    article = edited(article)
-    candidates = find_candidates(gallery, caption, article.placed_images(except_section=position), set())
-    if not candidates:
-        raise ArticleError("No unused image in the gallery matches; delete an image elsewhere or add images to the gallery.")
-    article.placements[position] = Placement(caption, candidates)
-    return article
-
-
-def pick_candidate(article: Article, position: int, index: int) -> Article:
-    """Use candidate ``index`` for the image after section ``position``."""
-    position = check_section(article, position)
-    placement = article.placements.get(position)
-    if placement is None:
-        raise ArticleError(f"Section {position + 1} has no image; add one first.")
-    if not 0 <= int(index) < len(placement.candidates):
-        raise ArticleError(f"There is no candidate {int(index) + 1} for section {position + 1}.")
-    if placement.candidates[int(index)] in article.placed_images(except_section=position):
-        raise ArticleError("That image is already placed after another section; pick another one.")
-    article = edited(article)
-    article.placements[position].chosen = int(index)
-    return article
-
-
-def delete_image(article: Article, position: int) -> Article:
-    position = check_section(article, position)
-    article = edited(article)
-    article.placements.pop(position, None)
-    return article
-
-
-def add_image(model: ComposerModel, gallery: GalleryIndex, article: Article, position: int) -> Article:
-    """Caption the section as the demo's ➕ did (earlier captions as context) and place the best match."""
-    position = check_section(article, position)
-    check_gallery(gallery)
-    article = edited(article)
-    earlier = [(p, pl.caption) for p, pl in sorted(article.placements.items()) if p < position + 2 and p != position]
-    prompt = caption_prompt(article.sections, position, earlier, inserting=True)
-    caption = parse_caption(model.generate_text(prompt, **CAPTION_GENERATION))
-    if not caption:
-        caption = fallback_caption(article.sections[position])
-        article.notes.append(f"Section {position + 1}: the model wrote no caption; the section's last words were used.")
-    candidates = find_candidates(gallery, caption, article.placed_images(except_section=position), set())
-    if not candidates:
-        raise ArticleError("The gallery has no unused image left; delete an image elsewhere or add images to the gallery.")
-    article.placements[position] = Placement(caption, candidates)
-    return article
-
-
-# --- output ---------------------------------------------------------------------------------------
-
-
-def to_markdown(article: Article, image_link: Callable[[int, Placement], str], heading: bool = True) -> str:
-    """The article as Markdown, each image (linked by ``image_link``) after its section."""
-    blocks = [f"# {article.title}"] if heading else []
-    for position, section in enumerate(article.sections):
-        blocks.append(section)
-        placement = article.placements.get(position)
-        if placement is not None and placement.image:
-            alt = placement.caption.replace("[", "(").replace("]", ")").replace("\n", " ")
-            blocks.append(f"![{alt}]({image_link(position, placement)})")
-    return "\n\n".join(blocks) + "\n"
-
-
-# Formats every browser and Markdown viewer shows; others are converted to PNG in the zip.
-PORTABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
-
-
-def exported_name(position: int, source: str) -> str:
-    suffix = Path(source).suffix.lower()
-    return f"images/section-{position + 1:02d}{suffix if suffix in PORTABLE_SUFFIXES else '.png'}"
-
-
-def safe_file_stem(title: str) -> str:
-    stem = re.sub(r'[\\/:*?"<>|\s]+', "_", title).strip("._")[:60]
-    return stem or "article"
-
-
-def export_zip(article: Article, destination: Path) -> Path:
-    """A zip of ``article.md`` and the chosen images under ``images/``, linked by relative path."""
-    root = Path(article.gallery_root)
-    for position, placement in sorted(article.placements.items()):
-        if placement.image and not (root / placement.image).is_file():
-            raise ArticleError(f"The image for section {position + 1} ({placement.image}) is no longer in the gallery; "
-                               "pick another candidate or search again.")
-    destination.mkdir(parents=True, exist_ok=True)
-    target = destination / f"{safe_file_stem(article.title)}.zip"
-    markdown = to_markdown(article, lambda position, placement: exported_name(position, placement.image))
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("article.md", markdown)
-        for position, placement in sorted(article.placements.items()):
-            if not placement.image:
-                continue
-            source, name = root / placement.image, exported_name(position, placement.image)
-            if Path(name).suffix == source.suffix.lower():
-                archive.write(source, name)
-            else:
-                converted = io.BytesIO()
-                with Image.open(source) as image:
-                    image.save(converted, format="PNG")
-                archive.writestr(name, converted.getvalue())
-    return target
-
-
-# --- the model boundary ---------------------------------------------------------------------------
-
-# Index-time captions: one short sentence per gallery image, in the language the captions are written in.
-DESCRIBE_QUESTION = "请用一句话描述这张图片。"
-DESCRIBE_GENERATION = {"max_new_tokens": 60}
-
-
-class XComposerWriter:
-    """``ComposerModel`` over a loaded ``XComposer``: raw prompts through its embeddings and 4.33-style decoder."""
-
-    def __init__(self, xcomposer):
-        self.xcomposer = xcomposer
-
-    def _decoder(self, prompt: str, generation: dict):
-        xcomposer = self.xcomposer
-        embeds = xcomposer.embed([Text(prompt, bos=True)])
-        room = xcomposer.context_window - embeds.shape[1]
-        if room < 1:
-            raise ArticleError(f"The prompt is {embeds.shape[1]} tokens long, more than the model's "
-                               f"{xcomposer.context_window}-token window; shorten the article or the title.")
-        generation = {**generation, "max_new_tokens": min(generation["max_new_tokens"], room)}
-        return xcomposer.decoder(embeds, defaults={}, **generation)
-
-    def _reply(self, ids: list[int]) -> str:
-        """The decoded reply, cut where a stop marker begins (a tokenizer may print them)."""
-        text = self.xcomposer.response_text(ids)
-        for marker in (EOH, EOA):
-            text = text.split(marker)[0]
-        return text
-
-    def stream_text(self, prompt: str, **generation) -> Iterator[str]:
-        decoder = self._decoder(prompt, generation)
-        shown = None
-        for ids in decoder.steps():
-            text = self._reply(ids)
-            if text != shown and not text.endswith("\ufffd"):  # wait for a character's remaining bytes
-                shown = text
-                yield text
-        final = self._reply(decoder.output_ids)
-        if final != shown:
-            yield final
-
-    def generate_text(self, prompt: str, **generation) -> str:
-        return self._reply(self._decoder(prompt, generation).run())
-
-    def choose_image(self, prompt: str, images: list[Image.Image]) -> str:
-        return self.xcomposer.answer_selection(prompt, images)
-
-    def captioner(self) -> Captioner:
-        """A gallery captioner: XComposer describes each image once, at index time."""
-        xcomposer = self.xcomposer
-
-        def describe(path: Path) -> str:
-            return xcomposer.generate(DESCRIBE_QUESTION, load_image(path), **DESCRIBE_GENERATION)
-
-        return Captioner(f"{xcomposer.info.model_id}:{DESCRIBE_QUESTION}", describe)

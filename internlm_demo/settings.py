@@ -23,6 +23,11 @@ class Settings:
     gallery: str | None = None  # image folder for XComposer's article writer
     share: bool = False  # Gradio public link; off unless asked for
     agent_script: str | None = None  # JSON of canned model outputs the agent app replays instead of a model
+    # The OpenAI-compatible server's limits: larger bodies get 413, a full queue 429, a longer wait 503.
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_concurrent_requests: int = 16  # requests generating at once
+    max_queued_requests: int = 64  # requests waiting for one of those places
+    queue_timeout_s: int = 600  # how long a request may wait
 
     @classmethod
     def parse(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None, prog: str | None = None,

@@ -34,3 +34,13 @@ def test_bad_values_are_refused_by_name(capsys):
 def test_model_options_feed_the_loader():
     options = Settings.parse(["--dtype", "bfloat16", "--engine", "simple"], {}).model_options()
     assert options == {"device": None, "dtype": "bfloat16", "num_gpus": None, "engine": "simple"}
+
+
+def test_server_limits_come_from_flags_and_environment():
+    defaults = Settings.parse([], {})
+    assert (defaults.max_body_bytes, defaults.max_concurrent_requests, defaults.max_queued_requests,
+            defaults.queue_timeout_s) == (2 * 1024 * 1024, 16, 64, 600)
+    environ = {"INTERNLM_DEMO_MAX_BODY_BYTES": "1000", "INTERNLM_DEMO_MAX_QUEUED_REQUESTS": "3"}
+    settings = Settings.parse(["--max-concurrent-requests", "2", "--queue-timeout-s", "5"], environ)
+    assert (settings.max_body_bytes, settings.max_concurrent_requests, settings.max_queued_requests,
+            settings.queue_timeout_s) == (1000, 2, 3, 5)

@@ -16,9 +16,8 @@ from dataclasses import asdict
 import streamlit as st
 
 from internlm_demo import ModelFolderError
-from internlm_demo.generation.admission import process_queue
 from internlm_demo.serving.backend import open_backend
-from internlm_demo.serving.remote import RemoteBackendError, RemoteChatModel
+from internlm_demo.serving.remote import RemoteBackendError
 from internlm_demo.settings import Settings
 from internlm_demo.ui import conversation as chat
 from internlm_demo.ui import transcript
@@ -77,17 +76,12 @@ def current_params(model) -> chat.ChatParams:
     return chat.ChatParams(**values)
 
 
-def gpu_queue_for(model):
-    # A remote server batches requests itself; only local generation waits in line.
-    return None if isinstance(model, RemoteChatModel) else process_queue()
-
-
 def on_send(model) -> None:
-    chat.send(conversation(), model, current_params(model), st.session_state.draft, gpu_queue_for(model))
+    chat.send(conversation(), model, current_params(model), st.session_state.draft)
 
 
 def on_regenerate(model) -> None:
-    chat.regenerate(conversation(), model, current_params(model), gpu_queue_for(model))
+    chat.regenerate(conversation(), model, current_params(model))
 
 
 def on_import(model) -> None:
@@ -156,6 +150,7 @@ def model_panel(facts: dict, t) -> None:
         memory = facts["memory"]
         shown = ", ".join(f"{device}: {size / 2**30:.2f} GiB" for device, size in memory.items()) if memory else t("memory_cpu")
         lines.append((t("memory"), shown))
+    lines.append((t("engine"), facts["engine"]))
     speed, first = facts["tokens_per_s"], facts["time_to_first_token_s"]
     lines.append((t("tokens_per_s"), f"{speed:.1f}" if speed else t("not_yet")))
     lines.append((t("ttft"), f"{first * 1000:.0f} ms" if first is not None else t("not_yet")))

@@ -17,7 +17,6 @@ from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from internlm_demo import load_chat_model
-from internlm_demo.generation.admission import process_queue
 from internlm_demo.ui.markdown import display_markdown
 from tests.conftest import FIXTURES_DIR, REPO, streamed
 
@@ -107,8 +106,9 @@ def wait_for_partial_reply(app: AppTest) -> list[str]:
 
 
 def wait_for_queue_notice(app: AppTest, ahead: int) -> None:
+    notice = f"Queued ({ahead} ahead)" if ahead else "Waiting for a free generation slot"
     deadline = time.monotonic() + WAIT_S
-    while not any(f"Queued ({ahead} ahead)" in info.value for info in app.info):
+    while not any(notice in info.value for info in app.info):
         assert time.monotonic() < deadline, "the page never said it was queued"
         time.sleep(0.05)
         app.run()
@@ -389,42 +389,54 @@ def test_model_load_failure_shows_the_fix(open_app, tmp_path):
     assert not app.exception and "--api-base" in app.code[0].value
 
 
-def test_queued_sessions_see_their_place_and_only_their_history(open_app):
-    gpu = process_queue()
+def test_concurrent_sessions_stream_at_once_and_stopping_one_leaves_the_other_running(open_app):
     first, second = open_app("--model", LONG_REPLY_MODEL), open_app("--model", LONG_REPLY_MODEL)
-    set_params(first, seed=1)
     send(first, "first session's question")
-    wait_for_partial_reply(first)  # the first session holds the GPU
-
     send(second, "second session's question")
-    wait_for_queue_notice(second, 1)
-    assert len(gpu) == 2
-
+    wait_for_partial_reply(first)
+    wait_for_partial_reply(second)  # both stream at once: the engine gives each a slot
     first.button(key="stop").click().run()
     wait_until_idle(first)
-    wait_for_partial_reply(second)  # the GPU passed to the waiting session
+    before = wait_for_partial_reply(second)[-1]
+    assert conversation(second).pending.state == "generating"
+    deadline = time.monotonic() + WAIT_S
+    while streaming_text(second.chat_message[-1]) == before:  # still running after the other one stopped
+        assert time.monotonic() < deadline, "the second reply stopped growing"
+        time.sleep(0.05)
+        second.run()
     second.button(key="stop").click().run()
     wait_until_idle(second)
     assert transcript(first)[0][1] == "first session's question"
     assert transcript(second)[0][1] == "second session's question"
     assert len(first.chat_message) == len(second.chat_message) == 2
-    assert len(gpu) == 0
+    assert conversation(first).messages[-1].stopped and conversation(second).messages[-1].stopped
 
 
-def test_stop_while_queued_leaves_a_consistent_history(open_app):
-    gpu = process_queue()
-    app = open_app()
-    holder = gpu.join()  # someone else is using the GPU
-    try:
-        send(app, "wait for me")
-        wait_for_queue_notice(app, 1)
-        app.button(key="stop").click().run()
-        wait_until_idle(app)
-    finally:
-        gpu.release(holder)
-    reply = conversation(app).messages[-1]
+def test_queued_sessions_see_their_place_and_a_stop_while_queued_keeps_history_consistent(open_app):
+    """On the simple path (one generation at a time) later sessions wait in line and say where they are."""
+    apps = [open_app("--model", LONG_REPLY_MODEL, "--engine", "simple") for _ in range(3)]
+    first, second, third = apps
+    send(first, "first session's question")
+    wait_for_partial_reply(first)  # the first session holds the only turn
+    send(second, "second session's question")
+    wait_for_queue_notice(second, 0)
+    send(third, "third session's question")
+    wait_for_queue_notice(third, 1)
+
+    third.button(key="stop").click().run()
+    wait_until_idle(third)
+    reply = conversation(third).messages[-1]
     assert reply.role == "assistant" and reply.stopped and reply.content == ""
-    assert [role for role, _ in transcript(app)] == ["user", "assistant"]
+    assert [role for role, _ in transcript(third)] == ["user", "assistant"]
+
+    first.button(key="stop").click().run()
+    wait_until_idle(first)
+    wait_for_partial_reply(second)  # the turn passed to the waiting session
+    second.button(key="stop").click().run()
+    wait_until_idle(second)
+    for app, question in zip(apps, ("first", "second", "third")):
+        assert transcript(app)[0][1] == f"{question} session's question"
+        assert len(app.chat_message) == 2
 
 
 def test_language_toggle_keeps_settings(open_app):

@@ -1,22 +1,20 @@
-"""The fast engine (CPU path): same greedy tokens as the simple path, same sampling rules, same stopping."""
+"""The engine (CPU path): batched equals sequential equals the simple path; same sampling rules and stopping."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 import torch
 
 from internlm_demo import GenerationParams, GenerationStats, load_chat_model
-from internlm_demo.generation.engine import FastEngine, FifoLock
+from internlm_demo.errors import ContextOverflowError
+from internlm_demo.generation.engine import FastEngine
 from internlm_demo.generation.sampling import filtered_probs, next_token, penalize_repeats, sample_filtered
 from internlm_demo.generation.simple import generate_ids
+from internlm_demo.generation.torch_kernels import exponential_noise
 from internlm_demo.serving.chat_model import ChatModel
-from tests.conftest import FIXTURES_DIR, REPO, reference
+from tests.conftest import FIXTURES_DIR, reference
 
 FIXTURES = ("internlm-chat-7b-tiny", "internlm-chat-20b-tiny", "internlm2-chat-7b-tiny")
 GREEDY = GenerationParams(do_sample=False, max_new_tokens=12)
@@ -37,6 +35,29 @@ def plain(chat: ChatModel, prompt_ids, params=GREEDY, stop_ids=frozenset()):
     return list(generate_ids(chat.model, prompt_ids, params, set(stop_ids)))
 
 
+def run_together(engine, jobs):
+    """Start every (prompt ids, params, stop ids, stop after n tokens or None) at once; their outputs and stats."""
+    outputs, stats = [[] for _ in jobs], [GenerationStats() for _ in jobs]
+    streams = []
+    for (ids, params, stop_ids, _), stat in zip(jobs, stats):
+        event = threading.Event()
+        streams.append((engine.generate(ids, params, set(stop_ids), stat, event), event))
+
+    def consume(index):
+        tokens, event = streams[index]
+        for token in tokens:
+            outputs[index].append(token)
+            if jobs[index][3] is not None and len(outputs[index]) == jobs[index][3]:
+                event.set()
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return outputs, stats
+
+
 @pytest.mark.parametrize("name", FIXTURES)
 def test_greedy_output_equals_simple_path_on_every_chat_case(name, chats, engines):
     for case in reference(name)["chat_cases"]:
@@ -44,6 +65,63 @@ def test_greedy_output_equals_simple_path_on_every_chat_case(name, chats, engine
         assert fast == plain(chats[name], case["input_ids"]), case["query"]
         # the original model's greedy ids: the fixture's own record, independent of either path
         assert fast == case["greedy"]["output_ids"][:len(fast)]
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_batched_requests_equal_each_request_alone(name, chats, engines):
+    """All chat cases at once (more than the slots: some wait), different budgets, one stopped midway,
+    one ended by a stop id: each gets exactly the tokens it gets alone on the simple path."""
+    engine, chat = engines[name], chats[name]
+    cases = reference(name)["chat_cases"]
+    jobs = []
+    for index, case in enumerate(cases):
+        params = GenerationParams(do_sample=False, max_new_tokens=6 + 2 * index,
+                                  repetition_penalty=1.3 if index == 2 else 1.0)
+        jobs.append((case["input_ids"], params, (), None))
+    alone = [plain(chat, ids, params) for ids, params, _, _ in jobs]
+    stopped, ended = 1, 3
+    jobs[stopped] = (*jobs[stopped][:3], 3)
+    jobs[ended] = (jobs[ended][0], jobs[ended][1], {alone[ended][4]}, None)
+    assert len(jobs) > engine.slots
+    outputs, stats = run_together(engine, jobs)
+    for index, (output, stat) in enumerate(zip(outputs, stats)):
+        if index == stopped:
+            assert stat.finish_reason == "stopped" and output == alone[index][:len(output)] and len(output) >= 3
+        elif index == ended:
+            assert output == alone[index][:4] and stat.finish_reason == "stop"
+        else:
+            assert output == alone[index] and stat.finish_reason == "length", index
+
+
+def test_seeded_sampled_request_reproduces_itself_whatever_runs_beside_it(engines):
+    engine = engines["internlm-chat-7b-tiny"]
+    cases = reference("internlm-chat-7b-tiny")["chat_cases"]
+    seeded = GenerationParams(do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=10, seed=11)
+    alone = list(engine.generate(cases[0]["input_ids"], seeded, set()))
+    neighbours = [(case["input_ids"], GenerationParams(do_sample=True, temperature=1.2, max_new_tokens=3 + i, seed=i),
+                   (), None) for i, case in enumerate(cases[1:4])]
+    outputs, _ = run_together(engine, [neighbours[0], (cases[0]["input_ids"], seeded, (), None), *neighbours[1:]])
+    assert outputs[1] == alone
+    other = GenerationParams(do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=10, seed=12)
+    assert alone != list(engine.generate(cases[0]["input_ids"], other, set()))
+
+
+def test_long_prompt_prefilled_in_chunks_gives_the_same_tokens(chats):
+    name = "internlm2-chat-7b-tiny"  # 162 tokens on a 64-token window: dynamic NTK in every chunk
+    engine = FastEngine(chats[name].model, prefill_chunk=40)
+    ids = reference(name)["chat_cases"][2]["input_ids"]
+    assert list(engine.generate(ids, GREEDY, set())) == plain(chats[name], ids)
+
+
+def test_layers_split_into_blocks_give_the_same_tokens(chats):
+    """The num_gpus structure (blocks of layers, one KV cache each, the hidden state handed on), all on the CPU."""
+    name = "internlm-chat-7b-tiny"
+    layers = len(chats[name].model.model.layers)
+    engine = FastEngine(chats[name].model, blocks=[("cpu", 1), ("cpu", layers - 1)])
+    assert len(engine.blocks) == 2 and engine.state.devices == ("cpu", "cpu")
+    jobs = [(case["input_ids"], GREEDY, (), None) for case in reference(name)["chat_cases"][:3]]
+    outputs, _ = run_together(engine, jobs)
+    assert outputs == [plain(chats[name], ids) for ids, *_ in jobs]
 
 
 def test_fused_projections_are_views_and_memory_is_not_doubled():
@@ -54,7 +132,7 @@ def test_fused_projections_are_views_and_memory_is_not_doubled():
 
     before = storage_bytes(chat.model)
     engine = FastEngine(chat.model)
-    attention, fused = chat.model.model.layers[0].self_attn, engine.layers[0].qkv
+    attention, fused = chat.model.model.layers[0].self_attn, engine.blocks[0].layers[0].qkv
     rows = 0
     for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
         assert proj.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
@@ -63,24 +141,50 @@ def test_fused_projections_are_views_and_memory_is_not_doubled():
     assert rows == fused.shape[0]
     assert storage_bytes(chat.model) == before
     again = FastEngine(chat.model)  # a second engine reuses the fused tensors instead of copying
-    assert again.layers[0].gate_up.data_ptr() == engine.layers[0].gate_up.data_ptr()
+    assert again.blocks[0].layers[0].gate_up.data_ptr() == engine.blocks[0].layers[0].gate_up.data_ptr()
     ids = reference("internlm2-chat-7b-tiny")["chat_cases"][0]["input_ids"]
     assert list(again.generate(ids, GREEDY, set())) == plain(chat, ids)
 
 
-def test_cache_grows_past_its_initial_capacity(chats):
+def test_a_prompt_that_cannot_fit_a_slot_is_refused_and_the_engine_keeps_working(chats):
     chat = chats["internlm-chat-7b-tiny"]
-    engine = FastEngine(chat.model, initial_capacity=16)
+    engine = FastEngine(chat.model, slots=2, capacity=64)
     ids = reference("internlm-chat-7b-tiny")["chat_cases"][2]["input_ids"]  # 79 tokens
-    assert list(engine.generate(ids, GREEDY, set())) == plain(chat, ids)
-    assert engine.capacity >= len(ids) + GREEDY.max_new_tokens
+    with pytest.raises(ContextOverflowError, match="79 tokens.*63 positions"):
+        engine.generate(ids, GREEDY, set())
+    short = reference("internlm-chat-7b-tiny")["chat_cases"][0]["input_ids"]
+    assert list(engine.generate(short, GREEDY, set())) == plain(chat, short)
 
 
-@pytest.mark.parametrize("settings", [{"top_k": 1}, {"top_p": 1e-9}, {"top_k": 3, "top_p": 1e-9}])
+@pytest.mark.parametrize("settings", [{"top_k": 1}, {"top_p": 1e-9}, {"top_k": 3, "top_p": 1e-9}, {"top_p": 0.0},
+                                      {"temperature": 0.0}, {"temperature": 1e-7}])
 def test_sampling_that_keeps_one_token_is_greedy(settings, chats, engines):
+    """Edge values pick the most likely token on the engine and on the simple path alike."""
     ids = reference("internlm-chat-20b-tiny")["chat_cases"][1]["input_ids"]
-    params = GenerationParams(do_sample=True, temperature=1.3, max_new_tokens=12, seed=3, **settings)
-    assert list(engines["internlm-chat-20b-tiny"].generate(ids, params, set())) == plain(chats["internlm-chat-20b-tiny"], ids)
+    params = GenerationParams(**{"do_sample": True, "temperature": 1.3, "max_new_tokens": 12, "seed": 3, **settings})
+    chat = chats["internlm-chat-20b-tiny"]
+    assert list(engines["internlm-chat-20b-tiny"].generate(ids, params, set())) == plain(chat, ids) == plain(chat, ids, params)
+
+
+def test_top_k_past_the_vocabulary_is_off(chats, engines):
+    name = "internlm-chat-7b-tiny"
+    ids = reference(name)["chat_cases"][0]["input_ids"]
+    vocab = chats[name].model.lm_head.weight.shape[0]
+    off = GenerationParams(do_sample=True, temperature=0.9, max_new_tokens=8, seed=5)
+    huge = GenerationParams(do_sample=True, temperature=0.9, max_new_tokens=8, seed=5, top_k=vocab + 10)
+    assert list(engines[name].generate(ids, huge, set())) == list(engines[name].generate(ids, off, set()))
+    assert plain(chats[name], ids, huge) == plain(chats[name], ids, off)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("temperature", -0.1, "temperature must be ≥ 0"), ("top_p", 1.5, "top_p must be between 0 and 1"),
+    ("top_k", -1, "top_k must be a whole number ≥ 0"), ("repetition_penalty", 0.0, "repetition_penalty must be > 0"),
+    ("repetition_penalty", -1.0, "repetition_penalty must be > 0"), ("max_new_tokens", -3, "max_new_tokens must be"),
+    ("seed", "x", "seed must be a whole number"), ("temperature", float("nan"), "temperature must be ≥ 0"),
+])
+def test_generation_params_refuse_bad_values_with_a_clear_message(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationParams(**{field: value})
 
 
 def test_repetition_penalty_changes_choices_as_the_simple_path_does(chats, engines):
@@ -92,14 +196,13 @@ def test_repetition_penalty_changes_choices_as_the_simple_path_does(chats, engin
     assert fast != plain(chats[name], ids)  # the penalty does change the greedy choices here
 
 
-def test_seeded_sampling_is_reproducible(engines):
-    engine = engines["internlm-chat-7b-tiny"]
-    ids = reference("internlm-chat-7b-tiny")["chat_cases"][0]["input_ids"]
-    params = GenerationParams(do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=10, seed=11)
-    first = list(engine.generate(ids, params, set()))
-    assert first == list(engine.generate(ids, params, set()))
-    other = GenerationParams(do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=10, seed=12)
-    assert first != list(engine.generate(ids, other, set()))
+def test_exponential_noise_is_a_function_of_seed_and_step_only():
+    seed, step = torch.tensor([7, 7, 8]), torch.tensor([3, 4, 3])
+    noise = exponential_noise(seed, step, 50_000)
+    assert torch.equal(noise[0], exponential_noise(seed[:1], step[:1], 50_000)[0])
+    assert not torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], noise[2])
+    assert abs(float(noise.mean()) - 1.0) < 0.02 and abs(float(noise.std()) - 1.0) < 0.02  # Exp(1)
+    assert float(noise.min()) > 0
 
 
 def test_device_sampling_follows_next_token_distribution():
@@ -123,7 +226,7 @@ def test_device_sampling_follows_next_token_distribution():
     reference_freq = torch.bincount(reference_draws, minlength=vocab) / draws
     assert (reference_freq - engine_probs).abs().max() < 0.035
 
-    noise = torch.empty(draws, vocab).exponential_(generator=torch.Generator().manual_seed(2))
+    noise = exponential_noise(torch.arange(draws), torch.zeros(draws, dtype=torch.long), vocab)
     engine_draws = sample_filtered(scores.expand(draws, -1), *settings, noise)
     engine_freq = torch.bincount(engine_draws, minlength=vocab) / draws
     assert (engine_freq - engine_probs).abs().max() < 0.035
@@ -158,7 +261,7 @@ def test_stream_chat_on_the_engine_stops_at_the_family_stop_ids(chats, engines):
     assert fast_stats.finish_reason == simple_stats.finish_reason == "stop"
 
 
-def test_stop_event_ends_generation(engines):
+def test_stop_event_and_closing_the_stream_free_the_slot(engines):
     engine = engines["internlm-chat-7b-tiny"]
     ids = reference("internlm-chat-7b-tiny")["chat_cases"][0]["input_ids"]
     stop, stats, received = threading.Event(), GenerationStats(), []
@@ -167,141 +270,41 @@ def test_stop_event_ends_generation(engines):
         if len(received) == 3:
             stop.set()
     assert len(received) == 3 and stats.finish_reason == "stopped"
-    # the engine is free again afterwards
-    assert len(list(engine.generate(ids, GREEDY, set()))) == GREEDY.max_new_tokens
+    abandoned = [engine.generate(ids, GREEDY, set()) for _ in range(engine.slots)]
+    for tokens in abandoned:
+        next(tokens)
+        tokens.close()  # a reader that goes away ends its request
+    # every slot is free again afterwards
+    outputs, _ = run_together(engine, [(ids, GREEDY, (), None)] * engine.slots)
+    assert all(len(output) == GREEDY.max_new_tokens for output in outputs)
+
+
+def test_waiting_requests_see_their_place_in_line(chats):
+    chat = chats["internlm-chat-7b-tiny"]
+    engine = FastEngine(chat.model, slots=1)
+    ids = reference("internlm-chat-7b-tiny")["chat_cases"][0]["input_ids"]
+    running = engine.generate(ids, GenerationParams(do_sample=False, max_new_tokens=40), set())
+    next(running)  # holds the only slot
+    waiting = [GenerationStats() for _ in range(3)]
+    stops = [threading.Event() for _ in waiting]
+    streams = [engine.generate(ids, GREEDY, set(), stats, stop) for stats, stop in zip(waiting, stops)]
+    assert [(s.waiting, s.queue_ahead) for s in waiting] == [(True, 0), (True, 1), (True, 2)]
+    stops[1].set()  # leaves the line while waiting
+    assert list(streams[1]) == [] and waiting[1].finish_reason == "stopped"
+    assert [(s.waiting, s.queue_ahead) for s in (waiting[0], waiting[2])] == [(True, 0), (True, 1)]
+    running.close()
+    assert list(streams[0]) == plain(chat, ids) and list(streams[2]) == plain(chat, ids)
+    assert not any(s.waiting for s in waiting)
 
 
 def test_load_chat_model_engine_choice():
     folder = FIXTURES_DIR / "internlm2-chat-7b-tiny"
+    fast = load_chat_model(folder, device="cpu", progress=False, engine="auto")
+    assert isinstance(fast.engine, FastEngine)  # the CPU batches on the engine too
+    assert fast.info.engine.startswith("batched engine: torch kernels, 4 slots")
+    assert fast.engine_facts()["slots"] == fast.engine.slots == 4
     assert isinstance(load_chat_model(folder, device="cpu", progress=False, engine="fast").engine, FastEngine)
-    assert load_chat_model(folder, device="cpu", progress=False, engine="auto").engine is None  # CPU: simple path
-    assert load_chat_model(folder, device="cpu", progress=False, engine="simple").engine is None
+    simple = load_chat_model(folder, device="cpu", progress=False, engine="simple")
+    assert simple.engine is None and simple.info.engine.startswith("simple path")
     with pytest.raises(ValueError, match="unknown engine"):
         load_chat_model(folder, device="cpu", progress=False, engine="turbo")
-
-
-def test_fifo_lock_serves_waiters_in_arrival_order():
-    lock, served = FifoLock(), []
-
-    def chat(index):
-        with lock:
-            served.append(index)
-            time.sleep(0.01)
-
-    lock.__enter__()  # held while the waiters queue up, one by one
-    threads = []
-    for index in range(6):
-        threads.append(threading.Thread(target=chat, args=(index,)))
-        threads[-1].start()
-        time.sleep(0.02)
-    lock.__exit__(None, None, None)
-    for thread in threads:
-        thread.join()
-    assert served == list(range(6))
-
-
-def check_triton_kernels_against_torch_reference() -> None:
-    """Each Triton operation against TorchDecodeKernels on float16 data (run under TRITON_INTERPRET=1)."""
-    from internlm_demo.generation.engine import TorchDecodeKernels
-    from internlm_demo.generation.triton_kernels import TritonDecodeKernels
-
-    generator = torch.Generator().manual_seed(0)
-
-    def rand(*shape, scale=1.0):
-        return (scale * torch.randn(*shape, generator=generator)).half()
-
-    def relative(a, b):
-        return float((a.float() - b.float()).norm() / b.float().norm())
-
-    hidden, inter, head_dim = 64, 80, 16
-    # (BLOCK_N, BLOCK_K, warps, unroll): unrolled and looped K, rows and columns that do not divide evenly
-    small = {(8 * head_dim, hidden): (16, 32, 4, 1), (2 * inter, hidden): (32, 32, 4, 0),
-             (hidden, inter): (16, 32, 4, 0), (12 * head_dim, hidden): (16, 32, 4, 0)}
-    triton_ops, torch_ops = TritonDecodeKernels(small), TorchDecodeKernels()
-    x, norm = rand(1, hidden), (1 + 0.1 * torch.randn(hidden, generator=generator)).half()
-    for heads, kv_heads in ((4, 2), (4, 4)):  # grouped-query and multi-head attention
-        rows = (heads + 2 * kv_heads) * head_dim
-        w, b = rand(rows, hidden, scale=0.1), rand(rows, scale=0.1)
-        assert relative(triton_ops.norm_linear(x, norm, 1e-6, w, b), torch_ops.norm_linear(x, norm, 1e-6, w, b)) < 2e-3
-        angles = torch.rand(300, head_dim // 2, generator=generator) * 3
-        cos, sin = torch.cat([angles.cos()] * 2, -1).half(), torch.cat([angles.sin()] * 2, -1).half()
-        caches = [rand(1, kv_heads, 300, head_dim) for _ in range(2)]
-        copies = [c.clone() for c in caches]
-        position = torch.tensor([260])  # three splits of 128 positions, two of them in use
-        args = (x, norm, 1e-6, w, b, cos, sin)
-        q_t = triton_ops.norm_linear_rope_store(*args, *caches, position, heads, kv_heads)
-        q_r = torch_ops.norm_linear_rope_store(*args, *copies, position, heads, kv_heads)
-        assert relative(q_t, q_r) < 2e-3
-        for cache, copy in zip(caches, copies):
-            assert relative(cache[0, :, 260], copy[0, :, 260]) < 2e-3  # the new token's k and v
-            assert torch.equal(cache[0, :, :260], copy[0, :, :260])  # nothing else written
-        attended = triton_ops.attention(q_t, *caches, position, head_dim ** -0.5)
-        expected = torch_ops.attention(q_t.float(), caches[0].float(), caches[1].float(), position, head_dim ** -0.5)
-        assert relative(attended, expected) < 2e-3
-    gate_up, gate_up_bias = rand(2 * inter, hidden, scale=0.1), rand(2 * inter, scale=0.1)
-    assert relative(triton_ops.norm_gated_linear(x, norm, 1e-6, gate_up, gate_up_bias),
-                    torch_ops.norm_gated_linear(x, norm, 1e-6, gate_up, gate_up_bias)) < 2e-3
-    down, wide = rand(hidden, inter, scale=0.1), rand(1, inter)  # 80 columns: not a multiple of the block
-    summed_t, summed_r = x.clone(), x.clone()
-    triton_ops.linear_add(wide, down, None, summed_t)
-    torch_ops.linear_add(wide, down, None, summed_r)
-    assert relative(summed_t, summed_r) < 2e-3
-
-
-def check_triton_sampler_against_torch_reference() -> None:
-    """Greedy and sampled choices of the Triton sampler equal the torch ones for the same Exp(1) noise."""
-    from internlm_demo.generation import triton_kernels as decode_kernels
-    from internlm_demo.generation.engine import TorchDecodeKernels
-
-    decode_kernels.SAMPLER_BLOCK = 512  # several chunks per pass over a small vocabulary
-    triton_ops, torch_ops = decode_kernels.TritonDecodeKernels(), TorchDecodeKernels()
-    generator = torch.Generator().manual_seed(3)
-    vocab, disagreements = 2000, 0
-    settings = [(0, 1.0, 1.0), (5, 0.9, 0.7), (50, 0.5, 1.3), (0, 0.8, 0.8), (0, 1e-9, 1.0), (3, 0.95, 2.0)]
-    for case in range(24):
-        logits = (3 * torch.randn(1, vocab, generator=generator)).half()
-        seen = torch.rand(1, vocab, generator=generator) < 0.05
-        noise = torch.empty(1, vocab).exponential_(generator=generator)
-        top_k, top_p, temperature = settings[case % len(settings)]
-        params = (torch.tensor([[1.3 if case % 2 else 1.0]]), torch.tensor([[temperature]]),
-                  torch.tensor([[top_k]]), torch.tensor([[top_p]]), noise)
-        for sample in (False, True):
-            outcomes = []
-            for ops in (triton_ops, torch_ops):
-                token, marks = torch.zeros(1, dtype=torch.long), seen.clone()
-                ops.choose(logits, marks, *params, token, sample, bool(case % 2))
-                outcomes.append((int(token), marks))
-            (a, marks_a), (b, _) = outcomes
-            assert sample or a == b
-            disagreements += a != b
-            assert marks_a[0, a] and torch.equal(marks_a, seen | marks_a) and int((marks_a ^ seen).sum()) <= 1
-    assert disagreements <= 1  # a draw may differ only where rounding moves a top-p boundary
-
-
-def check_engine_on_triton_kernels() -> None:
-    """The whole decode step on Triton kernels equals the simple path: GQA, dynamic NTK past the window."""
-    from internlm_demo.generation.triton_kernels import TritonDecodeKernels
-
-    name = "internlm2-chat-7b-tiny"
-    chat = load_chat_model(FIXTURES_DIR / name, device="cpu", progress=False, engine="simple")
-    engine = FastEngine(chat.model)
-    layer = engine.layers[0]
-    # large blocks: the interpreter runs each program in numpy, so fewer programs run faster
-    blocks = {tuple(t.shape): (128, 128, 4, 1) for t in (layer.qkv, layer.o, layer.gate_up, layer.down)}
-    blocks[tuple(engine.lm_head.shape)] = (8192, 64, 4, 1)
-    engine.kernels = TritonDecodeKernels(blocks)
-    ids = reference(name)["chat_cases"][2]["input_ids"]  # 162 tokens on a 64-token window
-    params = GenerationParams(do_sample=False, max_new_tokens=5)
-    assert list(engine.generate(ids, params, set())) == plain(chat, ids, params)
-
-
-def test_triton_kernels_in_the_interpreter_match_torch_and_the_simple_path():
-    """Triton decides at import whether to interpret, so the checks run in a fresh interpreter process."""
-    pytest.importorskip("triton")
-    code = ("import warnings; warnings.simplefilter('ignore', RuntimeWarning); "
-            "from tests.test_engine import check_triton_kernels_against_torch_reference as a, "
-            "check_triton_sampler_against_torch_reference as b, check_engine_on_triton_kernels as c; "
-            "a(); b(); c(); print('ok')")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                            check=False, env={**os.environ, "TRITON_INTERPRET": "1"})
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]

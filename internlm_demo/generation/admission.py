@@ -1,82 +1,98 @@
-"""One first-come-first-served queue for GPU work, shared by every session of the process.
+"""Admission: requests wait in arrival order for a free generation slot, and know how many are ahead.
 
-Only the order of callers is shared here; a caller's conversation never enters the queue.
+The engine has several slots and takes waiting requests as slots free up; the simple path has one
+slot and callers block in ``turn``. Only the order of callers lives here, never their conversations.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-CANCEL_POLL_S = 0.05  # how often a waiting caller checks whether it was cancelled
+from .params import GenerationStats
+
+CANCEL_POLL_S = 0.05  # how often a blocked caller checks whether it was cancelled
 
 
-class GpuQueue:
-    """A fair FIFO lock: callers get the GPU in arrival order and can learn how many are ahead."""
+class Admission:
+    """A first-come-first-served line in front of ``slots`` generation slots.
 
-    def __init__(self) -> None:
+    Each waiter's ``GenerationStats`` shows ``waiting`` and ``queue_ahead`` (requests before it).
+    """
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self._free = slots
         self._changed = threading.Condition()
-        self._line: deque[object] = deque()  # the first ticket holds the GPU
+        self._line: deque[GenerationStats] = deque()
 
-    def __len__(self) -> int:
+    @property
+    def waiting(self) -> int:
         with self._changed:
             return len(self._line)
 
-    def join(self) -> object:
-        """Take a place at the end of the line; returns the ticket to wait on and release."""
-        ticket = object()
+    def join(self, stats: GenerationStats) -> None:
+        """Take a place at the end of the line."""
         with self._changed:
-            self._line.append(ticket)
-        return ticket
+            stats.waiting = True
+            self._line.append(stats)
+            self._renumber()
 
-    def ahead(self, ticket: object) -> int:
-        """How many callers are before ``ticket`` (the one using the GPU included)."""
+    def take(self) -> GenerationStats | None:
+        """The first waiter, now holding a slot; None when no one waits or no slot is free."""
         with self._changed:
-            return self._line.index(ticket)
+            if not self._line or self._free == 0:
+                return None
+            self._free -= 1
+            stats = self._line.popleft()
+            stats.waiting = False
+            self._renumber()
+            return stats
 
-    def wait(self, ticket: object, cancel: threading.Event | None = None,
-             on_wait: Callable[[int], None] | None = None) -> bool:
-        """Block until ``ticket`` is first; False (and the ticket leaves the line) if ``cancel`` is set first.
-
-        ``on_wait(n)`` is called with the number of callers ahead whenever that number changes.
-        """
-        reported = None
+    def leave(self, stats: GenerationStats) -> None:
+        """Leave the line without a slot (the caller gave up)."""
         with self._changed:
-            while (ahead := self._line.index(ticket)) > 0:
-                if cancel is not None and cancel.is_set():
-                    self._remove(ticket)
-                    return False
-                if ahead != reported and on_wait is not None:
-                    on_wait(ahead)
-                reported = ahead
-                self._changed.wait(CANCEL_POLL_S if cancel is not None else None)
-        return True
+            for index, waiter in enumerate(self._line):
+                if waiter is stats:
+                    del self._line[index]
+                    break
+            stats.waiting = False
+            self._renumber()
 
-    def release(self, ticket: object) -> None:
-        """Leave the line, letting the next caller in."""
+    def release(self) -> None:
+        """A slot is free again."""
         with self._changed:
-            self._remove(ticket)
-
-    def _remove(self, ticket: object) -> None:
-        if ticket in self._line:
-            self._line.remove(ticket)
+            self._free += 1
             self._changed.notify_all()
 
+    def _renumber(self) -> None:
+        for ahead, stats in enumerate(self._line):
+            stats.queue_ahead = ahead
+        self._changed.notify_all()
+
     @contextmanager
-    def turn(self, cancel: threading.Event | None = None,
-             on_wait: Callable[[int], None] | None = None) -> Iterator[bool]:
-        """Hold the GPU for the ``with`` block; yields False when cancelled while still waiting."""
-        ticket = self.join()
+    def turn(self, stats: GenerationStats, cancel: threading.Event | None = None) -> Iterator[bool]:
+        """Hold a slot for the ``with`` block; yields False when ``cancel`` was set while still waiting."""
+        self.join(stats)
+        granted = False
+        with self._changed:
+            while not granted:
+                if cancel is not None and cancel.is_set():
+                    break
+                if self._line[0] is stats and self._free > 0:
+                    self._free -= 1
+                    self._line.popleft()
+                    stats.waiting = False
+                    self._renumber()
+                    granted = True
+                else:
+                    self._changed.wait(CANCEL_POLL_S)
+        if not granted:
+            self.leave(stats)
         try:
-            yield self.wait(ticket, cancel, on_wait)
+            yield granted
         finally:
-            self.release(ticket)
-
-
-@functools.cache
-def process_queue() -> GpuQueue:
-    """The one queue of this process, used by every app session and by the OpenAI-compatible server."""
-    return GpuQueue()
+            if granted:
+                self.release()

@@ -1,53 +1,55 @@
-"""Fast generation behind ChatModel: static KV cache, fused projections, the decode step as one CUDA graph.
+"""The engine: every generation of a loaded Llama-shaped model, batched over KV-cache slots.
 
-The engine runs its own lean forward over the SAME weight tensors as the transformers model: at build
-time each layer's q/k/v and gate/up weights are copied into one fused tensor and the model's parameters
-become views into it, so both paths share memory. On a GPU the decode step (Triton kernels from
-``decode_kernels``, sampling included) is captured in a CUDA graph, tokens reach the host through pinned
-memory a few steps behind the GPU, and the host never stalls it. On the CPU the same step runs on plain
-torch ops (``TorchDecodeKernels``), which is how the tests prove it equals the simple path.
+The engine runs its own lean forward over the SAME weight tensors as the transformers model: at
+build time each layer's q/k/v and gate/up weights are copied into one fused tensor and the model's
+parameters become views into it, so both paths share memory.
+
+A request takes a free slot (``Admission``: it waits only while every slot is busy). One scheduler
+thread owns the device: between decode steps it prefills newcomers (in chunks, so running streams
+never stall for a whole long prompt); each decode step advances every active slot at once through
+the ``DecodeKernels`` of ``torch_kernels`` (CPU, reference) or ``triton_kernels`` (GPU), sampling
+included, with per-slot sampling settings, seed, stop ids and seen-token mask. A request leaves on a
+stop id, its token budget, its stop event or when its reader goes away; its slot is then free for
+the next one. On a GPU each batch-size bucket's step is one CUDA graph and tokens reach the host a
+few steps behind the GPU, so the GPU never waits for Python.
+
+With ``num_gpus`` the layers form contiguous blocks, one per device, each with its own KV cache; the
+hidden state hops from block to block.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
+import os
+import queue
+import random
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ContextOverflowError
+from .admission import Admission
 from .params import GenerationParams, GenerationStats
-from .sampling import penalize_repeats, sample_filtered
+from .sampling import samples
+from .torch_kernels import TorchDecodeKernels, apply_rope, repeat_kv, rms_norm
 
 log = logging.getLogger(__name__)
 
 ENGINE_MODES = ("auto", "simple", "fast")
-CAPACITY_STEP = 256
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """LlamaRMSNorm, with its float32 statistics and rounding back to the input dtype."""
-    variance = x.float().pow(2).mean(-1, keepdim=True)
-    return weight * (x.float() * torch.rsqrt(variance + eps)).to(x.dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin, as transformers' apply_rotary_pos_emb."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """[B, kv_heads, T, D] → [B, kv_heads * groups, T, D] (grouped-query attention)."""
-    if groups == 1:
-        return x
-    batch, kv_heads, length, dim = x.shape
-    return x[:, :, None].expand(batch, kv_heads, groups, length, dim).reshape(batch, kv_heads * groups, length, dim)
+BUCKETS = (1, 2, 4, 8, 16)  # batch sizes a decode step is captured for
+MAX_SLOTS = 16
+CPU_SLOTS = 4
+MIN_CONTEXT = 2048  # positions per slot at least (prompts may run past a short window, as on the simple path)
+MAX_CONTEXT = 8192  # positions per slot at most (a longer window is cut to this)
+PREFILL_CHUNK = 512  # prompt tokens per prefill pass between two decode steps
+KV_SHARE_OF_FREE_MEMORY = 0.8  # of the memory left after the weights, on a GPU
+KV_SHARE_OF_CPU_MEMORY = 0.25  # of the available RAM, on the CPU
 
 
 # ---- fused weights --------------------------------------------------------------------------------
@@ -160,398 +162,545 @@ class RopeTable:
         return (angles.cos() * self.scaling).to(dtype), (angles.sin() * self.scaling).to(dtype)
 
 
-# ---- the decode-step operations -------------------------------------------------------------------
-
-
-class TorchDecodeKernels:
-    """The decode-step operations on plain torch ops: the CPU path and the reference for the Triton ones."""
-
-    name = "torch"
-
-    def norm_linear(self, x, norm_weight, eps, weight, bias):
-        return F.linear(rms_norm(x, norm_weight, eps), weight, bias)
-
-    def norm_gated_linear(self, x, norm_weight, eps, weight, bias):
-        gate, up = F.linear(rms_norm(x, norm_weight, eps), weight, bias).chunk(2, dim=-1)
-        return F.silu(gate) * up
-
-    def linear_add(self, x, weight, bias, residual):
-        residual.add_(F.linear(x, weight, bias))
-
-    def norm_linear_rope_store(self, x, norm_weight, eps, weight, bias, cos_table, sin_table, k_cache, v_cache,
-                               position, heads, kv_heads):
-        """q/k/v of one token; RoPE (rows ``position`` of the tables) on q and k; k and v stored in the
-        cache at ``position``. Returns q [1, H, D]."""
-        head_dim = k_cache.shape[-1]
-        qkv = self.norm_linear(x, norm_weight, eps, weight, bias)
-        q, k, v = qkv.view(1, heads + 2 * kv_heads, head_dim).split([heads, kv_heads, kv_heads], dim=1)
-        cos, sin = cos_table[position], sin_table[position]
-        k_cache[0].index_copy_(1, position, apply_rope(k, cos, sin)[0, :, None])
-        v_cache[0].index_copy_(1, position, v[0, :, None])
-        return apply_rope(q, cos, sin)
-
-    def choose(self, logits, seen, penalty, temperature, top_k, top_p, noise, token, sample: bool, penalize: bool):
-        """Pick the next id into ``token`` (greedy, or a draw with Exp(1) ``noise``) and mark it seen."""
-        scores = logits.float()
-        if penalize:
-            scores = penalize_repeats(scores, seen, penalty)
-        chosen = sample_filtered(scores, temperature, top_k, top_p, noise) if sample else scores.argmax(-1)
-        token.copy_(chosen)
-        seen.scatter_(1, chosen[:, None], True)
-
-    def attention(self, q, k_cache, v_cache, position, scale):
-        """Attention of one query over cache positions 0..position (a mask keeps shapes static)."""
-        heads, head_dim = q.shape[1], q.shape[2]
-        groups = heads // k_cache.shape[1]
-        visible = torch.arange(k_cache.shape[2], device=q.device) <= position
-        out = F.scaled_dot_product_attention(
-            q[:, :, None], repeat_kv(k_cache[:1], groups), repeat_kv(v_cache[:1], groups),
-            attn_mask=visible[None, None, None], scale=scale,
-        )
-        return out.reshape(1, heads * head_dim)
-
-
 def triton_kernels():
     """The Triton decode kernels, or None when Triton cannot be imported."""
     try:
         from .triton_kernels import TritonDecodeKernels
     except ImportError as exc:
-        log.warning("Triton is unavailable (%s); the fast engine uses torch ops in its CUDA graph", exc)
+        log.warning("Triton is unavailable (%s); the engine uses torch ops in its CUDA graphs", exc)
         return None
     return TritonDecodeKernels()
 
 
-# ---- serving: one generation at a time, first come first served -----------------------------------
+# ---- devices, slots and requests ------------------------------------------------------------------
 
 
-class FifoLock:
-    """A lock handed to waiters in arrival order, so concurrent chats are served first come, first served."""
+@dataclass
+class Block:
+    """Contiguous layers on one device, with their KV cache [slots, kv_heads, capacity, head_dim] per layer."""
 
-    def __init__(self):
-        self._mutex = threading.Lock()
-        self._waiters: collections.deque[threading.Event] = collections.deque()
-        self._held = False
-
-    def __enter__(self):
-        with self._mutex:
-            if not self._held:
-                self._held = True
-                return self
-            turn = threading.Event()
-            self._waiters.append(turn)
-        turn.wait()  # release() hands the lock over directly, so it stays held
-        return self
-
-    def __exit__(self, *exc_info):
-        with self._mutex:
-            if self._waiters:
-                self._waiters.popleft().set()
-            else:
-                self._held = False
+    device: torch.device
+    layers: list[LayerWeights]
+    k: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
+    cos: torch.Tensor | None = None  # row p: cos/sin of a decode step at position p
+    sin: torch.Tensor | None = None
+    positions: torch.Tensor | None = None  # [slots] int64: where each slot's next token goes
+    advance: torch.Tensor | None = None  # [slots] int64: 1 for a decoding slot, 0 for an idle one
 
 
-class KVCache:
-    """Preallocated keys and values: [layers, slots, kv_heads, capacity, head_dim] each."""
+@dataclass(frozen=True)
+class EngineState:
+    """What the engine runs with, for the model panel and ``/v1/models``."""
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, dtype, device):
-        shape = (layers, 1, kv_heads, capacity, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.capacity = capacity
+    kernels: str
+    slots: int
+    positions_per_slot: int
+    kv_cache_gib: float
+    devices: tuple[str, ...]
+    cuda_graphs: bool
+
+    def describe(self) -> str:
+        graphs = ", CUDA graphs" if self.cuda_graphs else ""
+        return (f"batched engine: {self.kernels} kernels, {self.slots} slots × {self.positions_per_slot} positions, "
+                f"KV cache {self.kv_cache_gib:.2f} GiB on {', '.join(dict.fromkeys(self.devices))}{graphs}")
+
+
+END = object()  # the last item of a request's token queue
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation in the engine: its prompt, settings and the queue its tokens arrive on."""
+
+    prompt_ids: list[int] | None
+    prompt_embeds: torch.Tensor | None
+    seen_ids: list[int]  # ids the repetition penalty sees from the start
+    params: GenerationParams
+    stop_ids: frozenset[int]
+    stats: GenerationStats
+    stop: threading.Event | None
+    seed: int
+    tokens: queue.Queue = field(default_factory=queue.Queue)
+    started: float = field(default_factory=time.perf_counter)
+    slot: int | None = None
+    prefilled: int = 0  # prompt positions already in the cache
+    launched: int = 0  # tokens chosen or queued on the device
+    closed: bool = False  # the reader went away
+    finished: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) if self.prompt_ids is not None else self.prompt_embeds.shape[1]
+
+    @property
+    def cancelled(self) -> bool:
+        return self.closed or (self.stop is not None and self.stop.is_set())
 
 
 class TokenReader:
-    """Tokens from the device to the host without stalling the GPU: each step's id is copied into
-    pinned memory asynchronously and read only when the caller needs it, steps later."""
+    """Tokens from the device to the host without stalling the GPU: each step's ids are copied into a
+    ring of pinned host rows asynchronously and read only steps later, with which request each row serves."""
 
-    def __init__(self, device: torch.device, slots: int):
+    def __init__(self, device: torch.device, depth: int, width: int):
         self.on_gpu = device.type == "cuda"
-        self.host = torch.zeros(slots, dtype=torch.long, pin_memory=self.on_gpu)
-        self.events = [torch.cuda.Event() for _ in range(slots)] if self.on_gpu else []
+        self.host = torch.zeros(depth, width, dtype=torch.long, pin_memory=self.on_gpu)
+        self.events = [torch.cuda.Event() for _ in range(depth)] if self.on_gpu else []
+        self.rows: deque[tuple[int, list[tuple[int, Request]]]] = deque()
         self.pushed = 0
-        self.popped = 0
 
-    def push(self, token: torch.Tensor) -> None:
-        slot = self.pushed % len(self.host)
-        self.host[slot:slot + 1].copy_(token, non_blocking=self.on_gpu)
+    def push(self, tokens: torch.Tensor, owners: list[tuple[int, Request]]) -> None:
+        """Queue the copy of ``tokens`` [n]; ``owners`` are (index in tokens, request) pairs."""
+        ring = self.pushed % self.host.shape[0]
+        self.host[ring, :tokens.shape[0]].copy_(tokens, non_blocking=self.on_gpu)
         if self.on_gpu:
-            self.events[slot].record()
+            self.events[ring].record()
+        self.rows.append((ring, owners))
         self.pushed += 1
 
-    def pop(self) -> int:
-        slot = self.popped % len(self.host)
+    def pop(self) -> list[tuple[int, Request]]:
+        """The oldest queued step as (token, request) pairs."""
+        ring, owners = self.rows.popleft()
         if self.on_gpu:
-            self.events[slot].synchronize()
-        self.popped += 1
-        return int(self.host[slot])
+            self.events[ring].synchronize()
+        values = self.host[ring].tolist()
+        return [(values[index], request) for index, request in owners]
 
     @property
     def in_flight(self) -> int:
-        return self.pushed - self.popped
+        return len(self.rows)
+
+
+def _free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
 
 
 # ---- the engine -----------------------------------------------------------------------------------
 
 
 class FastEngine:
-    """Generation over a single-device transformers Llama with a static cache; CUDA graphs on a GPU.
+    """Batched generation over a transformers Llama: KV slots, continuous batching, CUDA graphs on a GPU.
 
-    ``generate`` has the contract of ``generation.generate_ids`` (same stats, stop ids, stop event,
-    sampling rules); sampled ids come from a different random stream, so a seed reproduces the
-    engine's own output, not the simple path's. One generation runs at a time; callers queue in order.
+    ``generate`` has the contract of ``simple.generate_ids`` (same stats, stop ids, stop event, sampling
+    rules); sampled ids come from the engine's own random stream, so a seed reproduces the engine's
+    output (whatever runs beside it), not the simple path's.
 
-    ``kernels``: "auto"/"triton" (Triton on a GPU) or "torch"; ``use_graphs``: capture the decode step
-    (default: on a GPU); ``lookahead``: decode steps queued beyond the token the caller is reading.
+    ``window``: the model's context window (default: its ``max_position_embeddings``); ``kernels``:
+    "auto"/"triton" (Triton on a GPU) or "torch"; ``slots``/``capacity``: sequences and positions per
+    sequence (default: the window within [MIN_CONTEXT, MAX_CONTEXT], slots from free memory); ``blocks``: (device, layer count) per block
+    (default: from where the model's layers are); ``use_graphs``: capture the decode step (default: on
+    a single GPU); ``lookahead``: decode steps queued beyond the tokens the host has read.
     """
 
-    def __init__(self, model, kernels: str = "auto", use_graphs: bool | None = None, lookahead: int = 2,
-                 initial_capacity: int | None = None):
+    def __init__(self, model, window: int | None = None, kernels: str = "auto", slots: int | None = None, capacity: int | None = None,
+                 blocks: Sequence[tuple[str, int]] | None = None, use_graphs: bool | None = None,
+                 lookahead: int = 2, prefill_chunk: int = PREFILL_CHUNK):
         config = model.config
         self.model = model
-        self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = float(config.rms_norm_eps)
         self.scale = self.head_dim ** -0.5
+        self.prefill_chunk = prefill_chunk
         with torch.no_grad():
-            self.layers = []
+            layers = []
             for layer in model.model.layers:
-                self.layers.append(fuse_layer(layer))
-                if self.device.type == "cuda":
+                layers.append(fuse_layer(layer))
+                if layer.input_layernorm.weight.device.type == "cuda":
                     torch.cuda.empty_cache()  # return the unfused copies before the next layer's fused tensors
             self.embed = model.model.embed_tokens.weight
             self.final_norm = model.model.norm.weight
             self.lm_head = model.lm_head.weight
             self.rope = RopeTable(model.model.rotary_emb, config)
+        self.blocks = self._make_blocks(layers, blocks)
+        self.device = self.lm_head.device  # where sampling state lives
         self.vocab = self.lm_head.shape[0]
         on_gpu = self.device.type == "cuda"
+        single = len({b.device for b in self.blocks}) == 1 and self.embed.device == self.device
         self.kernels = (triton_kernels() if on_gpu and kernels in ("auto", "triton") else None) or TorchDecodeKernels()
-        self.use_graphs = on_gpu if use_graphs is None else use_graphs
+        self.use_graphs = (on_gpu and single) if use_graphs is None else use_graphs
         self.lookahead = lookahead if on_gpu else 0
-        self._turn = FifoLock()
-        self._penalize = False
-        self._graphs: dict[tuple[bool, bool], torch.cuda.CUDAGraph] = {}  # by (sample, penalize)
-        self.generator = torch.Generator(device=self.device)
-        with torch.no_grad():
-            self.token = torch.zeros(1, dtype=torch.long, device=self.device)
-            self.position = torch.zeros(1, dtype=torch.long, device=self.device)
-            self.seen = torch.zeros(1, self.vocab, dtype=torch.bool, device=self.device)
-            self.noise = torch.ones(1, self.vocab, dtype=torch.float32, device=self.device)
-            self.temperature = torch.ones(1, 1, dtype=torch.float32, device=self.device)
-            self.top_p = torch.ones(1, 1, dtype=torch.float32, device=self.device)
-            self.top_k = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-            self.penalty = torch.ones(1, 1, dtype=torch.float32, device=self.device)
-        # A GPU starts with room for a 2k conversation; the CPU path grows its cache as prompts need.
-        capacity = initial_capacity or (min(max(config.max_position_embeddings, CAPACITY_STEP), 2048)
-                                        if on_gpu else CAPACITY_STEP)
-        self.cache: KVCache | None = None
-        self._allocate(capacity)
+        window = min(max(window or int(config.max_position_embeddings), MIN_CONTEXT), MAX_CONTEXT)
+        self.slots, self.capacity = self._size_cache(slots, capacity, window)
+        self.buckets = [b for b in BUCKETS if b < self.slots] + [self.slots]
+        self._allocate()
+        self.admission = Admission(self.slots)
+        self._graphs: dict[tuple[int, bool, bool], torch.cuda.CUDAGraph] = {}
+        if self.use_graphs:
+            self._capture_all()
+        self._free_slots = list(range(self.slots))
+        self._prefilling: deque[Request] = deque()
+        self._decoding: dict[int, Request] = {}
+        self._waiting: dict[int, Request] = {}  # by id() of the request's stats, the admission's ticket
+        self._reader = TokenReader(self.device, self.lookahead + 3, self.slots)
+        self._wake = threading.Condition()
+        self._scheduler: threading.Thread | None = None
+
+    # -- construction --
+
+    def _make_blocks(self, layers: list[LayerWeights], blocks) -> list[Block]:
+        if blocks is None:
+            blocks = []
+            for weights in layers:
+                device = str(weights.qkv.device)
+                if blocks and blocks[-1][0] == device:
+                    blocks[-1] = (device, blocks[-1][1] + 1)
+                else:
+                    blocks.append((device, 1))
+        if sum(count for _, count in blocks) != len(layers):
+            raise ValueError(f"the blocks hold {sum(c for _, c in blocks)} layers; the model has {len(layers)}")
+        made, start = [], 0
+        for device, count in blocks:
+            made.append(Block(torch.device(device), layers[start:start + count]))
+            start += count
+        return made
+
+    def _size_cache(self, slots: int | None, capacity: int | None, window: int) -> tuple[int, int]:
+        """(slots, positions per slot): one scratch position past the window, slots from free memory."""
+        capacity = capacity or window + 1
+        if slots is not None:
+            return slots, capacity
+        per_slot = sum(2 * len(b.layers) * self.kv_heads * capacity * self.head_dim for b in self.blocks)
+        per_slot *= torch.finfo(self.dtype).bits // 8
+        on_gpu = self.device.type == "cuda"
+        share = KV_SHARE_OF_FREE_MEMORY if on_gpu else KV_SHARE_OF_CPU_MEMORY
+        budget = min(_free_memory_bytes(b.device) for b in self.blocks) * share * len(self.blocks)
+        fits = int(budget // per_slot)
+        if fits < 1:
+            raise ContextOverflowError(
+                f"the KV cache for one {capacity - 1}-token sequence needs {per_slot / 2**30:.1f} GiB, more than "
+                f"the {budget / 2**30:.1f} GiB available; use a smaller model or more GPUs.")
+        return min(fits, MAX_SLOTS if on_gpu else CPU_SLOTS), capacity
+
+    def _allocate(self) -> None:
+        shape = (self.slots, self.kv_heads, self.capacity, self.head_dim)
+        positions = torch.arange(self.capacity)
+        for block in self.blocks:
+            with torch.no_grad():
+                block.k = [torch.zeros(shape, dtype=self.dtype, device=block.device) for _ in block.layers]
+                block.v = [torch.zeros(shape, dtype=self.dtype, device=block.device) for _ in block.layers]
+                # Row p: a decode step at position p (dynamic NTK sees a p + 1 token sequence there).
+                cos, sin = self.rope.cos_sin(positions[:, None], positions + 1, self.dtype)
+                block.cos, block.sin = cos[:, 0].to(block.device), sin[:, 0].to(block.device)
+                block.positions = torch.full((self.slots,), self.scratch, dtype=torch.long, device=block.device)
+                block.advance = torch.zeros(self.slots, dtype=torch.long, device=block.device)
+        device, slots = self.device, self.slots
+        self.token = torch.zeros(slots, dtype=torch.long, device=device)
+        self.step = torch.zeros(slots, dtype=torch.long, device=device)
+        self.seed = torch.zeros(slots, dtype=torch.long, device=device)
+        self.seen = torch.zeros(slots, self.vocab, dtype=torch.bool, device=device)
+        self.temperature = torch.zeros(slots, 1, dtype=torch.float32, device=device)
+        self.top_p = torch.ones(slots, 1, dtype=torch.float32, device=device)
+        self.top_k = torch.zeros(slots, 1, dtype=torch.long, device=device)
+        self.penalty = torch.ones(slots, 1, dtype=torch.float32, device=device)
 
     @property
-    def capacity(self) -> int:
-        return self.cache.capacity
+    def scratch(self) -> int:
+        """The cache position idle rows write to; no sequence ever reads it."""
+        return self.capacity - 1
+
+    @property
+    def max_sequence(self) -> int:
+        """Prompt plus new tokens one request may hold."""
+        return self.capacity - 1
+
+    @property
+    def state(self) -> EngineState:
+        cache_bytes = sum(t.numel() * t.element_size() for b in self.blocks for t in (*b.k, *b.v))
+        return EngineState(self.kernels.name, self.slots, self.max_sequence, cache_bytes / 2**30,
+                           tuple(str(b.device) for b in self.blocks), bool(self._graphs))
 
     # -- the forward passes --
 
-    def _prefill(self, prompt_ids: list[int]) -> torch.Tensor:
-        """Run the prompt, fill cache positions 0..n-1, return last-position logits [1, V]."""
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        length = ids.shape[1]
+    def _prefill_chunk(self, request: Request) -> torch.Tensor | None:
+        """Run the next chunk of ``request``'s prompt into its slot; the last position's logits [1, V]
+        once the whole prompt is in."""
+        slot, start, length = request.slot, request.prefilled, request.length
+        end = min(start + self.prefill_chunk, length)
+        count = end - start
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
-        positions = torch.arange(length, device=self.device)[None]
-        cos, sin = self.rope.cos_sin(positions, torch.tensor([length], device=self.device), self.dtype)
-        cos, sin = cos[:, None], sin[:, None]
-        x = F.embedding(ids, self.embed)
-        for index, w in enumerate(self.layers):
-            qkv = F.linear(rms_norm(x, w.input_norm, self.eps), w.qkv, w.qkv_bias)
-            q, k, v = qkv.view(1, length, heads + 2 * kv_heads, head_dim).transpose(1, 2).split(
-                [heads, kv_heads, kv_heads], dim=1)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            self.cache.k[index, :, :, :length] = k
-            self.cache.v[index, :, :, :length] = v
-            groups = heads // kv_heads
-            attended = F.scaled_dot_product_attention(
-                q, repeat_kv(k, groups), repeat_kv(v, groups), is_causal=length > 1, scale=self.scale)
-            x = x + F.linear(attended.transpose(1, 2).reshape(1, length, heads * head_dim), w.o, w.o_bias)
-            gate, up = F.linear(rms_norm(x, w.post_norm, self.eps), w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w.down, w.down_bias)
-        return F.linear(rms_norm(x[:, -1], self.final_norm, self.eps), self.lm_head)
+        first = self.blocks[0].device
+        if request.prompt_embeds is not None:
+            x = request.prompt_embeds[:, start:end].to(device=first, dtype=self.dtype)
+        else:
+            ids = torch.tensor([request.prompt_ids[start:end]], dtype=torch.long, device=self.embed.device)
+            x = F.embedding(ids, self.embed).to(first)
+        positions = torch.arange(start, end)[None]
+        # transformers embeds a prompt with the rope frequencies of its whole length (dynamic NTK)
+        cos, sin = self.rope.cos_sin(positions, torch.tensor([length]), self.dtype)
+        groups = heads // kv_heads
+        for block in self.blocks:
+            x = x.to(block.device)
+            cos_b, sin_b = cos[:, None].to(block.device), sin[:, None].to(block.device)
+            visible = None
+            if start > 0:
+                keys = torch.arange(end, device=block.device)
+                visible = keys[None, :] <= positions.to(block.device)[0, :, None]
+            for w, k_cache, v_cache in zip(block.layers, block.k, block.v):
+                qkv = F.linear(rms_norm(x, w.input_norm, self.eps), w.qkv, w.qkv_bias)
+                q, k, v = qkv.view(1, count, heads + 2 * kv_heads, head_dim).transpose(1, 2).split(
+                    [heads, kv_heads, kv_heads], dim=1)
+                q, k = apply_rope(q, cos_b, sin_b), apply_rope(k, cos_b, sin_b)
+                k_cache[slot, :, start:end] = k[0]
+                v_cache[slot, :, start:end] = v[0]
+                if start == 0:
+                    attended = F.scaled_dot_product_attention(
+                        q, repeat_kv(k, groups), repeat_kv(v, groups), is_causal=count > 1, scale=self.scale)
+                else:
+                    attended = F.scaled_dot_product_attention(
+                        q, repeat_kv(k_cache[slot:slot + 1, :, :end], groups),
+                        repeat_kv(v_cache[slot:slot + 1, :, :end], groups), attn_mask=visible, scale=self.scale)
+                x = x + F.linear(attended.transpose(1, 2).reshape(1, count, heads * head_dim), w.o, w.o_bias)
+                gate, up = F.linear(rms_norm(x, w.post_norm, self.eps), w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
+                x = x + F.linear(F.silu(gate) * up, w.down, w.down_bias)
+        request.prefilled = end
+        if end < length:
+            return None
+        return F.linear(rms_norm(x[:, -1].to(self.device), self.final_norm, self.eps), self.lm_head)
 
-    def _decode_logits(self) -> torch.Tensor:
-        """Logits [1, V] for ``self.token`` at ``self.position``, its k/v stored in the cache."""
+    def _decode_step(self, batch: int, sample: bool, penalize: bool) -> None:
+        """One token for rows 0..batch-1 (slot b is row b): their k/v stored, the next ids chosen."""
         kernels = self.kernels
-        x = F.embedding(self.token, self.embed)
-        for index, w in enumerate(self.layers):
-            k_cache, v_cache = self.cache.k[index], self.cache.v[index]
-            q = kernels.norm_linear_rope_store(x, w.input_norm, self.eps, w.qkv, w.qkv_bias, self.cos_table,
-                                               self.sin_table, k_cache, v_cache, self.position, self.heads,
-                                               self.kv_heads)
-            kernels.linear_add(kernels.attention(q, k_cache, v_cache, self.position, self.scale), w.o, w.o_bias, x)
-            hidden = kernels.norm_gated_linear(x, w.post_norm, self.eps, w.gate_up, w.gate_up_bias)
-            kernels.linear_add(hidden, w.down, w.down_bias, x)
-        return kernels.norm_linear(x, self.final_norm, self.eps, self.lm_head, None)
+        x = F.embedding(self.token[:batch].to(self.embed.device), self.embed)
+        for block in self.blocks:
+            x = x.to(block.device)
+            positions = block.positions[:batch]
+            for w, k_cache, v_cache in zip(block.layers, block.k, block.v):
+                q = kernels.norm_linear_rope_store(x, w.input_norm, self.eps, w.qkv, w.qkv_bias, block.cos,
+                                                   block.sin, k_cache, v_cache, positions, self.heads, self.kv_heads)
+                kernels.linear_add(kernels.attention(q, k_cache, v_cache, positions, self.scale), w.o, w.o_bias, x)
+                hidden = kernels.norm_gated_linear(x, w.post_norm, self.eps, w.gate_up, w.gate_up_bias)
+                kernels.linear_add(hidden, w.down, w.down_bias, x)
+        logits = kernels.norm_linear(x.to(self.device), self.final_norm, self.eps, self.lm_head, None)
+        kernels.choose(logits, self.seen[:batch], self.penalty[:batch], self.temperature[:batch], self.top_k[:batch],
+                       self.top_p[:batch], self.seed[:batch], self.step[:batch], self.token[:batch], sample, penalize)
+        self.step[:batch] += self.blocks[-1].advance[:batch].to(self.device)
+        for block in self.blocks:
+            block.positions[:batch] += block.advance[:batch]
 
-    def _choose(self, logits: torch.Tensor, sample: bool) -> None:
-        """Pick the next id on the device into ``self.token`` and mark it seen."""
-        self.kernels.choose(logits, self.seen, self.penalty, self.temperature, self.top_k, self.top_p, self.noise,
-                            self.token, sample, self._penalize)
-
-    def _decode_step(self, sample: bool) -> None:
-        self._choose(self._decode_logits(), sample)
-        self.position.add_(1)
-
-    # -- CUDA graphs and the cache --
-
-    def _allocate(self, capacity: int) -> None:
-        """(Re)allocate the cache for ``capacity`` positions and capture the decode graphs against it."""
-        self._graphs = {}
-        self.cache = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        with torch.no_grad():
-            self.cache = KVCache(len(self.layers), self.kv_heads, self.head_dim, capacity, self.dtype, self.device)
-            # Row p: cos/sin of a decode step at position p (dynamic NTK sees a p + 1 token sequence there).
-            positions = torch.arange(capacity, device=self.device)
-            cos, sin = self.rope.cos_sin(positions[:, None], positions + 1, self.dtype)
-            self.cos_table, self.sin_table = cos[:, 0].contiguous(), sin[:, 0].contiguous()
-        if self.use_graphs:
-            try:
-                self._capture()
-            except Exception:  # a kernel that fails to build must not stop the chat: fall back to torch ops
-                if self.kernels.name == "torch":
-                    raise
-                log.exception("capturing the decode step on Triton kernels failed; using torch ops instead")
-                self.kernels = TorchDecodeKernels()
-                self._graphs = {}
-                self._capture()
-
-    def _capture(self) -> None:
+    def _capture_all(self) -> None:
+        """One CUDA graph per (bucket, sample, penalize), captured while every slot is idle."""
         pool = torch.cuda.graph_pool_handle()
-        with torch.inference_mode():
-            for sample in (False, True):
-                for penalize in (False, True):
-                    self._penalize = penalize
-                    # A first run outside capture compiles the Triton kernels and creates library handles.
-                    side = torch.cuda.Stream()
-                    side.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(side):
-                        self._decode_step(sample)
-                    torch.cuda.current_stream().wait_stream(side)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                        self._decode_step(sample)
-                    self._graphs[(sample, penalize)] = graph
-            self._penalize = False
-            self.position.zero_()
+        try:
+            with torch.inference_mode():
+                for batch in self.buckets:
+                    for sample in (False, True):
+                        for penalize in (False, True):
+                            self._graphs[(batch, sample, penalize)] = self._capture(batch, sample, penalize, pool)
+        except Exception:  # a kernel that fails to build must not stop the chat: fall back to torch ops
+            if self.kernels.name == "torch":
+                raise
+            log.exception("capturing the decode step on %s kernels failed; using torch ops", self.kernels.name)
+            self.kernels, self._graphs = TorchDecodeKernels(), {}
+            self._capture_all()
         torch.cuda.synchronize()
 
-    def _ensure_capacity(self, needed: int) -> None:
-        if needed > self.capacity:
-            steps = -(-needed // CAPACITY_STEP)
-            self._allocate(max(steps * CAPACITY_STEP, 2 * self.capacity))
+    def _capture(self, batch: int, sample: bool, penalize: bool, pool) -> torch.cuda.CUDAGraph:
+        side = torch.cuda.Stream()  # a first run outside capture compiles kernels and creates library handles
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._decode_step(batch, sample, penalize)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            self._decode_step(batch, sample, penalize)
+        return graph
 
-    def _run_step(self, sample: bool) -> None:
-        if sample:
-            self.noise.exponential_(generator=self.generator)
-        if self._graphs:
-            self._graphs[(sample, self._penalize)].replay()
+    def _run_step(self, batch: int, sample: bool, penalize: bool) -> None:
+        graph = self._graphs.get((batch, sample, penalize))
+        if graph is not None:
+            graph.replay()
         else:
-            self._decode_step(sample)
+            self._decode_step(batch, sample, penalize)
 
-    # -- generation --
+    # -- slots --
 
-    def _start(self, prompt_ids: list[int], params: GenerationParams, sample: bool) -> None:
-        """Set the sampling buffers, run the prompt and choose the first id."""
-        if params.seed is not None:
-            self.generator.manual_seed(params.seed)
-        else:
-            self.generator.seed()
-        self.temperature.fill_(params.temperature if sample else 1.0)
-        self.top_p.fill_(params.top_p)
-        self.top_k.fill_(params.top_k or 0)
-        self.penalty.fill_(params.repetition_penalty)
-        self._penalize = params.repetition_penalty != 1.0
-        self.seen.zero_()
-        if params.repetition_penalty != 1.0:
-            self.seen[0, torch.tensor(prompt_ids, device=self.device)] = True
-        if sample:
-            self.noise.exponential_(generator=self.generator)
-        self._choose(self._prefill(prompt_ids), sample)
-        self.position.fill_(len(prompt_ids))
+    def _set_position(self, slot: int, position: int, advance: int) -> None:
+        for block in self.blocks:
+            block.positions[slot] = position
+            block.advance[slot] = advance
+
+    def _start_decoding(self, request: Request, logits: torch.Tensor) -> None:
+        """Set the slot's sampling state and choose the first new id from the prompt's logits."""
+        slot, params = request.slot, request.params
+        sample = samples(params)
+        self.temperature[slot] = params.temperature if sample else 0.0
+        self.top_p[slot] = params.top_p
+        self.top_k[slot] = params.top_k
+        self.penalty[slot] = params.repetition_penalty
+        self.seed[slot] = request.seed
+        self.step[slot] = 0
+        self.seen[slot] = False
+        if request.seen_ids:
+            self.seen[slot, torch.tensor(request.seen_ids, device=self.device)] = True
+        rows = slice(slot, slot + 1)
+        self.kernels.choose(logits, self.seen[rows], self.penalty[rows], self.temperature[rows], self.top_k[rows],
+                            self.top_p[rows], self.seed[rows], self.step[rows], self.token[rows], sample,
+                            params.repetition_penalty != 1.0)
+        self.step[slot] = 1
+        request.launched = 1
+        self._reader.push(self.token[rows], [(0, request)])
+        if request.launched < params.max_new_tokens:
+            self._set_position(slot, request.length, 1)
+            self._decoding[slot] = request
+
+    def _stop_launching(self, slot: int) -> None:
+        self._decoding.pop(slot, None)
+        self._set_position(slot, self.scratch, 0)
+
+    # -- the scheduler --
+
+    def _admit(self) -> None:
+        while self._free_slots:
+            stats = self.admission.take()
+            if stats is None:
+                return
+            request = self._waiting.pop(id(stats))
+            request.slot = self._free_slots.pop(0)
+            self._prefilling.append(request)
+
+    def _prefill_next(self) -> None:
+        request = self._prefilling[0]
+        if request.cancelled:
+            self._prefilling.popleft()
+            self._finish(request, "stopped")
+            return
+        try:
+            logits = self._prefill_chunk(request)
+            if logits is not None:
+                self._prefilling.popleft()
+                self._start_decoding(request, logits)
+        except Exception as exc:  # noqa: BLE001 - this request fails; the engine and the others go on
+            log.exception("prefill failed")
+            self._prefilling.popleft()
+            self._finish(request, "error", exc)
+
+    def _decode(self) -> None:
+        top = max(self._decoding) + 1
+        batch = next(b for b in self.buckets if b >= top)
+        owners = list(self._decoding.items())
+        sample = any(samples(request.params) for _, request in owners)
+        penalize = any(request.params.repetition_penalty != 1.0 for _, request in owners)
+        self._run_step(batch, sample, penalize)
+        self._reader.push(self.token[:batch], owners)
+        for slot, request in owners:
+            request.launched += 1
+            if request.launched >= request.params.max_new_tokens:
+                self._stop_launching(slot)
+
+    def _deliver(self, keep: int) -> None:
+        """Hand the tokens of all but the newest ``keep`` queued steps to their requests."""
+        while self._reader.in_flight > keep:
+            for token, request in self._reader.pop():
+                if request.finished:
+                    continue  # steps queued before its end was known
+                if request.cancelled:
+                    self._finish(request, "stopped")
+                elif not request.stats.record(token, request.stop_ids, request.started):
+                    self._finish(request, "stop")
+                else:
+                    request.tokens.put(token)
+                    if request.stats.new_tokens >= request.params.max_new_tokens:
+                        self._finish(request, "length")
+
+    def _finish(self, request: Request, reason: str, error: BaseException | None = None) -> None:
+        request.finished = True
+        request.stats.finish_reason = reason
+        request.stats.duration_s = time.perf_counter() - request.started
+        if request.slot is not None:
+            if self._decoding.get(request.slot) is request:
+                self._stop_launching(request.slot)
+            self._free_slots.append(request.slot)
+            self._free_slots.sort()
+            request.slot = None
+            self.admission.release()
+        request.tokens.put(error if error is not None else END)
+
+    def _drop_cancelled_waiters(self) -> None:
+        for request in list(self._waiting.values()):
+            if request.cancelled:
+                self.admission.leave(request.stats)
+                del self._waiting[id(request.stats)]
+                self._finish(request, "stopped")
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not (self._waiting or self._prefilling or self._decoding or self._reader.in_flight):
+                        self._wake.wait()
+                    self._drop_cancelled_waiters()
+                    self._admit()
+                if self._prefilling:
+                    self._prefill_next()
+                if self._decoding:
+                    try:
+                        self._decode()
+                    except Exception as exc:  # noqa: BLE001 - the running requests fail, the engine stays usable
+                        log.exception("decode step failed")
+                        for _, request in list(self._decoding.items()):
+                            self._finish(request, "error", exc)
+                self._deliver(self.lookahead if self._decoding else 0)
+
+    # -- the door --
+
+    def submit(self, params: GenerationParams, stop_ids: set[int], stats: GenerationStats | None = None,
+               stop: threading.Event | None = None, prompt_ids: list[int] | None = None,
+               prompt_embeds: torch.Tensor | None = None, seen_ids: list[int] | None = None) -> Request:
+        """Queue a request (ids, or embeddings [1, T, hidden] with the ids its penalty sees); returns it."""
+        stats = stats if stats is not None else GenerationStats()
+        request = Request(prompt_ids, prompt_embeds, list(prompt_ids if seen_ids is None else seen_ids), params,
+                          frozenset(stop_ids), stats, stop,
+                          params.seed if params.seed is not None else random.getrandbits(62))
+        stats.prompt_tokens = request.length
+        stats.finish_reason = "length"
+        if request.length == 0:
+            raise ValueError("the prompt is empty")
+        if request.length + params.max_new_tokens > self.max_sequence:
+            raise ContextOverflowError(
+                f"the prompt ({request.length} tokens) plus {params.max_new_tokens} new tokens exceeds the "
+                f"{self.max_sequence} positions of a generation slot; shorten the prompt or the reply.")
+        with self._wake:
+            if self._scheduler is None:
+                self._scheduler = threading.Thread(target=self._run, name="engine-scheduler", daemon=True)
+                self._scheduler.start()
+            if params.max_new_tokens == 0 or request.cancelled:
+                self._finish(request, "length" if params.max_new_tokens == 0 else "stopped")
+                return request
+            self._waiting[id(stats)] = request
+            self.admission.join(stats)
+            self._wake.notify_all()
+        return request
+
+    def stream(self, request: Request) -> Iterator[int]:
+        """The request's ids as they arrive; closing the iterator ends the request."""
+        try:
+            while (item := request.tokens.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"generation failed: {item}") from item
+                yield item
+        finally:
+            request.closed = True
+            with self._wake:
+                self._wake.notify_all()
 
     def generate(self, prompt_ids: list[int], params: GenerationParams, stop_ids: set[int],
                  stats: GenerationStats | None = None, stop: threading.Event | None = None) -> Iterator[int]:
-        """Yield new token ids one at a time; a stop id ends generation and is not yielded.
-
-        The engine serves the next caller once this iterator is exhausted or closed.
-        """
-        with self._turn:
-            yield from self._generate(prompt_ids, params, stop_ids, stats, stop)
-
-    def _generate(self, prompt_ids, params, stop_ids, stats, stop) -> Iterator[int]:
-        stats = stats if stats is not None else GenerationStats()
-        stats.prompt_tokens = len(prompt_ids)
-        stats.finish_reason = "length"
-        sample = params.do_sample and params.temperature > 0
-        start = time.perf_counter()
-        if params.max_new_tokens <= 0:
-            return
-        if stop is not None and stop.is_set():
-            stats.finish_reason = "stopped"
-            return
-        with torch.inference_mode():
-            self._ensure_capacity(len(prompt_ids) + params.max_new_tokens)
-            reader = TokenReader(self.device, slots=self.lookahead + 2)
-            self._start(prompt_ids, params, sample)
-            reader.push(self.token)
-            try:
-                for _ in range(params.max_new_tokens):
-                    # Queue the following steps before reading this one, so the GPU keeps working
-                    # while the caller handles the token (steps past a stop id are simply dropped).
-                    while reader.pushed < params.max_new_tokens and reader.in_flight <= self.lookahead:
-                        self._run_step(sample)
-                        reader.push(self.token)
-                    token = reader.pop()
-                    if stop is not None and stop.is_set():
-                        stats.finish_reason = "stopped"
-                        break
-                    if not stats.record(token, stop_ids, start):
-                        break
-                    yield token
-            finally:
-                stats.duration_s = time.perf_counter() - start
-
-    def decode_only_tokens_per_s(self, steps: int = 256, sample: bool = False) -> float:
-        """Decode rate of back-to-back steps with no host reads: the ceiling ``generate`` streams against."""
-        with self._turn, torch.inference_mode():
-            self._ensure_capacity(steps + 2)
-            self._start([1], GenerationParams(do_sample=sample, max_new_tokens=steps), sample)
-            self._run_step(sample)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            began = time.perf_counter()
-            for _ in range(steps):
-                self._run_step(sample)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            return steps / (time.perf_counter() - began)
+        """Yield new token ids one at a time; a stop id ends generation and is not yielded."""
+        return self.stream(self.submit(params, stop_ids, stats, stop, prompt_ids=list(prompt_ids)))
 
 
-def engine_for(model, mode: str, device_map: dict):
-    """The engine ``mode`` asks for: "simple" → None, "fast" → FastEngine, "auto" → FastEngine on one GPU.
-
-    A model spread over several devices always uses the simple path (its layers live on different GPUs).
-    """
+def engine_for(model, mode: str, window: int):
+    """The engine ``mode`` asks for: "simple" → None, "fast" or "auto" → FastEngine."""
     if mode not in ENGINE_MODES:
         raise ValueError(f"unknown engine {mode!r}; use one of {', '.join(ENGINE_MODES)}.")
-    devices = {str(device) for device in device_map.values()}
-    single_device = len(devices) == 1
-    if mode == "fast" and not single_device:
-        raise ValueError("the fast engine needs the whole model on one device; use engine='simple' with several GPUs.")
-    if mode == "simple" or not single_device:
+    if mode == "simple":
         return None
-    if mode == "auto" and not next(iter(devices)).startswith("cuda"):
-        return None
-    return FastEngine(model)
+    return FastEngine(model, window)

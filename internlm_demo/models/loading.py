@@ -38,6 +38,7 @@ class ModelInfo:
     device_map: dict
     context_window: int
     is_demo: bool = False
+    engine: str = ""  # how tokens are made (set by serving: engine, kernels, slots, KV budget)
 
 
 def resolve_folder(path_or_id: str | Path | None, default_ids=CHAT_DEFAULT_IDS, demo=None) -> tuple[Path, str, bool]:

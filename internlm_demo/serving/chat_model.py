@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from ..generation.admission import Admission
 from ..generation.engine import engine_for
 from ..generation.params import GenerationParams, GenerationStats
 from ..generation.simple import generate_ids
@@ -13,6 +15,8 @@ from ..models.families import Family
 from ..models.loading import load_model
 from ..models.tokenizer import InternLMTokenizer, StreamingDetokenizer
 from .backend import Budget, History, fit_history
+
+SIMPLE_PATH = "simple path: transformers forward, one generation at a time"
 
 
 class ChatModel:
@@ -24,6 +28,7 @@ class ChatModel:
                  engine=None):
         self.model = model
         self.engine = engine  # a FastEngine, or None for the simple generate_ids path
+        self.simple_turns = Admission(1)  # the simple path serves one generation at a time
         self.tokenizer = tokenizer
         self.family = family
         self.info = info
@@ -31,7 +36,16 @@ class ChatModel:
 
     @property
     def context_window(self) -> int:
+        """Prompt plus reply tokens one generation may hold: the model's window, or a slot's size if smaller."""
+        if self.engine is not None:
+            return min(self.info.context_window, self.engine.max_sequence)
         return self.info.context_window
+
+    def engine_facts(self) -> dict:
+        """Which engine generates, with its kernels, slots and KV budget (for ``/v1/models``)."""
+        if self.engine is None:
+            return {"name": "simple", "slots": 1}
+        return {"name": "engine", **asdict(self.engine.state)}
 
     def build_prompt(self, query: str, history: History | None = None, meta_instruction: str | None = None) -> str:
         """The exact prompt string the original ``build_inputs`` makes (BOS comes from the tokenizer)."""
@@ -54,10 +68,21 @@ class ChatModel:
 
     def generate_tokens(self, prompt_ids: list[int], params: GenerationParams, stop_ids: set[int],
                         stats: GenerationStats | None = None, stop: threading.Event | None = None) -> Iterator[int]:
-        """New token ids for a raw prompt: the fast engine when one was set up, else the simple path."""
+        """New token ids for a raw prompt: the engine when one was set up, else the simple path.
+
+        Every generation of this model comes through here; it waits (``stats.waiting``) only while
+        the engine's slots, or the simple path's single turn, are taken.
+        """
         if self.engine is not None:
             return self.engine.generate(prompt_ids, params, stop_ids, stats, stop)
-        return generate_ids(self.model, prompt_ids, params, stop_ids, stats, stop)
+        return self._simple(prompt_ids, params, stop_ids, stats if stats is not None else GenerationStats(), stop)
+
+    def _simple(self, prompt_ids, params, stop_ids, stats: GenerationStats, stop) -> Iterator[int]:
+        with self.simple_turns.turn(stats, stop) as granted:
+            if not granted:
+                stats.finish_reason = "stopped"
+                return
+            yield from generate_ids(self.model, prompt_ids, params, stop_ids, stats, stop)
 
     def stream_chat(self, query: str, history: History | None = None, meta_instruction: str | None = None,
                     stats: GenerationStats | None = None, stop: threading.Event | None = None,
@@ -90,8 +115,11 @@ def load_chat_model(path_or_id: str | Path | None = None, device: str | None = N
                     num_gpus: int | None = None, progress: bool = True, engine: str = "auto") -> ChatModel:
     """Load an InternLM chat model (folder or known id; None → a downloaded model or the embedded demo).
 
-    ``engine``: "auto" (the fast engine on a single GPU, else the simple path), "fast" or "simple".
+    ``engine``: "auto" or "fast" (the batched engine, on GPUs and the CPU alike) or "simple" (the plain
+    transformers path, one generation at a time).
     """
     loaded = load_model(path_or_id, device, dtype, num_gpus, progress)
-    return ChatModel(loaded.model, loaded.tokenizer, loaded.family, loaded.info, extra_stop_ids=loaded.stop_ids,
-                     engine=engine_for(loaded.model, engine, loaded.info.device_map))
+    built = engine_for(loaded.model, engine, loaded.info.context_window)
+    described = built.state.describe() if built is not None else SIMPLE_PATH
+    return ChatModel(loaded.model, loaded.tokenizer, loaded.family, replace(loaded.info, engine=described),
+                     extra_stop_ids=loaded.stop_ids, engine=built)

@@ -22,7 +22,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..errors import ContextOverflowError, ModelFolderError
-from ..generation.admission import GpuQueue, process_queue
 from ..generation.params import GenerationStats
 from ..settings import Settings
 from .chat_model import Budget, ChatModel, History
@@ -144,14 +143,12 @@ class Progress:
                 return
 
 
-def generate_in_thread(model: ChatModel, gpu_queue: GpuQueue, progress: Progress, stop: threading.Event,
-                       meta: str | None, history: History, query: str, kwargs: dict, stats: GenerationStats) -> None:
-    """Generate the reply into ``progress``. Generation stays on one thread: torch's inference mode is per thread."""
+def generate_in_thread(model: ChatModel, progress: Progress, stop: threading.Event, meta: str | None,
+                       history: History, query: str, kwargs: dict, stats: GenerationStats) -> None:
+    """Generate the reply into ``progress``; concurrent requests become concurrent engine slots."""
     try:
-        with gpu_queue.turn(cancel=stop) as granted:
-            if granted:
-                for text in model.stream_chat(query, history, meta, stats=stats, stop=stop, **kwargs):
-                    progress.update(text)
+        for text in model.stream_chat(query, history, meta, stats=stats, stop=stop, **kwargs):
+            progress.update(text)
         progress.finish()
     except Exception as exc:  # noqa: BLE001 - the client gets the reason, not a dropped connection
         progress.finish(f"generation failed: {exc}")
@@ -201,11 +198,9 @@ class ClosingStreamingResponse(StreamingResponse):
             await self.on_close()
 
 
-def create_app(model: ChatModel, settings: Settings | None = None, gpu_queue: GpuQueue | None = None) -> FastAPI:
-    """The FastAPI application serving ``model`` within the limits in ``settings``; generation goes through
-    ``gpu_queue``."""
+def create_app(model: ChatModel, settings: Settings | None = None) -> FastAPI:
+    """The FastAPI application serving ``model`` within the limits in ``settings``."""
     settings = settings or Settings()
-    gpu_queue = gpu_queue or process_queue()
     slots = GenerationSlots(settings.max_concurrent_requests, settings.max_queued_requests, settings.queue_timeout_s)
     app = FastAPI(title="internlm-demo OpenAI-compatible API")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -223,7 +218,8 @@ def create_app(model: ChatModel, settings: Settings | None = None, gpu_queue: Gp
     @app.get("/v1/models")
     async def list_models() -> dict:
         card = {"id": model.info.model_id, "object": "model", "created": created, "owned_by": "internlm-demo",
-                "max_model_len": model.context_window, "family": model.family.name, "is_demo": model.info.is_demo}
+                "max_model_len": model.context_window, "family": model.family.name, "is_demo": model.info.is_demo,
+                "engine": model.engine_facts()}
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
@@ -241,7 +237,7 @@ def create_app(model: ChatModel, settings: Settings | None = None, gpu_queue: Gp
         def start_generation() -> tuple[Progress, threading.Event, GenerationStats]:
             progress, stop, stats = Progress(), threading.Event(), GenerationStats()
             threading.Thread(target=generate_in_thread, daemon=True,
-                             args=(model, gpu_queue, progress, stop, meta, budget.history, query, kwargs, stats)).start()
+                             args=(model, progress, stop, meta, budget.history, query, kwargs, stats)).start()
             return progress, stop, stats
 
         try:

@@ -39,6 +39,7 @@ class RemoteModelInfo:
     device_map: dict = field(default_factory=dict)
     context_window: int = DEFAULT_REMOTE_WINDOW
     is_demo: bool = False
+    engine: str = "the server's own"
 
 
 def family_of_served_model(card: dict) -> Family:

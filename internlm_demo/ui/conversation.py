@@ -1,6 +1,7 @@
 """One chat session as plain data, and the handlers a chat page calls: send, stop, regenerate, clear.
 
-A reply is generated on a worker thread through the shared GPU queue; the page polls the
+A reply is generated on a worker thread through the model's one door (the engine's slots, where it
+may wait its turn); the page polls the
 ``PendingReply`` and calls ``collect`` to move a finished (or stopped) reply into the history.
 Nothing here knows about a UI; notices carry numbers and texts, the page words them.
 Export and import of a transcript are in ``transcript``.
@@ -13,7 +14,6 @@ import threading
 from dataclasses import dataclass, field
 
 from ..errors import ContextOverflowError
-from ..generation.admission import GpuQueue
 from ..generation.params import GenerationStats
 from ..serving.backend import ChatBackend, History
 
@@ -112,12 +112,15 @@ class PendingReply:
     history: History  # the turns sent along (after dropping what did not fit)
     seed: int
     text: str = ""
-    queue_ahead: int = 0  # callers before this one in the GPU queue, while waiting
     error: str | None = None
     stats: GenerationStats = field(default_factory=GenerationStats)
     stop: threading.Event = field(default_factory=threading.Event)
-    started: threading.Event = field(default_factory=threading.Event)  # it got the GPU
     done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def queue_ahead(self) -> int:
+        """Requests before this one in the line for a generation slot, while it waits."""
+        return self.stats.queue_ahead
 
     @property
     def state(self) -> str:
@@ -126,7 +129,7 @@ class PendingReply:
             return "done"
         if self.stop.is_set():
             return "stopping"
-        return "generating" if self.started.is_set() else "queued"
+        return "queued" if self.stats.waiting else "generating"
 
 
 @dataclass
@@ -155,8 +158,7 @@ def history_pairs(messages: list[Message]) -> History:
     return [(q.content, a.content) for q, a in zip(messages[0::2], messages[1::2]) if a.role == "assistant"]
 
 
-def send(conversation: Conversation, model: ChatBackend, params: ChatParams, text: str | None,
-         gpu_queue: GpuQueue | None = None) -> bool:
+def send(conversation: Conversation, model: ChatBackend, params: ChatParams, text: str | None) -> bool:
     """Start a reply to ``text`` on a worker thread; False when nothing was started.
 
     A blank message is ignored; one that cannot fit the window on its own leaves the
@@ -178,37 +180,21 @@ def send(conversation: Conversation, model: ChatBackend, params: ChatParams, tex
     pending = PendingReply(query=text, history=budget.history, seed=seed)
     conversation.pending = pending
     kwargs = params.generation_kwargs(seed, budget.max_new_tokens)
-    threading.Thread(target=generate_reply, args=(pending, model, gpu_queue, meta, kwargs), daemon=True).start()
+    threading.Thread(target=generate_reply, args=(pending, model, meta, kwargs), daemon=True).start()
     return True
 
 
-def generate_reply(pending: PendingReply, model: ChatBackend, gpu_queue: GpuQueue | None, meta: str | None,
-                   kwargs: dict) -> None:
-    """Worker thread: wait for the GPU, stream into ``pending``, always end by setting ``pending.done``."""
-
-    def on_wait(ahead: int) -> None:
-        pending.queue_ahead = ahead
-
+def generate_reply(pending: PendingReply, model: ChatBackend, meta: str | None, kwargs: dict) -> None:
+    """Worker thread: stream into ``pending`` (waiting for a slot first if all are busy); always ends
+    by setting ``pending.done``."""
     try:
-        if gpu_queue is None:
-            pending.started.set()
-            stream_into(pending, model, meta, kwargs)
-        else:
-            with gpu_queue.turn(cancel=pending.stop, on_wait=on_wait) as granted:
-                if granted:
-                    pending.started.set()
-                    stream_into(pending, model, meta, kwargs)
-                else:
-                    pending.stats.finish_reason = "stopped"
+        for text in model.stream_chat(pending.query, pending.history, meta, stats=pending.stats, stop=pending.stop,
+                                      **kwargs):
+            pending.text = text
     except Exception as exc:  # noqa: BLE001 - shown as a notice; the worker must never die silently
         pending.error = str(exc) or type(exc).__name__
     finally:
         pending.done.set()
-
-
-def stream_into(pending: PendingReply, model: ChatBackend, meta: str | None, kwargs: dict) -> None:
-    for text in model.stream_chat(pending.query, pending.history, meta, stats=pending.stats, stop=pending.stop, **kwargs):
-        pending.text = text
 
 
 def collect(conversation: Conversation) -> bool:
@@ -237,14 +223,13 @@ def stop(conversation: Conversation) -> None:
         conversation.pending.stop.set()
 
 
-def regenerate(conversation: Conversation, model: ChatBackend, params: ChatParams,
-               gpu_queue: GpuQueue | None = None) -> bool:
+def regenerate(conversation: Conversation, model: ChatBackend, params: ChatParams) -> bool:
     """Replace the last reply with a new one; the history is unchanged when that cannot start."""
     messages = conversation.messages
     if conversation.pending is not None or len(messages) < 2 or messages[-1].role != "assistant":
         return False
     reply, question = messages.pop(), messages.pop()
-    if send(conversation, model, params, question.content, gpu_queue):
+    if send(conversation, model, params, question.content):
         return True
     messages += [question, reply]
     return False

@@ -17,6 +17,7 @@ def model_facts(model: ChatBackend, stats: GenerationStats | None) -> dict:
         "dtype": info.dtype,
         "device_map": device_summary(info.device_map),
         "memory": gpu_memory(info.device_map),
+        "engine": info.engine,
         "tokens_per_s": stats.tokens_per_s if stats else None,
         "time_to_first_token_s": stats.time_to_first_token_s if stats and stats.new_tokens else None,
     }

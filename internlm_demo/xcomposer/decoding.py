@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from ..generation.params import GenerationParams
-from ..generation.sampling import next_token
+from ..generation.sampling import next_token, warp_scores
 from ..generation.simple import CACHE_ARGUMENT
 
 
@@ -91,22 +91,6 @@ def penalise_repetition(scores: torch.Tensor, ids: torch.Tensor, penalty: float)
         return scores
     seen = scores.gather(1, ids)
     return scores.scatter(1, ids, torch.where(seen < 0, seen * penalty, seen / penalty))
-
-
-def warp_for_sampling(scores: torch.Tensor, settings: GenerationSettings, min_tokens_to_keep: int) -> torch.Tensor:
-    """4.33's sampling warpers in their order: temperature, top-k, top-p."""
-    if settings.temperature != 1.0:
-        scores = scores / settings.temperature
-    if settings.top_k:
-        k = min(max(settings.top_k, min_tokens_to_keep), scores.shape[-1])
-        kth = torch.topk(scores, k).values[..., -1, None]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if settings.top_p < 1.0:
-        ordered, order = torch.sort(scores, descending=False)
-        drop = ordered.softmax(-1).cumsum(-1) <= (1 - settings.top_p)
-        drop[..., -min_tokens_to_keep:] = False
-        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return scores
 
 
 class Decoder:
@@ -215,7 +199,7 @@ class Decoder:
             scores = penalise_repetition(torch.log_softmax(logits, dim=-1), rows, settings.repetition_penalty)
             scores = scores + beam_scores[:, None]
             if settings.do_sample:
-                scores = warp_for_sampling(scores, settings, min_tokens_to_keep=2).view(-1)
+                scores = warp_scores(scores, settings.temperature, settings.top_k, settings.top_p, 2).view(-1)
                 picked = torch.multinomial(scores.softmax(-1), 2 * beams, generator=self._generator)
                 picked_scores, order = torch.sort(scores[picked], descending=True)
                 picked = picked[order]

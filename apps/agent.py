@@ -24,13 +24,16 @@ from internlm_demo.agent.loop import (
     CODE,
     DEFAULT_MAX_TURNS,
     ERROR,
+    GAVE_UP,
+    MODEL,
+    NOTICE,
     OBSERVATION,
     STOPPED,
     THOUGHT,
     Step,
     run_agent,
 )
-from internlm_demo.agent.protocol import protocol_for
+from internlm_demo.agent.protocol import CHINESE, ENGLISH, Departures, protocol_for
 from internlm_demo.agent.sandbox import PythonInterpreter
 from internlm_demo.agent.scripted import ScriptedModel, ScriptError
 from internlm_demo.agent.session import AgentConversation
@@ -83,27 +86,36 @@ def stop_run(state) -> None:
 
 
 def render_steps(steps: list[Step], expanded: bool) -> None:
-    """Each model turn in an expander (thought, code, output), then the answer, error or stop notice."""
-    turns = sorted({step.turn for step in steps if step.kind in (THOUGHT, CODE, OBSERVATION)})
+    """Each model turn in an expander (thought, code, output), then the answer, error or stop notice.
+
+    A turn that shows neither thought nor code shows the model's own text, so every turn is visible.
+    """
+    turns = sorted({step.turn for step in steps if step.kind in (THOUGHT, CODE, OBSERVATION, NOTICE)})
     for turn in turns:
         in_turn = [step for step in steps if step.turn == turn]
         tools = [step.tool for step in in_turn if step.kind == CODE]
-        label = f"Step {turn} · {tools[0] or 'tool call'}" if tools else f"Step {turn} · thought"
-        with st.expander(label, expanded=expanded):
+        shows_text = any(step.kind in (THOUGHT, CODE) for step in in_turn)
+        label = tools[0] or "tool call" if tools else "thought" if shows_text else "reply"
+        with st.expander(f"Step {turn} · {label}", expanded=expanded):
             for step in in_turn:
                 if step.kind == THOUGHT:
                     st.markdown(step.text)
                 elif step.kind == CODE:
                     st.code(step.text or " ", language="python")
+                elif step.kind == MODEL and not shows_text:
+                    st.caption("The model's reply (not in the tool format)")
+                    st.code(step.text or "(empty)", language="text")
                 elif step.kind == OBSERVATION:
                     st.caption("Output" if tools else "Feedback to the model")
                     st.code(step.text, language="text")
+                elif step.kind == NOTICE:
+                    st.caption(step.text)
     for step in steps:
         if step.kind == ANSWER:
             st.markdown(step.text)
         elif step.kind == ERROR:
             st.error(step.text)
-        elif step.kind == STOPPED:
+        elif step.kind in (STOPPED, GAVE_UP):
             st.warning(step.text)
 
 
@@ -132,7 +144,6 @@ def main() -> None:
     except (ModelFolderError, ScriptError) as exc:
         st.error(f"The model cannot be used: {exc}")
         st.stop()
-    protocol = protocol_for(model.family)
     interpreter = PythonInterpreter()
     question = st.chat_input("Ask something that needs a calculation or a bit of code")
 
@@ -145,6 +156,13 @@ def main() -> None:
                    "call tools sensibly. Start the app with `-- --model internlm-chat-7b` (or a model folder).")
     with st.sidebar:
         model_name = Path(model.source).name if isinstance(model, ScriptedModel) else model.info.model_id
+        language = st.radio("Prompt language", ["English", "中文"], horizontal=True,
+                            help="lagent's English or Chinese prompt texts, where lagent has both.")
+        exact = st.toggle("lagent's exact behaviour", value=False,
+                          help="Off: a last turn that asks for the answer, `Response:` as a stop word for "
+                               "InternLM v1 and a reminder after an empty reply (docs/agent-protocols.md).")
+        protocol = protocol_for(model.family, CHINESE if language == "中文" else ENGLISH,
+                                Departures.none() if exact else Departures())
         st.caption(f"Model: {model_name} · protocol: {protocol.name}")
         use_interpreter = st.toggle("Python interpreter", value=True,
                                     help="Let the model run Python code in a sandboxed process.")
@@ -175,6 +193,7 @@ def main() -> None:
                              do_sample=temperature > 0, temperature=temperature)
             stream_agent_run(st.empty(), runs, conversation)
             conversation.finish()
+        st.rerun()  # draw the page again with Stop disabled, now that nothing runs
 
 
 if __name__ == "__main__":

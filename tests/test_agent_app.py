@@ -10,8 +10,8 @@ import sys
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from internlm_demo.agent.loop import ANSWER, STOPPED, THOUGHT, Step
-from internlm_demo.agent.session import AgentConversation
+from internlm_demo.agent.loop import ANSWER, GAVE_UP, MODEL, STOPPED, THOUGHT, Step
+from internlm_demo.agent.protocol import PastExchange, Turn
 from tests.conftest import REPO
 
 APP = REPO / "apps" / "agent.py"
@@ -63,17 +63,21 @@ def test_follow_up_question_sees_the_earlier_answer(app):
     ask(at, "Capital of France?")
     ask(at, "How many people live there?")
     prompts = at.session_state["scripted_model"].prompts
-    assert "<|User|>:Capital of France?<eoh>\n<|Bot|>:Paris<eoa>\n<|User|>:How many people live there?" in prompts[1]
+    assert prompts[1].endswith("<|User|>:Capital of France?\n<|Bot|>: Paris<eoa>\n"
+                               "<|User|>:How many people live there?\n<|Bot|>:")
     assert [message.name for message in at.chat_message] == ["user", "assistant"] * 2
+    texts = [markdown.value for markdown in at.markdown]
+    assert texts.index("Paris") < texts.index("How many people live there?") < texts.index("about 2.1 million")
 
 
 def test_switching_the_interpreter_off_removes_the_tool(app):
     at = app([TOOL_CALL, "Final Answer: no tools"])
-    at.toggle[0].set_value(False).run()
+    next(t for t in at.sidebar.toggle if t.label == "Python interpreter").set_value(False).run()
     ask(at, "What is the digest?")
     codes = [code.value for code in at.code]
     assert SECRET_OUTPUT not in "".join(codes)
-    assert any("no tools are enabled" in code for code in codes)
+    assert "The action is invalid, please check the action name." in codes  # lagent's InvalidAction message
+    assert "should be one of [[]]" in at.session_state["scripted_model"].prompts[0]
 
 
 def test_clear_forgets_the_conversation_and_rewinds_the_script(app):
@@ -87,15 +91,26 @@ def test_clear_forgets_the_conversation_and_rewinds_the_script(app):
     assert "one" in [markdown.value for markdown in at.markdown]
 
 
-def test_a_run_cut_short_by_a_rerun_is_shown_as_stopped(app):
-    at = app(["Final Answer: unused"])
-    conversation = AgentConversation()
-    conversation.begin("Long question")
-    conversation.record([Step(THOUGHT, "Working on it", 1)])
-    at.session_state["conversation"] = conversation
-    at.run()
-    assert [warning.value for warning in at.warning] == ["Stopped."]
-    assert "Working on it" in [markdown.value for markdown in at.markdown]
+def test_every_turn_is_shown_and_stop_is_disabled_after_the_run(app):
+    at = app(["Action: PythonInterpreter\n", TOOL_CALL])
+    at.slider[0].set_value(2)  # max turns
+    ask(at, "What is the digest?")
+    assert [expander.label for expander in at.expander] == ["Step 1 · reply", "Step 2 · PythonInterpreter"]
+    assert "Action: PythonInterpreter" in [code.value for code in at.code]  # the model's own text
+    assert "Please follow the format" in [code.value for code in at.code]
+    assert [warning.value for warning in at.warning] == ["No final answer was reached within 2 turns."]
+    assert next(b for b in at.sidebar.button if b.label == "Stop").disabled
+
+
+def test_lagent_exact_behaviour_is_one_switch_away(app):
+    invented = TOOL_CALL + "\nResponse: 41\nThought: so 41\nFinal Answer: 41"
+    at = app([invented, "Final Answer: the real digest"])
+    ask(at, "What is the digest?")
+    assert SECRET_OUTPUT in [code.value.strip() for code in at.code]  # "\nResponse:" stopped the invention
+    at = app([invented])
+    next(t for t in at.sidebar.toggle if t.label == "lagent's exact behaviour").set_value(True).run()
+    ask(at, "What is the digest?")
+    assert at.session_state["conversation"].exchanges[0].answer == "41"  # lagent takes the invented result
 
 
 def test_stop_and_clear_handlers():
@@ -112,9 +127,9 @@ def test_stop_and_clear_handlers():
     assert conversation.history() == []  # a stopped exchange has no answer to remember
 
     conversation.begin("q2")
-    conversation.record([Step(ANSWER, "a2", 1)])
+    conversation.record([Step(MODEL, "Final Answer: a2", 1), Step(ANSWER, "a2", 1)])
     conversation.finish()
-    assert conversation.history() == [("q2", "a2")]
+    assert conversation.history() == [PastExchange("q2", (Turn("Final Answer: a2"),))]
     page.clear_conversation(state)
     assert conversation.exchanges == []
 
@@ -125,9 +140,14 @@ def test_demo_model_banner_and_a_short_run(app, monkeypatch):
     assert "embedded demo model" in at.warning[0].value
     at.slider[0].set_value(1)  # max turns
     at.slider[1].set_value(32)  # max new tokens
+    at.slider[2].set_value(0.0)  # temperature: greedy
     ask(at, "What is 1 + 1?")
     assert [message.name for message in at.chat_message] == ["user", "assistant"]
     assert not at.error
+    steps = at.session_state["conversation"].exchanges[0].steps
+    assert steps[0].kind == "model" and {step.turn for step in steps} == {1}
+    shown = [m.value for m in at.markdown] + [w.value for w in at.warning] + [c.value for c in at.code]
+    assert steps[-1].kind in (ANSWER, GAVE_UP) and steps[-1].text in shown
 
 
 def test_unreadable_script_and_bad_flags_give_messages(app, monkeypatch, tmp_path):

@@ -14,7 +14,10 @@ from internlm_demo.agent.loop import (
     ANSWER,
     CODE,
     ERROR,
+    GAVE_UP,
     MAX_OBSERVATION_CHARS,
+    MODEL,
+    NOTICE,
     OBSERVATION,
     STOPPED,
     THOUGHT,
@@ -22,11 +25,11 @@ from internlm_demo.agent.loop import (
     run_agent,
 )
 from internlm_demo.agent.protocol import (
-    INTERNLM2_FORCE_FINAL,
-    REACT_FORCE_FINAL,
-    REACT_FORMAT_REMINDER,
+    Departures,
     InterpreterCallProtocol,
+    PastExchange,
     ReActProtocol,
+    Turn,
     protocol_for,
 )
 from internlm_demo.agent.sandbox import PythonInterpreter
@@ -47,14 +50,24 @@ def v2_call(code: str, thought: str = "Let me run code.") -> str:
     return f"{thought}<|action_start|><|interpreter|>\n```python\n{code}\n```<|action_end|>\n"
 
 
-def run(model, query="What is the digest?", history=(), tools=None, **kwargs):
+def run(model, query="What is the digest?", history=(), tools=None, protocol=None, **kwargs):
     tools = [PythonInterpreter()] if tools is None else tools
-    snapshots = list(run_agent(model, protocol_for(model.family), query, history, tools=tools, **kwargs))
-    return snapshots[-1], snapshots
+    protocol = protocol or protocol_for(model.family)
+    snapshots = list(run_agent(model, protocol, query, history, tools=tools, **kwargs))
+    return shown(snapshots[-1]), snapshots
+
+
+def shown(steps):
+    """The steps the page shows (a turn's raw MODEL output is kept for the history)."""
+    return [step for step in steps if step.kind != MODEL]
 
 
 def kinds(steps):
     return [step.kind for step in steps]
+
+
+FORCE_STOP_EN = "You should directly give results\n based on history information."  # lagent's text
+NO_ACTION = "Please follow the format"  # lagent's NoAction message
 
 
 def test_react_v1_runs_the_code_and_feeds_the_real_output_back():
@@ -67,13 +80,13 @@ def test_react_v1_runs_the_code_and_feeds_the_real_output_back():
     assert steps[2].text.strip() == SECRET_OUTPUT
     assert final_answer(steps) == "done"
     first, second = model.prompts
-    assert first.startswith("<|System|>:You are an assistant that can use external tools.\n")
-    assert PythonInterpreter().description in first and "one of [PythonInterpreter]" in first
-    assert first.endswith("<|User|>:What is the digest?<eoh>\n<|Bot|>:")
+    assert first.startswith("<|System|>:You are a assistant who can utilize external tools.\n[{'name': 'PythonInterpreter'")
+    assert "should be one of [['PythonInterpreter']]" in first
+    assert first.endswith("<|User|>:What is the digest?\n<|Bot|>:")
     # The model's turn, closed by <eoa>, then the sandbox's real output in a system turn.
     assert second.startswith(first)
     assert second[len(first):] == (
-        f"{v1_call(SECRET_CODE)}<eoa>\n<|System|>:Response:{steps[2].text}\n\n<|Bot|>:"
+        f"{v1_call(SECRET_CODE)}<eoa>\n<|System|>:Response:{SECRET_OUTPUT}\n\n<|Bot|>:"
     )
     assert len(snapshots) > 5, "the run streams partial steps, not only finished ones"
 
@@ -81,10 +94,11 @@ def test_react_v1_runs_the_code_and_feeds_the_real_output_back():
 def test_react_v1_history_and_sandbox_errors_reach_the_model():
     model = ScriptedModel([v1_call("print(1 / 0)"), "Thought: it failed.\nFinal Answer: cannot divide by zero"],
                           INTERNLM)
-    steps, _ = run(model, "Divide 1 by 0", history=[("Hi", "Hello!")])
+    history = [PastExchange("Hi", (Turn("Thought: greet\nFinal Answer: Hello!"),))]
+    steps, _ = run(model, "Divide 1 by 0", history=history)
 
     assert "ZeroDivisionError" in steps[2].text
-    assert "<|User|>:Hi<eoh>\n<|Bot|>:Hello!<eoa>\n<|User|>:Divide 1 by 0<eoh>\n" in model.prompts[0]
+    assert "<|User|>:Hi\n<|Bot|>: Hello!<eoa>\n<|User|>:Divide 1 by 0\n" in model.prompts[0]
     assert f"<|System|>:Response:{steps[2].text}\n" in model.prompts[1]
 
 
@@ -94,22 +108,25 @@ def test_stop_word_cuts_a_response_the_model_invents():
     steps, _ = run(model)
 
     assert kinds(steps) == [THOUGHT, CODE, OBSERVATION, ANSWER]
-    assert steps[1].text == "print(6 * 7)"
-    assert steps[2].text.strip() == str(6 * 7)
+    assert [s.text for s in steps if s.kind == OBSERVATION] == [str(6 * 7)]
     assert "41" not in model.prompts[1]
+
+    # lagent's behaviour, one setting away: no extra stop word, the invented response is taken.
+    model = ScriptedModel([invented, "Final Answer: 42"], INTERNLM)
+    steps, _ = run(model, protocol=protocol_for(INTERNLM, departures=Departures.none()))
+    assert kinds(steps) == [THOUGHT, ANSWER] and final_answer(steps) == "41"
 
 
 def test_last_turn_forces_the_final_answer_and_runs_no_more_code():
     model = ScriptedModel([v1_call(SECRET_CODE), v1_call('print("second run")')], INTERNLM)
     steps, _ = run(model, max_turns=2)
 
-    assert REACT_FORCE_FINAL not in model.prompts[0]
-    assert model.prompts[1].endswith(f"<|System|>:{REACT_FORCE_FINAL}\n<|Bot|>:")
-    observations = [step.text for step in steps if step.kind == OBSERVATION]
-    assert observations[0].strip() == SECRET_OUTPUT
-    assert observations[1] == "Not run: this was the last turn."
-    assert not any("second run" in text for text in observations)
-    assert steps[-1].kind == ANSWER and "within 2 turns" in steps[-1].text
+    assert FORCE_STOP_EN not in model.prompts[0]
+    assert model.prompts[1].endswith(f"<|System|>:{FORCE_STOP_EN}\n<|Bot|>:")
+    assert kinds(steps) == [THOUGHT, CODE, OBSERVATION, THOUGHT, CODE, NOTICE, GAVE_UP]
+    assert [step.text for step in steps if step.kind == OBSERVATION] == [SECRET_OUTPUT]
+    assert steps[-2].text == "Not run: this was the last turn."
+    assert steps[-1].text == "No final answer was reached within 2 turns." and final_answer(steps) is None
 
 
 def test_max_turns_bounds_replies_that_ignore_the_format():
@@ -118,8 +135,9 @@ def test_max_turns_bounds_replies_that_ignore_the_format():
 
     assert model.calls == 3
     assert kinds(steps) == [THOUGHT, OBSERVATION, THOUGHT, OBSERVATION, ANSWER]
-    assert [s.text for s in steps if s.kind == OBSERVATION] == [REACT_FORMAT_REMINDER] * 2
-    assert f"<|Bot|>:I think it is four.<eoa>\n<|System|>:Response:{REACT_FORMAT_REMINDER}\n" in model.prompts[1]
+    assert [s.text for s in steps if s.kind == THOUGHT] == ["I think it is four.", "Still four."]
+    assert [s.text for s in steps if s.kind == OBSERVATION] == [NO_ACTION] * 2
+    assert f"<|Bot|>:I think it is four.<eoa>\n<|System|>:Response:{NO_ACTION}\n" in model.prompts[1]
     # Asked for the final answer, a plain-text reply is taken as the answer.
     assert final_answer(steps) == "Four, finally."
 
@@ -127,23 +145,26 @@ def test_max_turns_bounds_replies_that_ignore_the_format():
 def test_unknown_tool_and_switched_off_interpreter_are_reported_to_the_model():
     model = ScriptedModel([v1_call("1 + 1", tool="Calculator"), "Final Answer: 2"], INTERNLM)
     steps, _ = run(model)
-    assert steps[2].text == "Calculator is not a valid tool; use one of [PythonInterpreter]."
-    assert f"Response:{steps[2].text}" in model.prompts[1]
+    invalid = "The action is invalid, please check the action name."  # lagent's InvalidAction message
+    assert steps[2].text == invalid
+    assert f"Response:{invalid}" in model.prompts[1]
 
     model = ScriptedModel([v1_call("1 + 1"), "Final Answer: 2"], INTERNLM)
     steps, _ = run(model, tools=[])
-    assert "no tools are enabled" in steps[2].text
-    assert "(no tools are available)" in model.prompts[0]
+    assert steps[2].text == invalid
+    assert "should be one of [[]]" in model.prompts[0] and "\n[]\nTo use a tool" in model.prompts[0]
 
 
 @pytest.mark.parametrize(
     ("output", "thought", "tool", "code", "answer"),
     [
-        ("Thought: a\nAction: PythonInterpreter\nAction Input: print(1)", "a", "PythonInterpreter", "print(1)", None),
-        ("Thought: a Action: T\nAction Input: ```python\nx = 1\nprint(x)\n```", "a", "T", "x = 1\nprint(x)", None),
-        ("Thought: a\nAction: T\nAction Input: ```python\nprint(2", "a", "T", "print(2", None),  # still streaming
-        ("Thought: a\nAction: PythonInterpreter", "a", None, None, None),  # no input: not a call
-        ("Thought: a\nAction: T\nFinal Answer: 3", "a", None, None, "3"),  # the answer wins
+        ("Thought: a\nAction: PythonInterpreter\nAction Input: print(1)", " a\n", "PythonInterpreter", "print(1)", None),
+        ("Thought: a Action: T\nAction Input: ```python\nx = 1\nprint(x)\n```", " a ", "T", "x = 1\nprint(x)", None),
+        ("Thought: a\nAction: T\nAction Input: ```python\nprint(2", " a\n", "T", "print(2", None),  # still streaming
+        ('Thought: a\nAction: T\nAction Input: {"command": "print(3)"}', " a\n", "T", "print(3)", None),  # JSON
+        ("Thought: a\nAction: T\nAction Input: ```py\nprint(4)\n```", " a\n", "T", "print(4)", None),  # fence tag
+        ("Thought: a\nAction: PythonInterpreter", " a\n", None, None, None),  # no input: not a call
+        ("Thought: a\nAction: T\nFinal Answer: 3", " a\n", None, None, " 3"),  # the answer wins
         ("no format at all", "no format at all", None, None, None),
     ],
 )
@@ -162,13 +183,13 @@ def test_internlm2_tool_call_and_environment_turn():
     assert steps[1].text == SECRET_CODE and steps[1].tool == "PythonInterpreter"
     assert steps[2].text.strip() == SECRET_OUTPUT
     first, second = model.prompts
-    assert first.startswith(f"<|im_start|>system\n{INTERNLM2.default_meta_instruction}<|im_end|>\n"
-                            "<|im_start|>system name=<|interpreter|>\n")
+    assert first.startswith("<|im_start|>system\n当开启工具以及代码时，根据需求选择合适的工具进行调用<|im_end|>\n"
+                            "<|im_start|>system name=<|interpreter|>\n你现在已经能够在一个有状态的 Jupyter 笔记本环境中运行")
     assert first.endswith("<|im_start|>user\nWhat is the digest?<|im_end|>\n<|im_start|>assistant\n")
     assert second[len(first):] == (
-        "Let me run code.\n<|action_start|><|interpreter|>\n"
+        "Let me run code.<|action_start|><|interpreter|>\n"
         f"```python\n{SECRET_CODE}\n```<|action_end|>\n<|im_end|>\n"
-        f"<|im_start|>environment name=<|interpreter|>\n{steps[2].text}<|im_end|>\n<|im_start|>assistant\n"
+        f"<|im_start|>environment name=<|interpreter|>\n{SECRET_OUTPUT}<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
@@ -182,9 +203,20 @@ def test_internlm2_without_interpreter_and_forced_final_turn():
 
     model = ScriptedModel([v2_call("print(1)")], INTERNLM2)
     steps, _ = run(model, max_turns=1)
-    assert model.prompts[0].endswith(f"<|im_start|>system\n{INTERNLM2_FORCE_FINAL}<|im_end|>\n<|im_start|>assistant\n")
-    assert [s.text for s in steps if s.kind == OBSERVATION] == ["Not run: this was the last turn."]
-    assert steps[-1].kind == ANSWER
+    assert model.prompts[0].endswith(f"<|im_start|>system\n{FORCE_STOP_EN}<|im_end|>\n<|im_start|>assistant\n")
+    assert kinds(steps) == [THOUGHT, CODE, NOTICE, GAVE_UP]
+
+
+def test_internlm2_empty_reply_gets_a_reminder_or_ends_as_in_lagent():
+    model = ScriptedModel(["", "Two."], INTERNLM2)
+    steps, _ = run(model, "1 + 1?")
+    assert kinds(steps) == [OBSERVATION, ANSWER] and final_answer(steps) == "Two."
+    assert "<|im_start|>assistant\n<|im_end|>\n<|im_start|>environment name=<|interpreter|>\nYour reply was empty." \
+        in model.prompts[1]
+
+    model = ScriptedModel(["", "Two."], INTERNLM2)
+    steps, _ = run(model, "1 + 1?", protocol=protocol_for(INTERNLM2, departures=Departures.none()))
+    assert model.calls == 1 and kinds(steps) == [ANSWER] and "empty" in final_answer(steps)
 
 
 def test_stop_ends_the_run_before_the_code_runs():
@@ -203,7 +235,7 @@ def test_model_failures_become_error_steps():
     model = ScriptedModel([v1_call("print(1)")], INTERNLM)
     steps, _ = run(model)
     assert steps[-1].kind == ERROR and "press Clear" in steps[-1].text
-    assert kinds(steps)[:3] == [THOUGHT, CODE, OBSERVATION]
+    assert kinds(steps) == [THOUGHT, CODE, OBSERVATION, ERROR]
 
     class BrokenModel:
         family = INTERNLM
@@ -239,6 +271,20 @@ def test_tool_exceptions_become_observations():
     assert final_answer(steps) == "x"
 
 
+def test_earlier_exchanges_that_do_not_fit_are_dropped_oldest_first():
+    class SmallWindow(ScriptedModel):
+        def fits(self, prompt):
+            return len(prompt) < 900
+
+    history = [PastExchange(f"question {i} " + "x" * 200, (Turn(f"Final Answer: answer {i}"),)) for i in range(4)]
+    model = SmallWindow(["Final Answer: done"], INTERNLM)
+    steps, _ = run(model, "new question", history=history, tools=[])
+    prompt = model.prompts[0]
+    assert len(prompt) < 900 and final_answer(steps) == "done"
+    kept = [i for i in range(4) if f"answer {i}<eoa>" in prompt]
+    assert kept and kept == list(range(4 - len(kept), 4)) and len(kept) < 4
+
+
 def test_script_files_are_validated(tmp_path):
     script = tmp_path / "session.json"
     script.write_text(json.dumps({"family": "internlm2", "outputs": ["a", "b"]}))
@@ -268,11 +314,29 @@ def test_shipped_demo_session_replays():
 
 
 def test_tiny_demo_model_runs_the_loop_end_to_end():
+    """A real (random) model: each turn's output is exactly the greedy completion of the prompt the
+    protocol builds from the turns before it, and the run ends as the protocol reads the last output."""
     model = ChatModelCompletion(load_chat_model(None, progress=False))
     assert model.info.is_demo
-    steps, _ = run(model, "What is 1 + 1?", max_turns=2, max_new_tokens=16, seed=0)
-    assert steps[-1].kind == ANSWER
-    assert {step.turn for step in steps} <= {1, 2}
+    protocol = protocol_for(model.family)
+    tools = [PythonInterpreter()]
+    _, snapshots = run(model, "What is 1 + 1?", max_turns=2, max_new_tokens=16, do_sample=False)
+    steps = snapshots[-1]
+    outputs = [step.text for step in steps if step.kind == MODEL]
+    observations = [step.text for step in steps if step.kind == OBSERVATION]
+    assert 1 <= len(outputs) <= 2
+    turns = []
+    for index, output in enumerate(outputs):
+        prompt = protocol.build_prompt("What is 1 + 1?", [], turns, tools, force_final=index == 1)
+        texts = list(model.stream_completion(prompt, protocol.stop_words, max_new_tokens=16, do_sample=False))
+        assert output == (texts[-1] if texts else "")
+        if index < len(observations):
+            turns.append(Turn(output, observations[index]))
+    last = protocol.parse(outputs[-1])
+    if last.answer is not None:
+        assert steps[-1].kind == ANSWER and steps[-1].text == last.answer.strip()
+    else:
+        assert len(outputs) == 2 and steps[-1].kind in (ANSWER, GAVE_UP)
 
 
 @pytest.mark.parametrize("name", ["internlm-chat-7b-tiny", "internlm2-chat-7b-tiny"])

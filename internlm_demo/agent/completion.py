@@ -20,6 +20,9 @@ class CompletionModel(Protocol):
     def stream_completion(self, prompt: str, stop_words: Sequence[str] = (), stop: threading.Event | None = None,
                           **generate_kwargs) -> Iterator[str]: ...
 
+    # Optional: ``fits(prompt) -> bool`` says whether a prompt leaves room to write; earlier exchanges
+    # are dropped until it does.
+
 
 def decode_with_markers(tokenizer: InternLMTokenizer, ids: Sequence[int], special_ids: dict[int, str]) -> str:
     """Text of ``ids`` with special tokens kept verbatim, as the model wrote them.
@@ -64,7 +67,7 @@ class ChatModelCompletion:
         """
         model = self.chat_model
         params = GenerationParams.from_kwargs(model.family.chat_defaults, generate_kwargs)
-        prompt_ids = model.tokenizer.encode(prompt)
+        prompt_ids = self.encode(prompt)
         window = model.context_window
         if len(prompt_ids) >= window:
             raise ContextOverflowError(
@@ -90,6 +93,14 @@ class ChatModelCompletion:
                     return
         finally:
             tokens.close()
+
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt ids with BOS; a tool's output (a ``Prompt``'s plain spans) never becomes control tokens."""
+        return self.chat_model.tokenizer.encode(prompt, plain_spans=getattr(prompt, "plain_spans", ()))
+
+    def fits(self, prompt: str) -> bool:
+        """Whether ``prompt`` leaves room in the context window for the model to write."""
+        return len(self.encode(prompt)) < self.chat_model.context_window
 
     def _is_token(self, word: str) -> bool:
         try:

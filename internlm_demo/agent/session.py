@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from .loop import STOPPED, Step, final_answer
+from .loop import ANSWER, STOPPED, Step, final_answer, turns_of
+from .protocol import PastExchange
 
 
 @dataclass
@@ -20,6 +21,11 @@ class Exchange:
     def answer(self) -> str | None:
         return final_answer(self.steps)
 
+    @property
+    def answered(self) -> bool:
+        """Finished with the model's own final answer (not stopped, failed or out of turns)."""
+        return self.finished and bool(self.steps) and self.steps[-1].kind == ANSWER
+
 
 class AgentConversation:
     """The exchanges of one conversation, and the stop switch of the run in progress."""
@@ -28,9 +34,9 @@ class AgentConversation:
         self.exchanges: list[Exchange] = []
         self.stop_event = threading.Event()
 
-    def history(self) -> list[tuple[str, str]]:
-        """Earlier (question, final answer) pairs, as the model sees them; unanswered ones are left out."""
-        return [(e.query, e.answer) for e in self.exchanges if e.finished and e.answer is not None]
+    def history(self) -> list[PastExchange]:
+        """Earlier answered exchanges with their model turns and tool outputs, as the model sees them."""
+        return [PastExchange(e.query, tuple(turns_of(e.steps))) for e in self.exchanges if e.answered]
 
     def begin(self, query: str) -> threading.Event:
         """Start an exchange; returns the event that stops it."""
@@ -48,10 +54,14 @@ class AgentConversation:
         if self.exchanges:
             self.exchanges[-1].finished = True
 
+    @property
+    def running(self) -> bool:
+        return bool(self.exchanges) and not self.exchanges[-1].finished
+
     def stop(self) -> None:
         """Stop the run in progress; an exchange left unfinished is marked as stopped."""
         self.stop_event.set()
-        if self.exchanges and not self.exchanges[-1].finished:
+        if self.running:
             last = self.exchanges[-1]
             turn = last.steps[-1].turn if last.steps else 1
             last.steps = [*last.steps, Step(STOPPED, "Stopped.", turn)]

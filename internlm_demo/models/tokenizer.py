@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,15 +61,46 @@ class InternLMTokenizer:
             raise KeyError(f"{text!r} is not a single token in this tokenizer")
         return ids[0]
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``; BOS first (when the tokenizer config adds it) unless ``add_special_tokens`` is False."""
+    def encode(self, text: str, add_special_tokens: bool = True,
+               plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Token ids of ``text``; BOS first (when the tokenizer config adds it) unless ``add_special_tokens`` is False.
+
+        Inside ``plain_spans`` (start, end offsets) marker strings such as ``<|im_end|>`` or ``<eoa>``
+        are ordinary text: they never become control tokens. Elsewhere nothing changes.
+        """
         ids = [self.bos_id] if self.add_bos and add_special_tokens else []
-        for chunk in self._split_re.split(text):
-            if not chunk:
+        cuts = sorted({match.start() + 1 for start, end in plain_spans
+                       for match in self._marker_re.finditer(text, start, end)}) if plain_spans else []
+        start = 0
+        for match in self._split_re.finditer(text):
+            if any(a < match.end() and match.start() < b for a, b in plain_spans):
                 continue
-            special = self._special_to_id.get(chunk)
-            ids.extend([special] if special is not None else self.sp.encode(chunk))
+            self._encode_text(text, start, match.start(), cuts, ids)
+            ids.append(self._special_to_id[match.group()])
+            start = match.end()
+        self._encode_text(text, start, len(text), cuts, ids)
         return ids
+
+    def _encode_text(self, text: str, start: int, end: int, cuts: list[int], ids: list[int]) -> None:
+        """Sentencepiece ids of ``text[start:end]``, encoded in pieces split at ``cuts`` (inside a marker)."""
+        bounds = [start, *(cut for cut in cuts if start < cut < end), end]
+        for a, b in zip(bounds, bounds[1:]):
+            if b > a:
+                ids.extend(self.sp.encode(text[a:b]))
+
+    @functools.cached_property
+    def _marker_re(self) -> re.Pattern:
+        """Special tokens and the marker-like pieces sentencepiece itself always matches (v1's ``<eoa>``)."""
+        from sentencepiece import sentencepiece_model_pb2  # needs protobuf; only prompts with tool output get here
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(self.sp.serialized_model_proto())
+        user_defined = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+        markers = set(self._special_to_id) | {
+            piece.piece for piece in proto.pieces
+            if piece.type == user_defined and re.fullmatch(r"<\S+>", piece.piece)
+        }
+        return re.compile("|".join(re.escape(m) for m in sorted(markers, key=len, reverse=True)))
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of ``ids``, with the original slow tokenizer's spacing around special tokens."""

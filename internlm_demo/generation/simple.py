@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections.abc import Iterator
 
 import torch
-from transformers import DynamicCache, LlamaForCausalLM
 
+from ..models.transformers_compat import CACHE_ARGUMENT, new_cache, reset_dynamic_rope
 from .params import GenerationParams, GenerationStats
 from .sampling import next_token
-
-# transformers renamed ``past_key_values`` to ``cache`` in 5.2x; accept either generation.
-CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
-
-
-def reset_dynamic_rope(model) -> None:
-    """Forget frequencies a dynamic-NTK rope rescaled for an earlier, longer sequence.
-
-    transformers (like the original code) keeps them, so a reply would depend on what the
-    model generated before; each generation starts as on a freshly loaded model instead.
-    """
-    rotary = model.model.rotary_emb
-    if "dynamic" in str(rotary.rope_type) and rotary.max_seq_len_cached != rotary.original_max_seq_len:
-        rotary.register_buffer("inv_freq", rotary.original_inv_freq.clone(), persistent=False)
-        rotary.max_seq_len_cached = rotary.original_max_seq_len
 
 
 def generate_ids(
@@ -49,7 +33,7 @@ def generate_ids(
     reset_dynamic_rope(model)
     seen = torch.tensor(prompt_ids, dtype=torch.long)
     inputs = seen.unsqueeze(0).to(device)
-    cache = DynamicCache(config=model.config)
+    cache = new_cache(model.config)
     position = 0
     start = time.perf_counter()
     stats.finish_reason = "length"

@@ -17,6 +17,7 @@ from .checkpoint import iter_tensors, read_config, read_json, weight_files
 from .families import Family, family_for
 from .placement import balanced_device_map, dispatch
 from .tokenizer import InternLMTokenizer, read_tokenizer
+from .transformers_compat import ROTARY_MODULE, llama_config, rebuild_rotary, rope_parameters
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ def llama_config_for(family: Family, config: dict) -> LlamaConfig:
         elif rotary.get("base"):
             rope["rope_theta"] = float(rotary["base"])
         attention_bias = config.get("qkv_bias", config.get("bias", False))
-        return LlamaConfig(
+        return llama_config(
+            rope,
             vocab_size=config["vocab_size"],
             hidden_size=config["hidden_size"],
             intermediate_size=config["intermediate_size"],
@@ -97,7 +99,6 @@ def llama_config_for(family: Family, config: dict) -> LlamaConfig:
             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
             max_position_embeddings=config.get("max_position_embeddings", 2048),
             rms_norm_eps=config.get("rms_norm_eps", 1e-6),
-            rope_parameters=rope,
             attention_bias=bool(attention_bias),
             mlp_bias=bool(config.get("mlp_bias", False)) if family.name == "internlm3" else False,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
@@ -111,7 +112,7 @@ def llama_config_for(family: Family, config: dict) -> LlamaConfig:
 
 def context_window_of(config: LlamaConfig, family: Family, original: dict) -> int:
     """Tokens the model can attend to: the trained window times a dynamic-rope factor."""
-    rope = config.rope_parameters
+    rope = rope_parameters(config)
     factor = rope.get("factor", 1.0) if rope.get("rope_type") == "dynamic" else 1.0
     if family.name == "internlm" and (original.get("rotary") or {}).get("type") == "dynamic":
         factor = V1_DYNAMIC_ROTARY_FACTOR
@@ -260,13 +261,8 @@ def build_llama(config: LlamaConfig, tensors, device: str, dtype: torch.dtype, n
     if device_map is None:
         device_map = balanced_device_map(model, num_gpus) if num_gpus and num_gpus > 1 else {"": device}
     stored_inv_freq = load_llama_weights(model, tensors, device_map, dtype, shard_names)
-    rotary_device = device_for("model.rotary_emb", device_map)
-    model.model.rotary_emb = type(model.model.rotary_emb)(config).to(rotary_device)
-    if stored_inv_freq is not None:
-        # The original code reads inv_freq from the checkpoint, where it was stored rounded to float16.
-        rounded = stored_inv_freq.to(device=rotary_device, dtype=torch.float32)
-        model.model.rotary_emb.inv_freq.copy_(rounded)
-        model.model.rotary_emb.original_inv_freq.copy_(rounded)
+    # The original code reads inv_freq from the checkpoint, where it was stored rounded to float16.
+    rebuild_rotary(model, device_for(ROTARY_MODULE, device_map), stored_inv_freq)
     model.eval()
     if len(set(map(str, device_map.values()))) > 1:
         dispatch(model, device_map)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .transformers_compat import ROTARY_MODULE
+
 GIB = 1024**3
 
 
@@ -13,7 +15,7 @@ def model_blocks(model: nn.Module) -> list[tuple[str, int]]:
         return sum(p.numel() * p.element_size() for p in module.parameters())
 
     inner = model.model
-    blocks = [("model.embed_tokens", size(inner.embed_tokens)), ("model.rotary_emb", 0)]
+    blocks = [("model.embed_tokens", size(inner.embed_tokens)), (ROTARY_MODULE, 0)]
     blocks += [(f"model.layers.{i}", size(layer)) for i, layer in enumerate(inner.layers)]
     blocks += [("model.norm", size(inner.norm)), ("lm_head", size(model.lm_head))]
     return blocks

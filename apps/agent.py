@@ -1,4 +1,4 @@
-"""Agent demo: InternLM answers with the help of a sandboxed Python interpreter (Lagent-style ReAct).
+"""Agent demo: InternLM answers with the help of a sandboxed Python interpreter, speaking lagent's tool protocols.
 
     streamlit run apps/agent.py --server.port 6007 -- --model internlm-chat-7b
     streamlit run apps/agent.py --server.port 6007 -- --agent-script internlm_demo/agent/demo_session.json
@@ -90,7 +90,9 @@ def render_steps(steps: list[Step], expanded: bool) -> None:
 
     A turn that shows neither thought nor code shows the model's own text, so every turn is visible.
     """
-    turns = sorted({step.turn for step in steps if step.kind in (THOUGHT, CODE, OBSERVATION, NOTICE)})
+    answered = {step.turn for step in steps if step.kind == ANSWER}
+    turns = sorted({step.turn for step in steps if step.kind in (THOUGHT, CODE, OBSERVATION, NOTICE)
+                    or step.kind == MODEL and step.turn not in answered})
     for turn in turns:
         in_turn = [step for step in steps if step.turn == turn]
         tools = [step.tool for step in in_turn if step.kind == CODE]

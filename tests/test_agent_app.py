@@ -101,6 +101,12 @@ def test_every_turn_is_shown_and_stop_is_disabled_after_the_run(app):
     assert [warning.value for warning in at.warning] == ["No final answer was reached within 2 turns."]
     assert next(b for b in at.sidebar.button if b.label == "Stop").disabled
 
+    at = app(["Action: PythonInterpreter", " "])  # the forced last turn gets a blank reply
+    at.slider[0].set_value(2)
+    ask(at, "What is the digest?")
+    assert [expander.label for expander in at.expander] == ["Step 1 · reply", "Step 2 · reply"]
+    assert [warning.value for warning in at.warning] == ["No final answer was reached within 2 turns."]
+
 
 def test_lagent_exact_behaviour_is_one_switch_away(app):
     invented = TOOL_CALL + "\nResponse: 41\nThought: so 41\nFinal Answer: 41"

@@ -28,7 +28,7 @@ def chats():
 
 @pytest.fixture(scope="module")
 def engines(chats):
-    return {name: FastEngine(chat.model) for name, chat in chats.items()}
+    return {name: FastEngine(chat.model, slots=3) for name, chat in chats.items()}  # fewer slots than cases
 
 
 def plain(chat: ChatModel, prompt_ids, params=GREEDY, stop_ids=frozenset()):
@@ -301,8 +301,8 @@ def test_load_chat_model_engine_choice():
     folder = FIXTURES_DIR / "internlm2-chat-7b-tiny"
     fast = load_chat_model(folder, device="cpu", progress=False, engine="auto")
     assert isinstance(fast.engine, FastEngine)  # the CPU batches on the engine too
-    assert fast.info.engine.startswith("batched engine: torch kernels, 4 slots")
-    assert fast.engine_facts()["slots"] == fast.engine.slots == 4
+    assert fast.info.engine.startswith("batched engine: torch kernels, 8 slots")
+    assert fast.engine_facts()["slots"] == fast.engine.slots == 8
     assert isinstance(load_chat_model(folder, device="cpu", progress=False, engine="fast").engine, FastEngine)
     simple = load_chat_model(folder, device="cpu", progress=False, engine="simple")
     assert simple.engine is None and simple.info.engine.startswith("simple path")

@@ -9,7 +9,6 @@ guarantees.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -47,6 +46,7 @@ _BOOTSTRAP = ("import sys; sys.path.insert(0, {root!r}); "
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 _DRAIN_AFTER_KILL_S = 0.5
 _UNREPORTED = Isolation(WEAK, "unknown: the sandbox stopped before reporting its isolation")
+_PROBED: list[Isolation] = []  # probe_isolation's answer, once there is one
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,14 @@ def run_python(
         )
 
 
-@functools.cache
 def probe_isolation() -> Isolation:
-    """The isolation this machine gives the sandbox, found once per process by running an empty program."""
-    return run_python("pass", minimum_level=WEAK).isolation
+    """The isolation this machine gives the sandbox, found by running an empty program; kept once reported."""
+    if not _PROBED:
+        isolation = run_python("pass", minimum_level=WEAK).isolation
+        if isolation is _UNREPORTED:
+            return isolation  # e.g. a loaded machine timed the probe out: ask again next time
+        _PROBED.append(isolation)
+    return _PROBED[0]
 
 
 class PythonInterpreter:

@@ -605,6 +605,9 @@ def test_the_sandbox_as_a_whole_is_held_to_its_memory_limit():
         timeout_s=10,  # ends long before; the margin is for a loaded machine
     )
     assert result.ok, result
+    assert "memory: cgroup" in result.isolation.details, (
+        "this test needs a memory cgroup the app may create (root with a writable cgroup v1 memory hierarchy, or "
+        f"cgroup v2 delegation; docs/agent-sandbox.md): {result.isolation.details}")
     statuses = json.loads(result.stdout)
     assert statuses.count(0) <= 1 and statuses.count(-9) >= 2, statuses  # the OOM killer's SIGKILL
 

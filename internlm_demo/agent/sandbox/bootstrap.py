@@ -84,6 +84,7 @@ class _Plan:
     stdlib: str
     python_dirs: list[str]  # the folders the interpreter needs: its own prefix and its stdlib's
     memory: str
+    oom_score_adj_raised: bool
     oom_score_adj_locked: bool
     code: bytes
     runner: str
@@ -111,8 +112,11 @@ def _plan(config: dict) -> _Plan:
     if config["cgroup"]:
         join_cgroup(config["cgroup"]["path"])  # first, so that everything started from here is held by it
         memory = config["cgroup"]["description"]
-    with open("/proc/self/oom_score_adj", "w") as oom:
-        oom.write("1000")  # the OOM killer's first choice; with CAP_SYS_RESOURCE also the lowest allowed
+    try:
+        _write_file("/proc/self/oom_score_adj", "1000")  # the OOM killer's first choice
+        oom_score_adj_raised = True
+    except OSError:  # e.g. a read-only /proc in a container
+        oom_score_adj_raised = False
     is_root = os.geteuid() == 0
     python = os.path.realpath(sys.executable)
     return _Plan(
@@ -129,7 +133,9 @@ def _plan(config: dict) -> _Plan:
         stdlib=os.path.dirname(os.path.realpath(os.__file__)),
         python_dirs=sorted({os.path.realpath(sys.base_prefix), os.path.dirname(os.path.dirname(python))}),
         memory=memory,
-        oom_score_adj_locked=_has_capability(_CAP_SYS_RESOURCE),
+        oom_score_adj_raised=oom_score_adj_raised,
+        # Written with CAP_SYS_RESOURCE, 1000 is also the lowest value the kernel lets the code write.
+        oom_score_adj_locked=oom_score_adj_raised and _has_capability(_CAP_SYS_RESOURCE),
         code=sys.stdin.buffer.read(),
         runner=runner_source(),  # read now: the worker may no longer be able to read this package
     )
@@ -305,7 +311,8 @@ def _exec_worker(plan: _Plan, filesystem: dict, code_fd: int) -> None:
     except OSError as exc:
         seccomp_problem = str(exc)
     isolation = Facts(uid=plan.uid, private_uid=plan.is_root, namespaces=tuple(plan.namespaces),
-                      seccomp=seccomp_problem, memory=plan.memory, oom_score_adj_locked=plan.oom_score_adj_locked,
+                      seccomp=seccomp_problem, memory=plan.memory, oom_score_adj_raised=plan.oom_score_adj_raised,
+                      oom_score_adj_locked=plan.oom_score_adj_locked,
                       scratch_mb=plan.limits.scratch_mb, **filesystem).isolation()
     _report(plan.status_fd, isolation={"level": isolation.level, "details": isolation.details},
             pid_namespace="pid" in plan.namespaces)

@@ -44,7 +44,8 @@ class Facts:
     exposed: tuple[str, ...]  # interpreter folders bound back into covered places
     seccomp: str | None  # why the filter is missing; None when it is loaded
     memory: str
-    oom_score_adj_locked: bool  # set to 1000 with CAP_SYS_RESOURCE, so it cannot be lowered
+    oom_score_adj_raised: bool  # set to 1000, so the OOM killer picks the sandbox first
+    oom_score_adj_locked: bool  # set with CAP_SYS_RESOURCE, so the code cannot write a lower value
     scratch_mb: int
 
     def isolation(self) -> Isolation:
@@ -77,7 +78,9 @@ class Facts:
             ])
         else:
             filesystem = "host filesystem, protected by permissions only"
-        if self.oom_score_adj_locked or self.own_proc:
+        if not self.oom_score_adj_raised:
+            oom = "the app's (could not be raised)"
+        elif self.oom_score_adj_locked or self.own_proc:
             oom = "1000, cannot be lowered"
         else:
             oom = "1000, can be lowered to the app's own minimum"

@@ -308,3 +308,28 @@ def test_load_chat_model_engine_choice():
     assert simple.engine is None and simple.info.engine.startswith("simple path")
     with pytest.raises(ValueError, match="unknown engine"):
         load_chat_model(folder, device="cpu", progress=False, engine="turbo")
+
+
+def test_a_failing_step_fails_the_running_requests_and_the_engine_serves_the_next(chats, monkeypatch):
+    name = "internlm-chat-7b-tiny"
+    engine = FastEngine(chats[name].model, slots=2)
+    ids = reference(name)["chat_cases"][0]["input_ids"]
+    original, calls = engine.kernels.choose, []
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated device fault")
+        return original(*args)
+
+    monkeypatch.setattr(engine.kernels, "choose", failing_once)
+    with pytest.raises(RuntimeError, match="generation failed: simulated device fault"):
+        list(engine.generate(ids, GREEDY, set()))
+    assert list(engine.generate(ids, GREEDY, set())) == plain(chats[name], ids)
+
+
+def test_decode_rate_measures_an_idle_engine(chats):
+    engine = FastEngine(chats["internlm-chat-7b-tiny"].model, slots=4)
+    assert engine.decode_rate(batch=3, steps=4, sample=True) > 0
+    ids = reference("internlm-chat-7b-tiny")["chat_cases"][0]["input_ids"]
+    assert list(engine.generate(ids, GREEDY, set())) == plain(chats["internlm-chat-7b-tiny"], ids)

@@ -671,6 +671,8 @@ class FastEngine:
                         self._finish(request, "length")
 
     def _finish(self, request: Request, reason: str, error: BaseException | None = None) -> None:
+        if request.finished:
+            return
         request.finished = True
         request.stats.finish_reason = reason
         request.stats.duration_s = time.perf_counter() - request.started
@@ -698,16 +700,49 @@ class FastEngine:
                         self._wake.wait()
                     self._drop_cancelled_waiters()
                     self._admit()
-                if self._prefilling:
-                    self._prefill_next()
-                if self._decoding:
-                    try:
+                try:
+                    if self._prefilling:
+                        self._prefill_next()
+                    if self._decoding:
                         self._decode()
-                    except Exception as exc:  # noqa: BLE001 - the running requests fail, the engine stays usable
-                        log.exception("decode step failed")
-                        for _, request in list(self._decoding.items()):
-                            self._finish(request, "error", exc)
-                self._deliver(self.lookahead if self._decoding else 0)
+                    self._deliver(self.lookahead if self._decoding else 0)
+                except Exception as exc:  # noqa: BLE001 - the running requests fail, the engine stays usable
+                    log.exception("the engine's decode step failed")
+                    self._fail_running(exc)
+
+    def _fail_running(self, error: Exception) -> None:
+        while self._reader.in_flight:
+            self._reader.rows.popleft()
+        for request in [*self._prefilling, *self._decoding.values()]:
+            self._finish(request, "error", error)
+        self._prefilling.clear()
+
+    def decode_rate(self, batch: int = 1, steps: int = 256, sample: bool = False) -> float:
+        """Decode steps per second with ``batch`` rows active, back to back with no host reads: the ceiling
+        streams run against. Only while the engine is idle (it writes scratch keys and values into the slots)."""
+        with self._wake, torch.inference_mode():
+            if self._waiting or self._prefilling or self._decoding or self._reader.in_flight:
+                raise RuntimeError("decode_rate needs an idle engine")
+            bucket = next(b for b in self.buckets if b >= batch)
+            for slot in range(batch):
+                self._set_position(slot, 0, 1)
+                self.temperature[slot] = 1.0 if sample else 0.0
+            try:
+                self._run_step(bucket, sample, False)
+                self._synchronize()
+                began = time.perf_counter()
+                for _ in range(steps):
+                    self._run_step(bucket, sample, False)
+                self._synchronize()
+                return steps / (time.perf_counter() - began)
+            finally:
+                for slot in range(batch):
+                    self._set_position(slot, self.scratch, 0)
+
+    def _synchronize(self) -> None:
+        for device in {block.device for block in self.blocks}:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
 
     # -- the door --
 

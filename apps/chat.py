@@ -212,6 +212,9 @@ def main() -> None:
     model = load_or_explain(parse_settings(t), t)
     if model.info.is_demo:
         st.warning(t("demo_banner", model_id=model.info.model_id), icon=":material/science:")
+    elif model.info.is_standin:
+        st.info(t("standin_banner", model_id=model.info.model_id, real_id=model.info.stands_in_for),
+                icon=":material/swap_horiz:")
 
     conv = conversation()
     chat.collect(conv)

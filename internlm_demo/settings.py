@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 class Settings:
     """What an app needs to start. Each field can come from ``--flag`` or ``INTERNLM_DEMO_<FIELD>``."""
 
-    model: str | None = None  # folder or known model id; None → a downloaded model or the embedded demo
+    model: str | None = None  # folder or known model id; None → a downloaded model or the stand-in model
     num_gpus: int | None = None
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None → GPU when there is one
     dtype: str | None = None  # "float16", "bfloat16", "float32"; None → float16 on GPU, float32 on CPU
@@ -23,7 +23,6 @@ class Settings:
     gallery: str | None = None  # image folder for XComposer's article writer
     share: bool = False  # Gradio public link; off unless asked for
     agent_script: str | None = None  # JSON of canned model outputs the agent app replays instead of a model
-    allow_weak_sandbox: bool = False  # agent app: run model code even below the sandbox's minimum isolation level
     # The OpenAI-compatible server's limits: larger bodies get 413, a full queue 429, a longer wait 503.
     max_body_bytes: int = 2 * 1024 * 1024
     max_concurrent_requests: int = 16  # requests generating at once

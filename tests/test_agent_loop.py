@@ -10,6 +10,7 @@ import pytest
 
 from internlm_demo import load_chat_model
 from internlm_demo.agent.completion import ChatModelCompletion, cut_at_stop_word, decode_with_markers
+from internlm_demo.models.loading import DEMO_MODEL_ID
 from internlm_demo.agent.loop import (
     ANSWER,
     CODE,
@@ -316,7 +317,7 @@ def test_shipped_demo_session_replays():
 def test_tiny_demo_model_runs_the_loop_end_to_end():
     """A real (random) model: each turn's output is exactly the greedy completion of the prompt the
     protocol builds from the turns before it, and the run ends as the protocol reads the last output."""
-    model = ChatModelCompletion(load_chat_model(None, progress=False))
+    model = ChatModelCompletion(load_chat_model(DEMO_MODEL_ID, progress=False))
     assert model.info.is_demo
     protocol = protocol_for(model.family)
     tools = [PythonInterpreter()]

@@ -17,6 +17,7 @@ from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from internlm_demo import load_chat_model
+from internlm_demo.models.loading import DEMO_MODEL_ID
 from internlm_demo.ui.markdown import display_markdown
 from tests.conftest import FIXTURES_DIR, REPO, streamed
 
@@ -30,7 +31,7 @@ WAIT_S = 90
 
 @pytest.fixture(scope="module")
 def demo_model():
-    return load_chat_model(None, progress=False)
+    return load_chat_model(DEMO_MODEL_ID, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def open_app(monkeypatch):
     """Start the page as ``streamlit run apps/chat.py -- FLAGS`` would (flags go through sys.argv)."""
 
     def open_with(*flags: str) -> AppTest:
+        monkeypatch.setenv("INTERNLM_DEMO_MODEL", DEMO_MODEL_ID)  # what "no --model" starts on in these tests
         monkeypatch.setattr(sys, "argv", [APP, *map(str, flags)])
         app = AppTest.from_file(APP, default_timeout=60)
         return app.run()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from internlm_demo import ContextOverflowError, GenerationStats, load_chat_model
-from internlm_demo.models.loading import split_fused_wqkv
+from internlm_demo.models.loading import DEMO_MODEL_ID, split_fused_wqkv
 from internlm_demo.models.tokenizer import StreamingDetokenizer
 from tests.conftest import FIXTURES_DIR
 
@@ -112,18 +112,17 @@ def test_unknown_generation_argument_is_named(v2_model):
         v2_model.chat("hi", [], num_beams=3)
 
 
-def test_embedded_demo_model_starts_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = load_chat_model(None, progress=False)
-    assert model.info.is_demo and model.info.family == "internlm"
+def test_tiny_demo_model_is_generated_once_and_answers():
+    model = load_chat_model(DEMO_MODEL_ID, progress=False)
+    assert model.info.is_demo and model.info.family == "internlm" and not model.info.is_standin
     assert model.tokenizer.encode("<eoa>", add_special_tokens=False) == [model.tokenizer.token_id("<eoa>")]
     response, history = model.chat("你好", [], max_new_tokens=16, seed=0)
     assert history == [("你好", response)] and response
-    assert load_chat_model(None, progress=False).info.folder == model.info.folder, "generated once, then reused"
+    assert load_chat_model(DEMO_MODEL_ID, progress=False).info.folder == model.info.folder, "generated once, then reused"
 
 
 def test_demo_model_replies_end_and_stay_readable():
-    model = load_chat_model(None, progress=False)
+    model = load_chat_model(DEMO_MODEL_ID, progress=False)
     for seed in range(5):
         stats = GenerationStats()
         response = list(model.stream_chat("Hello 你好", [], stats=stats, seed=seed, temperature=0.7, top_p=0.8))[-1]

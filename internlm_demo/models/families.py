@@ -78,7 +78,21 @@ INTERNLM3 = Family(
     default_meta_instruction=INTERNLM2_META_INSTRUCTION,
 )
 
-FAMILIES = (INTERNLM, INTERNLM2, INTERNLM3)
+# The stand-in model (see models/standin.py): ChatML as in its own chat template, whose default system
+# prompt this is; its model card recommends temperature 0.2 and top-p 0.9.
+SMOLLM2 = Family(
+    name="smollm2",
+    model_types=("smollm2",),
+    system_turn=INTERNLM2.system_turn,
+    user_turn=INTERNLM2.user_turn,
+    assistant_end=INTERNLM2.assistant_end,
+    stop_words=INTERNLM2.stop_words,
+    default_meta_instruction="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    web_demo_temperature=0.2,
+    chat_defaults={"max_new_tokens": 1024, "do_sample": True, "temperature": 0.2, "top_p": 0.9},
+)
+
+FAMILIES = (INTERNLM, INTERNLM2, INTERNLM3, SMOLLM2)
 CONVERTED_LLAMA_TYPES = ("llama",)
 
 

@@ -15,8 +15,10 @@ from ..errors import ModelFolderError
 from . import registry
 from .checkpoint import iter_tensors, read_config, read_json, weight_files
 from .families import Family, family_for
+from .demo import ensure_demo_model
 from .placement import balanced_device_map, dispatch
-from .tokenizer import InternLMTokenizer, read_tokenizer
+from .standin import STANDIN_MODEL_ID, STANDS_IN_FOR, ensure_standin_model
+from .tokenizer import ChatTokenizer, read_fast_tokenizer, read_tokenizer
 from .transformers_compat import ROTARY_MODULE, llama_config, rebuild_rotary, rope_parameters
 
 log = logging.getLogger(__name__)
@@ -38,27 +40,31 @@ class ModelInfo:
     dtype: str
     device_map: dict
     context_window: int
-    is_demo: bool = False
+    is_demo: bool = False  # random weights: its replies are noise
+    is_standin: bool = False  # a small real model answering until InternLM weights are downloaded
+    stands_in_for: str = ""  # the InternLM model id a demo or stand-in model's banner tells the user to get
     engine: str = ""  # how tokens are made (set by serving: engine, kernels, slots, KV budget)
 
 
 def resolve_folder(path_or_id: str | Path | None, default_ids=CHAT_DEFAULT_IDS, demo=None) -> tuple[Path, str, bool]:
     """(folder, model id, is_demo) for a folder path, a known model id, or None.
 
-    None (or "demo") means the first of ``default_ids`` that is downloaded, else the embedded demo
-    model that ``demo()`` returns as ``(folder, model id)``.
+    None means the first of ``default_ids`` that is downloaded, else ``demo()``'s ``(folder, model id)``,
+    else the stand-in model. The stand-in and the tiny random demo model can also be named by their ids.
     """
-    if path_or_id is None or str(path_or_id) == "demo":
+    if path_or_id is None:
         for model_id in default_ids:
             folder = registry.downloaded_folder(model_id)
             if folder is not None:
                 return folder, model_id, False
-        if demo is None:
-            from .demo import ensure_demo_model
-
-            return ensure_demo_model(), DEMO_MODEL_ID, True
-        return (*demo(), True)
+        if demo is not None:
+            return (*demo(), True)
+        return ensure_standin_model(), STANDIN_MODEL_ID, False
     text = str(path_or_id)
+    if text == STANDIN_MODEL_ID:
+        return ensure_standin_model(), STANDIN_MODEL_ID, False
+    if text == DEMO_MODEL_ID:
+        return ensure_demo_model(), DEMO_MODEL_ID, True
     if text in registry.KNOWN_MODELS:
         folder = registry.downloaded_folder(text)
         if folder is None:
@@ -69,7 +75,7 @@ def resolve_folder(path_or_id: str | Path | None, default_ids=CHAT_DEFAULT_IDS, 
         return folder, text, False
     folder = Path(text).expanduser()
     if not folder.exists():
-        known = ", ".join(registry.KNOWN_MODELS)
+        known = ", ".join([*registry.KNOWN_MODELS, STANDIN_MODEL_ID, DEMO_MODEL_ID])
         raise ModelFolderError(f"{text} is neither a folder nor a known model id ({known}).")
     return folder.resolve(), folder.name, False
 
@@ -222,19 +228,24 @@ def choose_device(device: str | None, dtype: str | None, num_gpus: int | None) -
     return device, DTYPES[dtype]
 
 
-def read_folder_tokenizer(folder: Path) -> InternLMTokenizer:
-    """The tokenizer of a model folder (``tokenizer.model`` and, if present, ``tokenizer_config.json``)."""
-    if not (folder / "tokenizer.model").is_file():
-        raise ModelFolderError(f"{folder / 'tokenizer.model'} is missing; re-download the model (the tokenizer is part of it).")
+def read_folder_tokenizer(folder: Path) -> ChatTokenizer:
+    """The tokenizer of a model folder: ``tokenizer.model`` (InternLM) or ``tokenizer.json``, with
+    ``tokenizer_config.json`` when present."""
+    sentencepiece_file, json_file = folder / "tokenizer.model", folder / "tokenizer.json"
+    tokenizer_file = json_file if json_file.is_file() and not sentencepiece_file.is_file() else sentencepiece_file
+    if not tokenizer_file.is_file():
+        raise ModelFolderError(f"{sentencepiece_file} is missing; re-download the model (the tokenizer is part of it).")
     tokenizer_config_path = folder / "tokenizer_config.json"
     tokenizer_config = read_json(tokenizer_config_path, "tokenizer settings") if tokenizer_config_path.is_file() else {}
     try:
+        if tokenizer_file is json_file:
+            return read_fast_tokenizer(folder, tokenizer_config)
         return read_tokenizer(folder, tokenizer_config)
-    except (RuntimeError, OSError) as exc:
-        raise ModelFolderError(f"{folder / 'tokenizer.model'} cannot be read ({exc}); re-download it.") from exc
+    except Exception as exc:  # sentencepiece raises RuntimeError/OSError, tokenizers a plain Exception
+        raise ModelFolderError(f"{tokenizer_file} cannot be read ({exc}); re-download it.") from exc
 
 
-def read_model_folder(folder: Path) -> tuple[dict, Family, InternLMTokenizer, dict]:
+def read_model_folder(folder: Path) -> tuple[dict, Family, ChatTokenizer, dict]:
     """config.json, family, tokenizer and generation_config.json of an original folder."""
     config = read_config(folder)
     tokenizer = read_folder_tokenizer(folder)
@@ -243,7 +254,7 @@ def read_model_folder(folder: Path) -> tuple[dict, Family, InternLMTokenizer, di
     if family is None:
         raise ModelFolderError(
             f"{folder / 'config.json'} has model_type {model_type!r}, which this loader does not know; "
-            "supported: internlm, internlm2, internlm3, llama (XComposer folders open in `python -m apps.xcomposer`)."
+            "supported: internlm, internlm2, internlm3, llama, smollm2 (XComposer folders open in `python -m apps.xcomposer`)."
         )
     generation_path = folder / "generation_config.json"
     generation_config = read_json(generation_path, "generation settings") if generation_path.is_file() else {}
@@ -261,6 +272,8 @@ def build_llama(config: LlamaConfig, tensors, device: str, dtype: torch.dtype, n
     if device_map is None:
         device_map = balanced_device_map(model, num_gpus) if num_gpus and num_gpus > 1 else {"": device}
     stored_inv_freq = load_llama_weights(model, tensors, device_map, dtype, shard_names)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
     # The original code reads inv_freq from the checkpoint, where it was stored rounded to float16.
     rebuild_rotary(model, device_for(ROTARY_MODULE, device_map), stored_inv_freq)
     model.eval()
@@ -274,7 +287,7 @@ class LoadedModel:
     """A native transformers model with what it needs to chat: tokenizer, family, facts and stop ids."""
 
     model: LlamaForCausalLM
-    tokenizer: InternLMTokenizer
+    tokenizer: ChatTokenizer
     family: Family
     info: ModelInfo
     stop_ids: set[int]
@@ -283,7 +296,7 @@ class LoadedModel:
 def load_model(path_or_id: str | Path | None = None, device: str | None = None, dtype: str | None = None,
                num_gpus: int | None = None, progress: bool = True) -> LoadedModel:
     """Read, validate and place an InternLM chat checkpoint (folder or known id; None → a downloaded
-    model or the embedded demo) as a native transformers Llama."""
+    model or the stand-in) as a native transformers Llama."""
     folder, model_id, is_demo = resolve_folder(path_or_id)
     config, family, tokenizer, generation_config = read_model_folder(folder)
     llama_config = llama_config_for(family, config)
@@ -301,6 +314,8 @@ def load_model(path_or_id: str | Path | None = None, device: str | None = None, 
         device_map={k: str(v) for k, v in device_map.items()},
         context_window=context_window_of(llama_config, family, config),
         is_demo=is_demo,
+        is_standin=model_id == STANDIN_MODEL_ID,
+        stands_in_for=STANDS_IN_FOR if is_demo or model_id == STANDIN_MODEL_ID else "",
     )
     eos = generation_config.get("eos_token_id", config.get("eos_token_id", tokenizer.eos_id))
     return LoadedModel(model, tokenizer, family, info, set(eos if isinstance(eos, list) else [eos]))

@@ -1,4 +1,5 @@
-"""The InternLM tokenizers (v1, v2, v3) on sentencepiece, as the original slow tokenizers behave."""
+"""The InternLM tokenizers (v1, v2, v3) on sentencepiece, as the original slow tokenizers behave, and
+``tokenizer.json`` tokenizers (the stand-in model's) behind the same small interface."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sentencepiece
+from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -143,10 +145,50 @@ def read_tokenizer(folder: Path, tokenizer_config: dict) -> InternLMTokenizer:
     return InternLMTokenizer(processor, special, add_bos=tokenizer_config.get("add_bos_token", True))
 
 
+class FastTokenizer:
+    """A ``tokenizer.json`` tokenizer (Hugging Face ``tokenizers``) with ``InternLMTokenizer``'s interface."""
+
+    def __init__(self, tokenizer: Tokenizer, eos: str):
+        self.backend = tokenizer
+        self._special_to_id = {token.content: i for i, token in tokenizer.get_added_tokens_decoder().items()
+                               if token.special}
+        self.eos_id = self.token_id(eos)
+
+    @property
+    def special_tokens(self) -> set[str]:
+        return set(self._special_to_id)
+
+    def token_id(self, text: str) -> int:
+        """The id of a special token or of a text that is a single token."""
+        if text in self._special_to_id:
+            return self._special_to_id[text]
+        ids = self.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise KeyError(f"{text!r} is not a single token in this tokenizer")
+        return ids[0]
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; special tokens in the text are matched whole."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+def read_fast_tokenizer(folder: Path, tokenizer_config: dict) -> FastTokenizer:
+    """Build the tokenizer from ``tokenizer.json``; the end-of-text token comes from ``tokenizer_config.json``."""
+    eos = tokenizer_config.get("eos_token")
+    return FastTokenizer(Tokenizer.from_file(str(folder / "tokenizer.json")),
+                         eos.get("content") if isinstance(eos, dict) else eos or "</s>")
+
+
+ChatTokenizer = InternLMTokenizer | FastTokenizer
+
+
 class StreamingDetokenizer:
     """Turns a growing list of ids into text that never ends in half a character."""
 
-    def __init__(self, tokenizer: InternLMTokenizer):
+    def __init__(self, tokenizer: ChatTokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.text = ""

@@ -29,7 +29,8 @@ class ChatBackend(Protocol):
     """A chat model as the pages, the agent and the OpenAI-compatible server use it.
 
     Met by ``ChatModel`` (in process) and ``RemoteChatModel`` (an OpenAI-compatible server);
-    ``info`` carries the ModelInfo facts (model_id, folder, family, dtype, device_map, context_window, is_demo).
+    ``info`` carries the ModelInfo facts (model_id, folder, family, dtype, device_map, context_window, is_demo,
+    is_standin, stands_in_for).
     """
 
     info: object

@@ -8,13 +8,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..generation.admission import Admission
-from ..generation.engine import describe_engine, engine_for
+from ..generation.engine import engine_for
 from ..generation.params import GenerationParams, GenerationStats
 from ..generation.simple import generate_ids
 from ..models.families import Family
 from ..models.loading import load_model
-from ..models.tokenizer import InternLMTokenizer, StreamingDetokenizer
+from ..models.tokenizer import ChatTokenizer, StreamingDetokenizer
 from .backend import Budget, History, fit_history
+
+SIMPLE_PATH = "simple path: transformers forward, one generation at a time"
 
 
 class ChatModel:
@@ -22,7 +24,7 @@ class ChatModel:
 
     estimates_tokens = False
 
-    def __init__(self, model, tokenizer: InternLMTokenizer, family: Family, info, extra_stop_ids: set[int] = frozenset(),
+    def __init__(self, model, tokenizer: ChatTokenizer, family: Family, info, extra_stop_ids: set[int] = frozenset(),
                  engine=None):
         self.model = model
         self.engine = engine  # a FastEngine, or None for the simple generate_ids path
@@ -111,12 +113,13 @@ class ChatModel:
 
 def load_chat_model(path_or_id: str | Path | None = None, device: str | None = None, dtype: str | None = None,
                     num_gpus: int | None = None, progress: bool = True, engine: str = "auto") -> ChatModel:
-    """Load an InternLM chat model (folder or known id; None → a downloaded model or the embedded demo).
+    """Load an InternLM chat model (folder or known id; None → a downloaded model or the stand-in).
 
     ``engine``: "auto" or "fast" (the batched engine, on GPUs and the CPU alike) or "simple" (the plain
     transformers path, one generation at a time).
     """
     loaded = load_model(path_or_id, device, dtype, num_gpus, progress)
     built = engine_for(loaded.model, engine, loaded.info.context_window)
-    return ChatModel(loaded.model, loaded.tokenizer, loaded.family, replace(loaded.info, engine=describe_engine(built)),
+    described = built.state.describe() if built is not None else SIMPLE_PATH
+    return ChatModel(loaded.model, loaded.tokenizer, loaded.family, replace(loaded.info, engine=described),
                      extra_stop_ids=loaded.stop_ids, engine=built)

@@ -219,7 +219,8 @@ def create_app(model: ChatModel, settings: Settings | None = None) -> FastAPI:
     async def list_models() -> dict:
         card = {"id": model.info.model_id, "object": "model", "created": created, "owned_by": "internlm-demo",
                 "max_model_len": model.context_window, "family": model.family.name, "is_demo": model.info.is_demo,
-                "engine": model.engine_facts()}
+                "engine": model.engine_facts(), "is_standin": model.info.is_standin,
+                "stands_in_for": model.info.stands_in_for}
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
@@ -322,6 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     except ModelFolderError as exc:
         sys.exit(f"cannot load the model: {exc}")
     print(f"serving {model.info.model_id} at http://{settings.host}:{settings.port}/v1", flush=True)
+    if model.info.is_standin:
+        real_id = model.info.stands_in_for
+        print(f"{model.info.model_id} is a small stand-in model (no InternLM weights are downloaded); to serve InternLM: "
+              f"`.venv/bin/python download.py {real_id}`, then add `--model {real_id}`.", flush=True)
     uvicorn.run(create_app(model, settings), host=settings.host, port=settings.port, log_level="warning")
 
 

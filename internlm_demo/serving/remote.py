@@ -40,6 +40,8 @@ class RemoteModelInfo:
     context_window: int = DEFAULT_REMOTE_WINDOW
     is_demo: bool = False
     engine: str = "the server's own"
+    is_standin: bool = False
+    stands_in_for: str = ""
 
 
 def family_of_served_model(card: dict) -> Family:
@@ -112,6 +114,8 @@ class RemoteChatModel:
             family=family.name,
             context_window=int(card.get("max_model_len") or DEFAULT_REMOTE_WINDOW),
             is_demo=bool(card.get("is_demo", False)),
+            is_standin=bool(card.get("is_standin", False)),
+            stands_in_for=str(card.get("stands_in_for") or ""),
         )
         return cls(api_base, info, family, client)
 

@@ -21,6 +21,15 @@ CHAT: dict[str, tuple[str, str]] = {
         "its replies are noise. " + DEMO_DOWNLOAD_EN,
         "**演示模型。** `{model_id}` 是在本机生成的随机权重小模型，回复没有意义。" + DEMO_DOWNLOAD_ZH,
     ),
+    "standin_banner": (
+        "**Stand-in model.** No InternLM weights are downloaded, so `{model_id}`, a small real model (135M "
+        "parameters) shipped with the install, answers instead: fine for simple questions, far from InternLM. "
+        "To chat with InternLM: `.venv/bin/python download.py {real_id}`, then "
+        "`bash scripts/run.sh chat -- --model {real_id}`.",
+        "**替身模型。** 尚未下载书生·浦语权重，因此由随安装附带的小型真实模型 `{model_id}`（1.35 亿参数）代为回答："
+        "能回答简单问题，但远不及书生·浦语。要与书生·浦语对话：`.venv/bin/python download.py {real_id}`，"
+        "再运行 `bash scripts/run.sh chat -- --model {real_id}`。",
+    ),
     "loading_model": ("Loading the model…", "正在加载模型…"),
     "load_failed": ("**The model could not be loaded.**\n\n{error}", "**模型加载失败。**\n\n{error}"),
     "load_fix": (
@@ -111,10 +120,7 @@ XCOMPOSER: dict[str, tuple[str, str]] = {
         "Demo model: tiny and randomly initialised, its replies are noise. "
         "Download internlm-xcomposer-7b and pass --model to chat for real.",
         "演示模型：极小且随机初始化，回复没有意义。请下载 internlm-xcomposer-7b 并用 --model 指定。",
-    ),    "dropped": ("The {dropped} oldest exchange(s) no longer fit the model's context window and were left out.",
-                "最早的 {dropped} 轮对话超出了模型的上下文窗口，已被省略。"),
-    "generation_failed": ("Generation failed: {error}", "生成失败：{error}"),
-    "nothing_to_regenerate": ("There is no reply to regenerate yet.", "还没有可以重新生成的回复。"),
+    ),
 }
 
 # The XComposer app's "Write article" tab.
@@ -140,11 +146,7 @@ ARTICLE: dict[str, tuple[str, str]] = {
     "delete": ("🗑️ Delete image", "🗑️ 删除配图"),
     "edit": ("Edit images", "编辑"),
     "save": ("Save article", "文章下载"),
-    "file": ("Article (zip: article.md + images/)", "文章（zip：article.md + images/）"),    "indexing": ("indexing the gallery: {path}", "正在为图库建立索引：{path}"),
-    "indexed": ("{status} Index: {summary}.", "{status} 索引：{summary}。"),
-    "write_first": ("Write an article first.", "请先生成文章。"),
-    "nothing_to_save": ("Write an article first; there is nothing to save yet.", "请先生成文章，目前没有可保存的内容。"),
-    "section_updated": ("Section {number} updated.", "第 {number} 段已更新。"),
+    "file": ("Article (zip: article.md + images/)", "文章（zip：article.md + images/）"),
 }
 
 SECTIONS = {"chat": CHAT, "xcomposer": XCOMPOSER, "article": ARTICLE}

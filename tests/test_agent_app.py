@@ -168,3 +168,43 @@ def test_unreadable_script_and_bad_flags_give_messages(app, monkeypatch, tmp_pat
     at.run()
     assert not at.exception
     assert "not valid" in at.error[0].value and "num-gpus" in at.error[0].value
+
+
+def interpreter_toggle(at):
+    return next(t for t in at.sidebar.toggle if t.label == "Python interpreter")
+
+
+def weak_sandbox(monkeypatch):
+    """The page as it runs where the kernel refuses namespaces (only the probe is replaced)."""
+    from internlm_demo.agent import sandbox
+
+    monkeypatch.setattr(sandbox, "probe_isolation", lambda: sandbox.Isolation(sandbox.WEAK, "namespaces: none"))
+
+
+@pytest.mark.sandbox_strict
+def test_sidebar_shows_the_isolation_level_in_force(app):
+    at = app([TOOL_CALL, "Final Answer: done"])
+    assert any(caption.value.startswith("Sandbox isolation: strict.") for caption in at.sidebar.caption)
+    assert interpreter_toggle(at).value is True and not at.error
+
+
+def test_below_the_minimum_level_the_page_refuses_to_run_code(app, monkeypatch):
+    weak_sandbox(monkeypatch)
+    at = app([TOOL_CALL, "Final Answer: done"])
+    assert "only the 'weak' isolation level, below the 'userns' minimum" in at.error[0].value
+    assert "--allow-weak-sandbox" in at.error[0].value
+    assert any(caption.value.startswith("Sandbox isolation: weak.") for caption in at.sidebar.caption)
+    toggle = interpreter_toggle(at)
+    assert toggle.value is False and toggle.proto.disabled
+    ask(at, "What is the digest?")
+    assert SECRET_OUTPUT not in "".join(code.value for code in at.code)
+
+
+def test_allow_weak_sandbox_runs_code_below_the_minimum_with_a_warning(app, monkeypatch):
+    weak_sandbox(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["agent.py", "--allow-weak-sandbox"])
+    at = app([TOOL_CALL, "Final Answer: done"])
+    assert not at.error and "runs anyway because of `--allow-weak-sandbox`" in at.warning[0].value
+    assert interpreter_toggle(at).value is True
+    ask(at, "What is the digest?")
+    assert SECRET_OUTPUT in [code.value.strip() for code in at.code]

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.servers import chromium, free_port, running_server, streamlit_command
 
@@ -57,6 +58,7 @@ def test_browser_shows_the_code_and_its_real_output(page, output_dir):
     assert "hashlib.sha256" in code_blocks.nth(0).inner_text()
     assert code_blocks.nth(1).inner_text().strip() == SECRET_OUTPUT
     assert step.get_by_text("I will hash it in Python.").is_visible()
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled(timeout=15_000)  # nothing runs any more
     page.screenshot(path=str(output_dir / "agent-interpreter.png"), full_page=True)
 
 

@@ -28,7 +28,7 @@ def chats():
 
 @pytest.fixture(scope="module")
 def engines(chats):
-    return {name: FastEngine(chat.model) for name, chat in chats.items()}
+    return {name: FastEngine(chat.model, slots=3) for name, chat in chats.items()}  # fewer slots than cases
 
 
 def plain(chat: ChatModel, prompt_ids, params=GREEDY, stop_ids=frozenset()):
@@ -301,10 +301,35 @@ def test_load_chat_model_engine_choice():
     folder = FIXTURES_DIR / "internlm2-chat-7b-tiny"
     fast = load_chat_model(folder, device="cpu", progress=False, engine="auto")
     assert isinstance(fast.engine, FastEngine)  # the CPU batches on the engine too
-    assert fast.info.engine.startswith("batched engine: torch kernels, 4 slots")
-    assert fast.engine_facts()["slots"] == fast.engine.slots == 4
+    assert fast.info.engine.startswith("batched engine: torch kernels, 8 slots")
+    assert fast.engine_facts()["slots"] == fast.engine.slots == 8
     assert isinstance(load_chat_model(folder, device="cpu", progress=False, engine="fast").engine, FastEngine)
     simple = load_chat_model(folder, device="cpu", progress=False, engine="simple")
     assert simple.engine is None and simple.info.engine.startswith("simple path")
     with pytest.raises(ValueError, match="unknown engine"):
         load_chat_model(folder, device="cpu", progress=False, engine="turbo")
+
+
+def test_a_failing_step_fails_the_running_requests_and_the_engine_serves_the_next(chats, monkeypatch):
+    name = "internlm-chat-7b-tiny"
+    engine = FastEngine(chats[name].model, slots=2)
+    ids = reference(name)["chat_cases"][0]["input_ids"]
+    original, calls = engine.kernels.choose, []
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated device fault")
+        return original(*args)
+
+    monkeypatch.setattr(engine.kernels, "choose", failing_once)
+    with pytest.raises(RuntimeError, match="generation failed: simulated device fault"):
+        list(engine.generate(ids, GREEDY, set()))
+    assert list(engine.generate(ids, GREEDY, set())) == plain(chats[name], ids)
+
+
+def test_decode_rate_measures_an_idle_engine(chats):
+    engine = FastEngine(chats["internlm-chat-7b-tiny"].model, slots=4)
+    assert engine.decode_rate(batch=3, steps=4, sample=True) > 0
+    ids = reference("internlm-chat-7b-tiny")["chat_cases"][0]["input_ids"]
+    assert list(engine.generate(ids, GREEDY, set())) == plain(chats["internlm-chat-7b-tiny"], ids)

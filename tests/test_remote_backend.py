@@ -27,6 +27,7 @@ from tests.servers import free_port, running_server
 
 APP = str(REPO / "apps" / "chat.py")
 INTERNLM2_MODEL = FIXTURES_DIR / "internlm2-chat-7b-tiny"
+LONG_REPLY_MODEL = FIXTURES_DIR / "internlm-chat-7b-tiny"  # a 2k window; random weights rarely pick EOS
 
 
 @contextlib.contextmanager
@@ -49,6 +50,17 @@ def demo_server():
 def internlm2_server():
     with openai_server("--model", INTERNLM2_MODEL) as api_base:
         yield api_base
+
+
+@pytest.fixture(scope="module")
+def long_reply_server():
+    with openai_server("--model", LONG_REPLY_MODEL) as api_base:
+        yield api_base
+
+
+@pytest.fixture(scope="module")
+def long_reply_model():
+    return load_chat_model(LONG_REPLY_MODEL, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +144,38 @@ def test_stop_closes_the_stream_and_keeps_what_came(internlm2_server, internlm2_
     # The server goes on serving after a client hung up on it.
     assert remote.chat("hi", [], "Be brief.", max_new_tokens=2, seed=1)[0] == streamed(
         internlm2_model, "hi", [], "Be brief.", max_new_tokens=2, seed=1)
+
+
+def test_concurrent_requests_share_the_engine_without_bleed_and_a_stop_leaves_the_rest(long_reply_server, long_reply_model):
+    """Four clients at once, each with its own history: each gets its own greedy reply; one hangs up midway."""
+    card = httpx.get(f"{long_reply_server}/models").json()["data"][0]
+    assert card["engine"]["name"] == "engine" and card["engine"]["slots"] == long_reply_model.engine.slots >= 4
+    remote = RemoteChatModel.connect(long_reply_server)
+    conversations = [(f"question {i}: 你好 {'!' * i}", [(f"earlier {i}", f"answer {i}")]) for i in range(4)]
+    settings = {"max_new_tokens": 40, "do_sample": False}
+    expected = [streamed(long_reply_model, query, history, **settings) for query, history in conversations]
+    assert len(set(expected)) == len(expected)  # a reply that went to the wrong client would show
+    stopped, results, stops = 1, {}, [threading.Event() for _ in conversations]
+
+    def ask(index):
+        received = []
+        for text in remote.stream_chat(*conversations[index], stop=stops[index], **settings):
+            received.append(text)
+            if index == stopped and len(received) == 2:
+                stops[index].set()
+        results[index] = received
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(conversations))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for index, received in results.items():
+        if index == stopped:
+            assert len(received) == 2 and expected[index].startswith(received[-1]) and received[-1] != expected[index]
+        else:
+            assert received[-1] == expected[index], index
+    assert len(results) == len(conversations)
 
 
 def test_unreachable_server_is_a_clear_error():

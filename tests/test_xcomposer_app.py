@@ -9,12 +9,14 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from apps.xcomposer import article_handlers
 from apps.xcomposer import chat_handlers as handlers
 from apps.xcomposer.app import build_demo
 from apps.xcomposer.context import ModelProvider
 from internlm_demo.settings import Settings
 from internlm_demo.ui.i18n import labels
 from internlm_demo.xcomposer import load_xcomposer
+from internlm_demo.xcomposer.article import Article
 from internlm_demo.xcomposer.prompts import conversation_prompt
 from tests.conftest import FIXTURES_DIR, last
 from tests.servers import free_port
@@ -72,6 +74,14 @@ def test_switching_language_relabels(provider):
     language, button, banner = handlers.switch_language(provider, "English")
     assert language == "中文" and button["value"] == "English" and "演示模型" in banner
     assert handlers.relabel_chat_tab(language)[-1]["value"] == labels("中文", "xcomposer")("clear")
+
+
+def test_handler_messages_follow_the_language(provider, tmp_path):
+    tab = article_handlers.ArticleTab(provider)
+    assert "索引：" in article_handlers.index_gallery(tab, "", "中文", progress=lambda *args, **kwargs: None)
+    article = Article("标题", ["第一段", "第二段"], str(tmp_path))
+    assert article_handlers.delete_section_image(article, 1, "中文")[1] == "第 2 段已更新。"
+    assert article_handlers.delete_section_image(article, 1)[1] == "Section 2 updated."
 
 
 @pytest.fixture(scope="module")

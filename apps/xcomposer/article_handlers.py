@@ -1,4 +1,4 @@
-"""Event handlers of the "Write article" tab, and how they render an article: plain functions, callable without a browser.
+"""Handlers of the "Write article" tab and how they render an article: plain functions, no browser needed.
 
 Images come from a local gallery folder (``--gallery``; by default a small generated demo gallery),
 indexed once and refreshed incrementally (``internlm_demo.xcomposer.gallery``). The pipeline is
@@ -18,7 +18,7 @@ import gradio as gr
 from PIL import Image
 
 from internlm_demo.errors import ModelFolderError
-from internlm_demo.ui.i18n import labels
+from internlm_demo.ui.i18n import LANGUAGES, labels
 from internlm_demo.xcomposer.article import (
     STAGES,
     Article,
@@ -166,29 +166,29 @@ def gallery_folder(tab: ArticleTab, folder: str | None) -> Path:
     return Path(folder).expanduser() if folder else ensure_demo_gallery()
 
 
-def open_tab_gallery(tab: ArticleTab, folder: str | None, progress=None) -> GalleryIndex:
+def open_tab_gallery(tab: ArticleTab, folder: str | None, progress=None, language: str = LANGUAGES[0]) -> GalleryIndex:
     """The gallery index, refreshed; a real XComposer captions new images (the demo model's captions are noise)."""
     model = tab.provider.get()
     captioner = None if model.info.is_demo else XComposerWriter(model).captioner()
 
     def report(done: int, total: int, path: str) -> None:
         if progress is not None and total:
-            progress(done / total, desc=f"indexing the gallery: {path}")
+            progress(done / total, desc=labels(language, "article")("indexing", path=path))
 
     return open_gallery(gallery_folder(tab, folder), captioner=captioner, progress=report)
 
 
-def index_gallery(tab: ArticleTab, folder: str, progress=PROGRESS) -> str:
+def index_gallery(tab: ArticleTab, folder: str, language: str = LANGUAGES[0], progress=PROGRESS) -> str:
     """Index (or refresh) the gallery folder; returns its status line."""
     try:
-        index = open_tab_gallery(tab, folder, progress)
+        index = open_tab_gallery(tab, folder, progress, language)
     except (GalleryError, ModelFolderError) as error:
         gr.Warning(str(error))
         return f"✗ {error}"
-    return f"{index.status()} Index: {index.report.summary()}."
+    return labels(language, "article")("indexed", status=index.status(), summary=index.report.summary())
 
 
-def run_stages(events, article: Article | None, progress, stages=STAGES):
+def run_stages(events, article: Article | None, progress, language: str, stages=STAGES):
     """Turn pipeline events into tab outputs; errors become a message, never a traceback."""
     current, step, total = None, 0, 0
     try:
@@ -212,7 +212,7 @@ def run_stages(events, article: Article | None, progress, stages=STAGES):
         gr.Warning(str(error))
         yield article_outputs(article, stage_board(current or stages[0], step, total, error=str(error), stages=stages))
     except RuntimeError as error:  # e.g. CUDA out of memory: say so and keep the app alive
-        message = f"Generation failed: {error}"
+        message = labels(language, "xcomposer")("generation_failed", error=error)
         gr.Warning(message)
         yield article_outputs(article, stage_board(current or stages[0], step, total, error=message, stages=stages))
 
@@ -225,23 +225,26 @@ def compose_settings(num_beams, repetition_penalty, max_output_tokens, model_sel
 
 
 def write_article(tab: ArticleTab, title: str, num_beams: int, repetition_penalty: float, max_output_tokens: int,
-                  model_selects_images: bool, do_sample: bool, folder: str, progress=PROGRESS):
+                  model_selects_images: bool, do_sample: bool, folder: str, language: str = LANGUAGES[0],
+                  progress=PROGRESS):
     """Submit: write the article for ``title`` and illustrate it, streaming each stage."""
     settings = compose_settings(num_beams, repetition_penalty, max_output_tokens, model_selects_images, do_sample)
 
     def events():
-        yield from compose(XComposerWriter(tab.provider.get()), open_tab_gallery(tab, folder, progress), title, settings)
+        gallery = open_tab_gallery(tab, folder, progress, language)
+        yield from compose(XComposerWriter(tab.provider.get()), gallery, title, settings)
 
-    yield from run_stages(events(), None, progress)
+    yield from run_stages(events(), None, progress, language)
 
 
 def insert_fixed_images(tab: ArticleTab, article: Article | None, image_count: int, num_beams: int,
                         repetition_penalty: float, max_output_tokens: int, model_selects_images: bool, do_sample: bool,
-                        folder: str, progress=PROGRESS):
+                        folder: str, language: str = LANGUAGES[0], progress=PROGRESS):
     """Place exactly ``image_count`` images in the current article (the model still chooses where)."""
     if article is None:
-        gr.Warning("Write an article first.")
-        yield article_outputs(None, stage_board(error="Write an article first."))
+        message = labels(language, "article")("write_first")
+        gr.Warning(message)
+        yield article_outputs(None, stage_board(error=message))
         return
     settings = compose_settings(num_beams, repetition_penalty, max_output_tokens, model_selects_images, do_sample,
                                 image_count)
@@ -249,9 +252,10 @@ def insert_fixed_images(tab: ArticleTab, article: Article | None, image_count: i
 
     def events():
         updated = Article(article.title, article.sections, article.gallery_root)
-        yield from illustrate(XComposerWriter(tab.provider.get()), open_tab_gallery(tab, folder, progress), updated, settings)
+        gallery = open_tab_gallery(tab, folder, progress, language)
+        yield from illustrate(XComposerWriter(tab.provider.get()), gallery, updated, settings)
 
-    yield from run_stages(events(), article, progress, stages)
+    yield from run_stages(events(), article, progress, language, stages)
 
 
 def show_section(article: Article | None, position: int | None) -> tuple:
@@ -259,44 +263,48 @@ def show_section(article: Article | None, position: int | None) -> tuple:
     return editor_updates(article, None if position is None else int(position))[1:]
 
 
-def edit_outputs(article: Article | None, position, change) -> tuple:
+def edit_outputs(article: Article | None, position, change, language: str) -> tuple:
     """Apply ``change(article, position)``; an ArticleError leaves the article as it was, with a warning."""
+    t = labels(language, "article")
     if article is None:
-        gr.Warning("Write an article first.")
+        gr.Warning(t("write_first"))
         return article_outputs(None, "")
     try:
         updated = change(article, int(position))
     except (ArticleError, GalleryError, ModelFolderError) as error:
         gr.Warning(str(error))
         return article_outputs(article, f"✗ {error}", position=int(position))
-    return article_outputs(updated, f"Section {int(position) + 1} updated.", position=int(position))
+    return article_outputs(updated, t("section_updated", number=int(position) + 1), position=int(position))
 
 
-def search_section(tab: ArticleTab, article: Article | None, position: int, caption: str, folder: str) -> tuple:
+def search_section(tab: ArticleTab, article: Article | None, position: int, caption: str, folder: str,
+                   language: str = LANGUAGES[0]) -> tuple:
     """Search again with the edited caption."""
     return edit_outputs(article, position,
-                        lambda a, p: search_again(open_tab_gallery(tab, folder), a, p, caption))
+                        lambda a, p: search_again(open_tab_gallery(tab, folder), a, p, caption), language)
 
 
-def choose_candidate(article: Article | None, position: int, evt: gr.SelectData) -> tuple:
+def choose_candidate(article: Article | None, position: int, language: str, evt: gr.SelectData) -> tuple:
     """A click on a candidate puts it in the article."""
-    return edit_outputs(article, position, lambda a, p: pick_candidate(a, p, evt.index))
+    return edit_outputs(article, position, lambda a, p: pick_candidate(a, p, evt.index), language)
 
 
-def add_section_image(tab: ArticleTab, article: Article | None, position: int, folder: str) -> tuple:
+def add_section_image(tab: ArticleTab, article: Article | None, position: int, folder: str,
+                      language: str = LANGUAGES[0]) -> tuple:
     """➕: caption the section with the model and place the best unused image."""
     return edit_outputs(article, position,
-                        lambda a, p: add_image(XComposerWriter(tab.provider.get()), open_tab_gallery(tab, folder), a, p))
+                        lambda a, p: add_image(XComposerWriter(tab.provider.get()), open_tab_gallery(tab, folder), a, p),
+                        language)
 
 
-def delete_section_image(article: Article | None, position: int) -> tuple:
-    return edit_outputs(article, position, delete_image)
+def delete_section_image(article: Article | None, position: int, language: str = LANGUAGES[0]) -> tuple:
+    return edit_outputs(article, position, delete_image, language)
 
 
-def save_article(article: Article | None) -> str | None:
+def save_article(article: Article | None, language: str = LANGUAGES[0]) -> str | None:
     """Save: a zip with article.md and the chosen images, linked by relative path."""
     if article is None:
-        gr.Warning("Write an article first; there is nothing to save yet.")
+        gr.Warning(labels(language, "article")("nothing_to_save"))
         return None
     try:
         return str(export_zip(article, Path(tempfile.mkdtemp(prefix="article-"))))

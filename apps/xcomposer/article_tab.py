@@ -64,20 +64,22 @@ def build_article_tab(app: AppContext) -> None:
 
     outputs = [article, status, notes, view, section, section_text, caption, candidates, add, delete, editor, fixed]
     parameters = [num_beams, repetition_penalty, max_output_tokens, model_selects, do_sample]
-    gr.on([submit.click, title.submit], functools.partial(handlers.write_article, tab_context), [title, *parameters, folder],
-          outputs, api_name="write_article", **ON_MODEL)
-    fixed.click(functools.partial(handlers.insert_fixed_images, tab_context), [article, image_count, *parameters, folder], outputs,
-                api_name="insert_fixed_images", **ON_MODEL)
-    index.click(functools.partial(handlers.index_gallery, tab_context), folder, gallery_status, api_name="index_gallery")
+    language = app.language
+    gr.on([submit.click, title.submit], functools.partial(handlers.write_article, tab_context),
+          [title, *parameters, folder, language], outputs, api_name="write_article", **ON_MODEL)
+    fixed.click(functools.partial(handlers.insert_fixed_images, tab_context),
+                [article, image_count, *parameters, folder, language], outputs, api_name="insert_fixed_images", **ON_MODEL)
+    index.click(functools.partial(handlers.index_gallery, tab_context), [folder, language], gallery_status,
+                api_name="index_gallery")
     section.input(handlers.show_section, [article, section], outputs[5:11], api_name="show_section")
-    search.click(functools.partial(handlers.search_section, tab_context), [article, section, caption, folder], outputs,
-                 api_name="search_again")
-    candidates.select(handlers.choose_candidate, [article, section], outputs, api_name=False)
-    add.click(functools.partial(handlers.add_section_image, tab_context), [article, section, folder], outputs,
+    search.click(functools.partial(handlers.search_section, tab_context), [article, section, caption, folder, language],
+                 outputs, api_name="search_again")
+    candidates.select(handlers.choose_candidate, [article, section, language], outputs, api_name=False)
+    add.click(functools.partial(handlers.add_section_image, tab_context), [article, section, folder, language], outputs,
               api_name="add_image", **ON_MODEL)
-    delete.click(handlers.delete_section_image, [article, section], outputs, api_name="delete_image")
-    save.click(handlers.save_article, article, saved, api_name="save_article")
-    app.language.change(handlers.relabel, app.language,
+    delete.click(handlers.delete_section_image, [article, section, language], outputs, api_name="delete_image")
+    save.click(handlers.save_article, [article, language], saved, api_name="save_article")
+    language.change(handlers.relabel, language,
                         [tab, title, submit, image_count, fixed, advanced, num_beams, repetition_penalty,
                          max_output_tokens, model_selects, do_sample, folder, index, editor, section, caption, search,
                          candidates, add, delete, save, saved])

@@ -1,4 +1,4 @@
-"""Event handlers of the XComposer chat tab and the app's header: plain functions over a ChatSession, callable without a browser."""
+"""Handlers of the XComposer chat tab and the app's header: plain functions over a ChatSession, no browser needed."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def new_session() -> ChatSession:
     return ChatSession()
 
 
-def model_banner(provider: ModelProvider, language: str = "English") -> str:
+def model_banner(provider: ModelProvider, language: str = LANGUAGES[0]) -> str:
     """Markdown naming the loaded model; a demo model is flagged loudly."""
     t = labels(language, "xcomposer")
     try:
@@ -94,8 +94,10 @@ def answer(
     num_beams: int,
     repetition_penalty: float,
     do_sample: bool,
+    language: str = LANGUAGES[0],
 ) -> Iterator[tuple[list[dict], ChatSession]]:
     """Stream the reply to the pending turn, if there is one. Yields (chatbot, session)."""
+    t = labels(language, "xcomposer")
     if not session.exchanges or session.exchanges[-1].response is not None:
         yield session.display, session
         return
@@ -108,7 +110,7 @@ def answer(
         yield display, ChatSession(session.exchanges[:-1], display)
         return
     if dropped:
-        gr.Info(f"The {dropped} oldest exchange(s) no longer fit the model's context window and were left out.")
+        gr.Info(t("dropped", dropped=dropped))
     display = [*session.display, {"role": "assistant", "content": CURSOR}]
     reply = ""
     try:
@@ -122,8 +124,9 @@ def answer(
             display[-1] = {"role": "assistant", "content": reply + CURSOR}
             yield display, session
     except (RuntimeError, ValueError) as exc:  # e.g. CUDA out of memory: report it, keep the app alive
-        gr.Warning(f"Generation failed: {exc}")
-        display[-1] = {"role": "assistant", "content": f"⚠️ Generation failed: {exc}"}
+        message = t("generation_failed", error=exc)
+        gr.Warning(message)
+        display[-1] = {"role": "assistant", "content": f"⚠️ {message}"}
         yield display, ChatSession(session.exchanges[:-1], display)
         return
     display[-1] = {"role": "assistant", "content": reply or "…"}
@@ -131,10 +134,10 @@ def answer(
     yield display, ChatSession(exchanges, display)
 
 
-def regenerate(session: ChatSession) -> tuple[list[dict], ChatSession]:
+def regenerate(session: ChatSession, language: str = LANGUAGES[0]) -> tuple[list[dict], ChatSession]:
     """Forget the last reply so that ``answer`` writes it again."""
     if not session.exchanges:
-        gr.Info("There is no reply to regenerate yet.")
+        gr.Info(labels(language, "xcomposer")("nothing_to_regenerate"))
         return session.display, session
     last_user = max((i for i, m in enumerate(session.display) if m["role"] == "user"), default=-1)
     display = session.display[: last_user + 1]

@@ -39,10 +39,10 @@ def build_chat_tab(app: AppContext) -> None:
     reply = partial(handlers.answer, app.provider)
     message.submit(partial(handlers.add_message, app.provider), [message, session], [chatbot, session, message],
                    api_name="add_message", **ON_MODEL).then(
-        reply, [session, *parameters_in], [chatbot, session], api_name="answer", **ON_MODEL
+        reply, [session, *parameters_in, app.language], [chatbot, session], api_name="answer", **ON_MODEL
     )
-    regenerate.click(handlers.regenerate, session, [chatbot, session], api_name="regenerate").then(
-        reply, [session, *parameters_in], [chatbot, session], api_name="answer_again", **ON_MODEL
+    regenerate.click(handlers.regenerate, [session, app.language], [chatbot, session], api_name="regenerate").then(
+        reply, [session, *parameters_in, app.language], [chatbot, session], api_name="answer_again", **ON_MODEL
     )
     clear.click(handlers.clear_history, None, [chatbot, session, message], api_name="clear_history")
     app.language.change(

@@ -1,1 +1,1 @@
-"""Agent demo: ReAct loop and its tools (see sandbox.py for the Python interpreter)."""
+"""Agent demo: ReAct loop and its tools (see sandbox/ for the Python interpreter)."""

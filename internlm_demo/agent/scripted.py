@@ -6,7 +6,7 @@ A script is a JSON file::
       "family": "internlm",
       "delay_s": 0.02,
       "outputs": [
-        "Thought: ...\nAction: PythonInterpreter\nAction Input: ```python\nprint(2**100)\n```",
+        "Thought: ...\nAction: PythonInterpreter\nAction Input: {\"command\": \"def solution():\\n    return 2**100\"}",
         "Thought: ...\nFinal Answer: ..."
       ]
     }

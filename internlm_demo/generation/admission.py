@@ -19,7 +19,8 @@ CANCEL_POLL_S = 0.05  # how often a blocked caller checks whether it was cancell
 class Admission:
     """A first-come-first-served line in front of ``slots`` generation slots.
 
-    Each waiter's ``GenerationStats`` shows ``waiting`` and ``queue_ahead`` (requests before it).
+    Each waiter's ``GenerationStats`` shows ``waiting`` and ``queue_ahead`` (requests before it); a
+    waiter may need several slots (a beam search holds one per beam).
     """
 
     def __init__(self, slots: int):
@@ -27,26 +28,30 @@ class Admission:
         self._free = slots
         self._changed = threading.Condition()
         self._line: deque[GenerationStats] = deque()
+        self._needs: dict[int, int] = {}  # slots each waiter needs, by id() of its stats
 
     @property
     def waiting(self) -> int:
         with self._changed:
             return len(self._line)
 
-    def join(self, stats: GenerationStats) -> None:
-        """Take a place at the end of the line."""
+    def join(self, stats: GenerationStats, slots: int = 1) -> None:
+        """Take a place at the end of the line for ``slots`` slots."""
+        if slots > self.slots:
+            raise ValueError(f"a request for {slots} slots can never run beside {self.slots}; ask for at most {self.slots}")
         with self._changed:
             stats.waiting = True
             self._line.append(stats)
+            self._needs[id(stats)] = slots
             self._renumber()
 
     def take(self) -> GenerationStats | None:
-        """The first waiter, now holding a slot; None when no one waits or no slot is free."""
+        """The first waiter, now holding its slots; None when no one waits or too few slots are free."""
         with self._changed:
-            if not self._line or self._free == 0:
+            if not self._line or self._free < self._needs[id(self._line[0])]:
                 return None
-            self._free -= 1
             stats = self._line.popleft()
+            self._free -= self._needs.pop(id(stats))
             stats.waiting = False
             self._renumber()
             return stats
@@ -57,14 +62,15 @@ class Admission:
             for index, waiter in enumerate(self._line):
                 if waiter is stats:
                     del self._line[index]
+                    del self._needs[id(stats)]
                     break
             stats.waiting = False
             self._renumber()
 
-    def release(self) -> None:
-        """A slot is free again."""
+    def release(self, slots: int = 1) -> None:
+        """``slots`` slots are free again."""
         with self._changed:
-            self._free += 1
+            self._free += slots
             self._changed.notify_all()
 
     def _renumber(self) -> None:
@@ -81,11 +87,7 @@ class Admission:
             while not granted:
                 if cancel is not None and cancel.is_set():
                     break
-                if self._line[0] is stats and self._free > 0:
-                    self._free -= 1
-                    self._line.popleft()
-                    stats.waiting = False
-                    self._renumber()
+                if self._line[0] is stats and self.take() is stats:
                     granted = True
                 else:
                     self._changed.wait(CANCEL_POLL_S)

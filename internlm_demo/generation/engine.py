@@ -35,6 +35,7 @@ from torch import nn
 
 from ..errors import ContextOverflowError
 from .admission import Admission
+from .beams import BeamSearch
 from .params import GenerationParams, GenerationStats
 from .sampling import samples
 from .torch_kernels import TorchDecodeKernels, apply_rope, repeat_kv, rms_norm
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 ENGINE_MODES = ("auto", "simple", "fast")
 BUCKETS = (1, 2, 4, 8, 16)  # batch sizes a decode step is captured for
 MAX_SLOTS = 16
-CPU_SLOTS = 4
+CPU_SLOTS = 8  # enough for a 5-beam search beside a few chats
 MIN_CONTEXT = 2048  # positions per slot at least (prompts may run past a short window, as on the simple path)
 MAX_CONTEXT = 8192  # positions per slot at most (a longer window is cut to this)
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass between two decode steps
@@ -221,13 +222,23 @@ class Request:
     stats: GenerationStats
     stop: threading.Event | None
     seed: int
+    beams: BeamSearch | None = None  # a beam search: one slot per beam, ``tokens`` carries row 0's ids
     tokens: queue.Queue = field(default_factory=queue.Queue)
     started: float = field(default_factory=time.perf_counter)
-    slot: int | None = None
+    slots: list[int] = field(default_factory=list)  # slots[0] holds the prompt; the others its beams
     prefilled: int = 0  # prompt positions already in the cache
     launched: int = 0  # tokens chosen or queued on the device
     closed: bool = False  # the reader went away
     finished: bool = False
+
+    @property
+    def slot(self) -> int:
+        return self.slots[0]
+
+    @property
+    def width(self) -> int:
+        """Slots this request holds."""
+        return self.beams.settings.num_beams if self.beams is not None else 1
 
     @property
     def length(self) -> int:
@@ -332,7 +343,8 @@ class FastEngine:
         self.buckets = [b for b in BUCKETS if b < self.slots] + [self.slots]
         self._allocate()
         self.admission = Admission(self.slots)
-        self._graphs: dict[tuple[int, bool, bool], torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[int, bool, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._logits: torch.Tensor | None = None  # the last decode step's logits [batch, V]
         if self.use_graphs:
             self._capture_all()
         self._free_slots = list(range(self.slots))
@@ -479,6 +491,7 @@ class FastEngine:
                 hidden = kernels.norm_gated_linear(x, w.post_norm, self.eps, w.gate_up, w.gate_up_bias)
                 kernels.linear_add(hidden, w.down, w.down_bias, x)
         logits = kernels.norm_linear(x.to(self.device), self.final_norm, self.eps, self.lm_head, None)
+        self._logits = logits
         kernels.choose(logits, self.seen[:batch], self.penalty[:batch], self.temperature[:batch], self.top_k[:batch],
                        self.top_p[:batch], self.seed[:batch], self.step[:batch], self.token[:batch], sample, penalize)
         self.step[:batch] += self.blocks[-1].advance[:batch].to(self.device)
@@ -502,7 +515,7 @@ class FastEngine:
             self._capture_all()
         torch.cuda.synchronize()
 
-    def _capture(self, batch: int, sample: bool, penalize: bool, pool) -> torch.cuda.CUDAGraph:
+    def _capture(self, batch: int, sample: bool, penalize: bool, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         side = torch.cuda.Stream()  # a first run outside capture compiles kernels and creates library handles
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -511,12 +524,13 @@ class FastEngine:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             self._decode_step(batch, sample, penalize)
-        return graph
+        return graph, self._logits  # the graph's own logits buffer, rewritten by each replay
 
     def _run_step(self, batch: int, sample: bool, penalize: bool) -> None:
-        graph = self._graphs.get((batch, sample, penalize))
-        if graph is not None:
-            graph.replay()
+        captured = self._graphs.get((batch, sample, penalize))
+        if captured is not None:
+            captured[0].replay()
+            self._logits = captured[1]
         else:
             self._decode_step(batch, sample, penalize)
 
@@ -563,7 +577,8 @@ class FastEngine:
             if stats is None:
                 return
             request = self._waiting.pop(id(stats))
-            request.slot = self._free_slots.pop(0)
+            request.slots = self._free_slots[:request.width]
+            del self._free_slots[:request.width]
             self._prefilling.append(request)
 
     def _prefill_next(self) -> None:
@@ -576,7 +591,10 @@ class FastEngine:
             logits = self._prefill_chunk(request)
             if logits is not None:
                 self._prefilling.popleft()
-                self._start_decoding(request, logits)
+                if request.beams is not None:
+                    self._start_beams(request, logits)
+                else:
+                    self._start_decoding(request, logits)
         except Exception as exc:  # noqa: BLE001 - this request fails; the engine and the others go on
             log.exception("prefill failed")
             self._prefilling.popleft()
@@ -585,15 +603,57 @@ class FastEngine:
     def _decode(self) -> None:
         top = max(self._decoding) + 1
         batch = next(b for b in self.buckets if b >= top)
-        owners = list(self._decoding.items())
+        owners = [(slot, request) for slot, request in self._decoding.items() if request.beams is None]
+        searches = list({id(r): r for r in self._decoding.values() if r.beams is not None}.values())
         sample = any(samples(request.params) for _, request in owners)
         penalize = any(request.params.repetition_penalty != 1.0 for _, request in owners)
         self._run_step(batch, sample, penalize)
-        self._reader.push(self.token[:batch], owners)
+        if owners:
+            self._reader.push(self.token[:batch], owners)
         for slot, request in owners:
             request.launched += 1
             if request.launched >= request.params.max_new_tokens:
                 self._stop_launching(slot)
+        for request in searches:
+            self._beam_step(request, self._logits[request.slots].float().cpu())
+
+    # -- beams --
+
+    def _start_beams(self, request: Request, logits: torch.Tensor) -> None:
+        """Copy the prompt's keys and values to every beam's slot and take the first beam step."""
+        length, first, others = request.length, request.slot, request.slots[1:]
+        for block in self.blocks:
+            for cache in (*block.k, *block.v):
+                cache[others, :, :length] = cache[first, :, :length]
+        for slot in request.slots:
+            self.temperature[slot] = 0.0  # the decode step's own choice is unused for beams
+            self.penalty[slot] = 1.0
+            self._set_position(slot, length, 1)
+            self._decoding[slot] = request
+        request.launched = 0
+        self._beam_step(request, logits.float().cpu().expand(len(request.slots), -1))
+
+    def _beam_step(self, request: Request, logits: torch.Tensor) -> None:
+        """One beam step on the host; the beams' keys and values reordered on the device, their next ids set."""
+        if request.cancelled:
+            self._finish(request, "stopped")
+            return
+        order, tokens, finished = request.beams.step(logits)
+        request.launched += 1
+        slots = torch.tensor(request.slots, device=self.device)
+        if finished:
+            request.stats.output_ids = request.beams.output_ids
+            self._finish(request, "stop")
+            return
+        moved = order.tolist() != list(range(len(request.slots)))
+        if moved:
+            used = request.length + request.launched - 1  # positions holding keys and values
+            for block in self.blocks:
+                source, target = slots.to(block.device)[order.to(block.device)], slots.to(block.device)
+                for cache in (*block.k, *block.v):
+                    cache[target, :, :used] = cache[source, :, :used]
+        self.token[slots] = tokens.to(self.device)
+        request.tokens.put(request.beams.output_ids)
 
     def _deliver(self, keep: int) -> None:
         """Hand the tokens of all but the newest ``keep`` queued steps to their requests."""
@@ -611,16 +671,18 @@ class FastEngine:
                         self._finish(request, "length")
 
     def _finish(self, request: Request, reason: str, error: BaseException | None = None) -> None:
+        if request.finished:
+            return
         request.finished = True
         request.stats.finish_reason = reason
         request.stats.duration_s = time.perf_counter() - request.started
-        if request.slot is not None:
-            if self._decoding.get(request.slot) is request:
-                self._stop_launching(request.slot)
-            self._free_slots.append(request.slot)
-            self._free_slots.sort()
-            request.slot = None
-            self.admission.release()
+        if request.slots:
+            for slot in request.slots:
+                if self._decoding.get(slot) is request:
+                    self._stop_launching(slot)
+            self._free_slots = sorted(self._free_slots + request.slots)
+            self.admission.release(len(request.slots))
+            request.slots = []
         request.tokens.put(error if error is not None else END)
 
     def _drop_cancelled_waiters(self) -> None:
@@ -638,27 +700,61 @@ class FastEngine:
                         self._wake.wait()
                     self._drop_cancelled_waiters()
                     self._admit()
-                if self._prefilling:
-                    self._prefill_next()
-                if self._decoding:
-                    try:
+                try:
+                    if self._prefilling:
+                        self._prefill_next()
+                    if self._decoding:
                         self._decode()
-                    except Exception as exc:  # noqa: BLE001 - the running requests fail, the engine stays usable
-                        log.exception("decode step failed")
-                        for _, request in list(self._decoding.items()):
-                            self._finish(request, "error", exc)
-                self._deliver(self.lookahead if self._decoding else 0)
+                    self._deliver(self.lookahead if self._decoding else 0)
+                except Exception as exc:  # noqa: BLE001 - the running requests fail, the engine stays usable
+                    log.exception("the engine's decode step failed")
+                    self._fail_running(exc)
+
+    def _fail_running(self, error: Exception) -> None:
+        while self._reader.in_flight:
+            self._reader.rows.popleft()
+        for request in [*self._prefilling, *self._decoding.values()]:
+            self._finish(request, "error", error)
+        self._prefilling.clear()
+
+    def decode_rate(self, batch: int = 1, steps: int = 256, sample: bool = False) -> float:
+        """Decode steps per second with ``batch`` rows active, back to back with no host reads: the ceiling
+        streams run against. Only while the engine is idle (it writes scratch keys and values into the slots)."""
+        with self._wake, torch.inference_mode():
+            if self._waiting or self._prefilling or self._decoding or self._reader.in_flight:
+                raise RuntimeError("decode_rate needs an idle engine")
+            bucket = next(b for b in self.buckets if b >= batch)
+            for slot in range(batch):
+                self._set_position(slot, 0, 1)
+                self.temperature[slot] = 1.0 if sample else 0.0
+            try:
+                self._run_step(bucket, sample, False)
+                self._synchronize()
+                began = time.perf_counter()
+                for _ in range(steps):
+                    self._run_step(bucket, sample, False)
+                self._synchronize()
+                return steps / (time.perf_counter() - began)
+            finally:
+                for slot in range(batch):
+                    self._set_position(slot, self.scratch, 0)
+
+    def _synchronize(self) -> None:
+        for device in {block.device for block in self.blocks}:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
 
     # -- the door --
 
     def submit(self, params: GenerationParams, stop_ids: set[int], stats: GenerationStats | None = None,
                stop: threading.Event | None = None, prompt_ids: list[int] | None = None,
-               prompt_embeds: torch.Tensor | None = None, seen_ids: list[int] | None = None) -> Request:
+               prompt_embeds: torch.Tensor | None = None, seen_ids: list[int] | None = None,
+               beams: BeamSearch | None = None) -> Request:
         """Queue a request (ids, or embeddings [1, T, hidden] with the ids its penalty sees); returns it."""
         stats = stats if stats is not None else GenerationStats()
         request = Request(prompt_ids, prompt_embeds, list(prompt_ids if seen_ids is None else seen_ids), params,
                           frozenset(stop_ids), stats, stop,
-                          params.seed if params.seed is not None else random.getrandbits(62))
+                          params.seed if params.seed is not None else random.getrandbits(62), beams)
         stats.prompt_tokens = request.length
         stats.finish_reason = "length"
         if request.length == 0:
@@ -674,8 +770,8 @@ class FastEngine:
             if params.max_new_tokens == 0 or request.cancelled:
                 self._finish(request, "length" if params.max_new_tokens == 0 else "stopped")
                 return request
+            self.admission.join(stats, request.width)
             self._waiting[id(stats)] = request
-            self.admission.join(stats)
             self._wake.notify_all()
         return request
 
@@ -695,6 +791,29 @@ class FastEngine:
                  stats: GenerationStats | None = None, stop: threading.Event | None = None) -> Iterator[int]:
         """Yield new token ids one at a time; a stop id ends generation and is not yielded."""
         return self.stream(self.submit(params, stop_ids, stats, stop, prompt_ids=list(prompt_ids)))
+
+    def generate_from_embeddings(self, prompt_embeds: torch.Tensor, seen_ids: list[int], params: GenerationParams,
+                                 stop_ids: set[int], stats: GenerationStats | None = None,
+                                 stop: threading.Event | None = None) -> Iterator[int]:
+        """``generate`` for a prompt given as embeddings [1, T, hidden]; ``seen_ids`` are what the
+        repetition penalty sees from the start."""
+        return self.stream(self.submit(params, stop_ids, stats, stop, prompt_embeds=prompt_embeds, seen_ids=seen_ids))
+
+    def beam_search(self, search: BeamSearch, stats: GenerationStats | None = None,
+                    stop: threading.Event | None = None, prompt_ids: list[int] | None = None,
+                    prompt_embeds: torch.Tensor | None = None) -> Iterator[list[int]]:
+        """Run ``search`` with one slot per beam; yields its ``output_ids`` after each step that does not end
+        it (then ``search.finish()`` gives the result). Keys and values are reordered on the device."""
+        params = GenerationParams(do_sample=False, max_new_tokens=search.settings.max_length - 1)
+        return self.stream(self.submit(params, set(), stats, stop, prompt_ids, prompt_embeds, seen_ids=[],
+                                       beams=search))
+
+
+def describe_engine(engine: FastEngine | None) -> str:
+    """One line for ModelInfo and the model panel: which engine makes the tokens, its kernels, slots, KV budget."""
+    if engine is None:
+        return "simple path: transformers forward, one generation at a time"
+    return engine.state.describe()
 
 
 def engine_for(model, mode: str, window: int):

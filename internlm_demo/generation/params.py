@@ -60,6 +60,7 @@ class GenerationStats:
     duration_s: float = 0.0
     finish_reason: str = ""  # "stop", "length", "stopped" (by the caller) or "error"
     output_ids: list[int] = field(default_factory=list)
+    stop_id: int | None = None  # the stop id that ended the reply (it is not in output_ids)
     waiting: bool = False  # in line for a generation slot
     queue_ahead: int = 0  # requests before this one in that line
 
@@ -71,6 +72,7 @@ class GenerationStats:
         self.duration_s = now - started
         if token in stop_ids:
             self.finish_reason = "stop"
+            self.stop_id = token
             return False
         self.new_tokens += 1
         self.output_ids.append(token)

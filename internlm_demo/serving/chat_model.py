@@ -8,15 +8,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..generation.admission import Admission
-from ..generation.engine import engine_for
+from ..generation.engine import describe_engine, engine_for
 from ..generation.params import GenerationParams, GenerationStats
 from ..generation.simple import generate_ids
 from ..models.families import Family
 from ..models.loading import load_model
 from ..models.tokenizer import ChatTokenizer, StreamingDetokenizer
 from .backend import Budget, History, fit_history
-
-SIMPLE_PATH = "simple path: transformers forward, one generation at a time"
 
 
 class ChatModel:
@@ -120,6 +118,5 @@ def load_chat_model(path_or_id: str | Path | None = None, device: str | None = N
     """
     loaded = load_model(path_or_id, device, dtype, num_gpus, progress)
     built = engine_for(loaded.model, engine, loaded.info.context_window)
-    described = built.state.describe() if built is not None else SIMPLE_PATH
-    return ChatModel(loaded.model, loaded.tokenizer, loaded.family, replace(loaded.info, engine=described),
+    return ChatModel(loaded.model, loaded.tokenizer, loaded.family, replace(loaded.info, engine=describe_engine(built)),
                      extra_stop_ids=loaded.stop_ids, engine=built)

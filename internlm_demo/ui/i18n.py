@@ -120,7 +120,10 @@ XCOMPOSER: dict[str, tuple[str, str]] = {
         "Demo model: tiny and randomly initialised, its replies are noise. "
         "Download internlm-xcomposer-7b and pass --model to chat for real.",
         "演示模型：极小且随机初始化，回复没有意义。请下载 internlm-xcomposer-7b 并用 --model 指定。",
-    ),
+    ),    "dropped": ("The {dropped} oldest exchange(s) no longer fit the model's context window and were left out.",
+                "最早的 {dropped} 轮对话超出了模型的上下文窗口，已被省略。"),
+    "generation_failed": ("Generation failed: {error}", "生成失败：{error}"),
+    "nothing_to_regenerate": ("There is no reply to regenerate yet.", "还没有可以重新生成的回复。"),
 }
 
 # The XComposer app's "Write article" tab.
@@ -146,7 +149,11 @@ ARTICLE: dict[str, tuple[str, str]] = {
     "delete": ("🗑️ Delete image", "🗑️ 删除配图"),
     "edit": ("Edit images", "编辑"),
     "save": ("Save article", "文章下载"),
-    "file": ("Article (zip: article.md + images/)", "文章（zip：article.md + images/）"),
+    "file": ("Article (zip: article.md + images/)", "文章（zip：article.md + images/）"),    "indexing": ("indexing the gallery: {path}", "正在为图库建立索引：{path}"),
+    "indexed": ("{status} Index: {summary}.", "{status} 索引：{summary}。"),
+    "write_first": ("Write an article first.", "请先生成文章。"),
+    "nothing_to_save": ("Write an article first; there is nothing to save yet.", "请先生成文章，目前没有可保存的内容。"),
+    "section_updated": ("Section {number} updated.", "第 {number} 段已更新。"),
 }
 
 SECTIONS = {"chat": CHAT, "xcomposer": XCOMPOSER, "article": ARTICLE}

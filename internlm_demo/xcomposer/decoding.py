@@ -5,19 +5,23 @@ starts the output with a BOS placeholder that is never fed to the model but that
 penalty sees and that beam search counts in each hypothesis' length. transformers 5 instead starts
 from an empty sequence, normalises beam scores by the generated length only and lets a stopping
 criterion finish single beams, so its ``generate`` would pick different beams; this module keeps
-the 4.33 rules (greedy, sampling, beam search and beam sampling) over a native Llama and its KV cache.
+the 4.33 rules (greedy, sampling, beam search and beam sampling): ``EngineDecoder`` on the engine's
+slots (beams as slots, the prompt prefilled from embeddings), ``Decoder`` over the transformers model
+and its KV cache (the reference, and the path without an engine).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 
 import torch
 from transformers import DynamicCache
 
-from ..generation.params import GenerationParams
-from ..generation.sampling import next_token, warp_scores
+from ..generation.beams import BeamSearch, BeamSettings
+from ..generation.params import GenerationParams, GenerationStats
+from ..generation.sampling import next_token
 from ..generation.simple import CACHE_ARGUMENT
 
 
@@ -50,47 +54,20 @@ class GenerationSettings:
         settings = cls(**merged)
         if settings.num_beams < 1 or settings.max_new_tokens < 0:
             raise ValueError("num_beams must be at least 1 and max_new_tokens at least 0")
+        settings.params()  # refuses bad sampling values with GenerationParams' messages
         return settings
 
+    def params(self) -> GenerationParams:
+        """The single-sequence settings (greedy or sampling) as the shared GenerationParams."""
+        return GenerationParams(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                repetition_penalty=self.repetition_penalty, seed=self.seed)
 
-@dataclass
-class BeamHypotheses:
-    """Finished beams, scored ``sum_logprobs / len(ids) ** length_penalty`` (ids include the BOS placeholder)."""
-
-    num_beams: int
-    length_penalty: float
-
-    def __post_init__(self):
-        self.beams: list[tuple[float, list[int]]] = []
-        self.worst_score = 1e9
-
-    def add(self, ids: list[int], sum_logprobs: float) -> None:
-        score = sum_logprobs / (len(ids) ** self.length_penalty)
-        if len(self.beams) < self.num_beams or score > self.worst_score:
-            self.beams.append((score, ids))
-            if len(self.beams) > self.num_beams:
-                ranked = sorted((s, i) for i, (s, _) in enumerate(self.beams))
-                del self.beams[ranked[0][1]]
-                self.worst_score = ranked[1][0]
-            else:
-                self.worst_score = min(score, self.worst_score)
-
-    def is_done(self, best_sum_logprobs: float, cur_len: int) -> bool:
-        """4.33's ``early_stopping=False`` heuristic: no running beam can beat the worst finished one."""
-        if len(self.beams) < self.num_beams:
-            return False
-        return self.worst_score >= best_sum_logprobs / cur_len**self.length_penalty
-
-    def best(self) -> tuple[float, list[int]]:
-        return sorted(self.beams, key=lambda beam: beam[0])[-1]
-
-
-def penalise_repetition(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """4.33's RepetitionPenaltyLogitsProcessor over rows of ``scores`` and the ids of each row."""
-    if penalty == 1.0:
-        return scores
-    seen = scores.gather(1, ids)
-    return scores.scatter(1, ids, torch.where(seen < 0, seen * penalty, seen / penalty))
+    def beam_search(self, bos_id: int, eos_id: int, stop_ids, generator: torch.Generator) -> BeamSearch:
+        """The host side of a beam search with these settings."""
+        return BeamSearch(BeamSettings(self.num_beams, self.max_new_tokens + 1, self.repetition_penalty,
+                                       self.length_penalty, self.do_sample, self.temperature, self.top_k, self.top_p),
+                          bos_id, eos_id, stop_ids, generator)
 
 
 class Decoder:
@@ -162,15 +139,7 @@ class Decoder:
         return any(bool((rows[:, -1] == stop).all()) for stop in self.stop_ids)
 
     def _single_steps(self) -> Iterator[list[int]]:
-        settings = self.settings
-        params = GenerationParams(
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.do_sample,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=settings.top_k,
-            repetition_penalty=settings.repetition_penalty,
-        )
+        params = self.settings.params()
         ids = torch.tensor([self.bos_id])
         logits = self._forward(self.prompt_embeds, is_embeds=True)
         while ids.numel() < self.max_length:
@@ -185,53 +154,81 @@ class Decoder:
             logits = self._forward(self._token_input(torch.tensor([token])), is_embeds=False)
 
     def _beam_steps(self) -> Iterator[list[int]]:
-        settings = self.settings
-        beams = settings.num_beams
-        hypotheses = BeamHypotheses(beams, settings.length_penalty)
-        rows = torch.full((beams, 1), self.bos_id)
-        beam_scores = torch.zeros(beams)
-        beam_scores[1:] = -1e9  # only the first beam's continuations count at the first step
-        logits = self._forward(self.prompt_embeds, is_embeds=True).expand(beams, -1)
-        self._cache.batch_repeat_interleave(beams)
-        done = False
+        search = self.settings.beam_search(self.bos_id, self.eos_id, self.stop_ids, self._generator)
+        logits = self._forward(self.prompt_embeds, is_embeds=True).expand(self.settings.num_beams, -1)
+        self._cache.batch_repeat_interleave(self.settings.num_beams)
         while True:
-            vocab = logits.shape[-1]
-            scores = penalise_repetition(torch.log_softmax(logits, dim=-1), rows, settings.repetition_penalty)
-            scores = scores + beam_scores[:, None]
-            if settings.do_sample:
-                scores = warp_scores(scores, settings.temperature, settings.top_k, settings.top_p, 2).view(-1)
-                picked = torch.multinomial(scores.softmax(-1), 2 * beams, generator=self._generator)
-                picked_scores, order = torch.sort(scores[picked], descending=True)
-                picked = picked[order]
-            else:
-                picked_scores, picked = torch.topk(scores.view(-1), 2 * beams)
-            next_scores, next_tokens, next_rows = [], [], []
-            for rank, (flat, score) in enumerate(zip(picked.tolist(), picked_scores.tolist())):
-                row, token = divmod(flat, vocab)
-                if token == self.eos_id:
-                    if rank < beams:
-                        hypotheses.add(rows[row].tolist(), score)
-                else:
-                    next_scores.append(score)
-                    next_tokens.append(token)
-                    next_rows.append(row)
-                if len(next_tokens) == beams:
-                    break
-            done = done or hypotheses.is_done(float(picked_scores.max()), rows.shape[1])
-            beam_scores = torch.tensor(next_scores)
-            order = torch.tensor(next_rows)
-            tokens = torch.tensor(next_tokens)
-            rows = torch.cat([rows[order], tokens[:, None]], dim=1)
+            order, tokens, finished = search.step(logits)
             self._cache.reorder_cache(order.to(self.prompt_embeds.device))
-            self.output_ids = rows[0].tolist()
-            if done or self._stopped(rows):
+            self.output_ids = search.output_ids
+            if finished:
                 break
             yield self.output_ids
             logits = self._forward(self._token_input(tokens), is_embeds=False)
-        if not done:
-            for row, score in zip(rows.tolist(), beam_scores.tolist()):
-                hypotheses.add(row, score)
-        self.score, best = hypotheses.best()
-        if len(best) < self.max_length:
-            best = [*best, self.eos_id]  # 4.33's finalize marks a shorter hypothesis with EOS
-        self.output_ids = best
+        self.score, self.output_ids = search.finish()
+
+
+class EngineDecoder:
+    """``Decoder``'s contract on the engine: the prompt prefilled from its embeddings into a slot, each
+    beam a slot of its own; the same ids as ``Decoder`` for the same logits. ``stop`` ends it early."""
+
+    def __init__(self, engine, prompt_embeds: torch.Tensor, settings: GenerationSettings, bos_id: int, eos_id: int,
+                 stop_ids: Sequence[int] = (), stop: threading.Event | None = None):
+        self.engine = engine
+        self.prompt_embeds = prompt_embeds
+        self.settings = settings
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.stop_ids = tuple(stop_ids)
+        self.stop = stop
+        self.max_length = settings.max_new_tokens + 1
+        self.output_ids: list[int] = []
+        self.score: float | None = None
+        self.stats = GenerationStats()
+
+    def steps(self) -> Iterator[list[int]]:
+        if self.settings.num_beams > 1:
+            yield from self._beam_steps()
+        else:
+            yield from self._single_steps()
+
+    def run(self) -> list[int]:
+        """Decode to the end; returns ``output_ids``."""
+        for _ in self.steps():
+            pass
+        return self.output_ids
+
+    def _single_steps(self) -> Iterator[list[int]]:
+        ids = [self.bos_id]
+        self.output_ids = ids
+        if self.max_length <= 1:
+            return
+        tokens = self.engine.generate_from_embeddings(self.prompt_embeds, [self.bos_id], self.settings.params(),
+                                                      {*self.stop_ids, self.eos_id}, self.stats, self.stop)
+        try:
+            for token in tokens:
+                ids = [*ids, token]
+                self.output_ids = ids
+                if len(ids) >= self.max_length:
+                    return
+                yield ids
+        finally:
+            tokens.close()
+        if self.stats.finish_reason == "stop":  # a stop id or EOS: kept in the output, as 4.33 did
+            self.output_ids = [*ids, self.stats.stop_id]
+            if self.stats.stop_id not in self.stop_ids and len(self.output_ids) < self.max_length:
+                yield self.output_ids
+
+    def _beam_steps(self) -> Iterator[list[int]]:
+        generator = torch.Generator()
+        if self.settings.seed is not None:
+            generator.manual_seed(self.settings.seed)
+        else:
+            generator.seed()
+        search = self.settings.beam_search(self.bos_id, self.eos_id, self.stop_ids, generator)
+        for ids in self.engine.beam_search(search, self.stats, self.stop, prompt_embeds=self.prompt_embeds):
+            self.output_ids = ids
+            yield ids
+        self.output_ids = search.output_ids
+        if self.stats.finish_reason == "stop":
+            self.score, self.output_ids = search.finish()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
 from ..errors import ModelFolderError
+from ..generation.engine import describe_engine, engine_for
 from ..models.checkpoint import iter_tensors, read_config, weight_files
 from ..models.families import INTERNLM
 from ..models.loading import (
@@ -110,11 +112,14 @@ def load_xcomposer(
     dtype: str | None = None,
     num_gpus: int | None = None,
     progress: bool = True,
+    engine: str = "auto",
 ) -> XComposer:
     """Load an original InternLM-XComposer v1 folder (or known id; None → a downloaded one or the embedded demo).
 
     Each tensor goes straight from the checkpoint to its device, so ``num_gpus`` > 1 never needs the
-    whole model on one GPU. Raises ModelFolderError with the file and the fix when the folder is unusable.
+    whole model on one GPU. ``engine`` as for ``load_chat_model``: "auto"/"fast" decode on the batched
+    engine, "simple" on the transformers model. Raises ModelFolderError with the file and the fix when the
+    folder is unusable.
     """
     folder, model_id, is_demo = resolve_xcomposer_folder(path_or_id)
     config, tokenizer = read_xcomposer_folder(folder)
@@ -146,4 +151,6 @@ def load_xcomposer(
         context_window=llm_config.max_position_embeddings,
         is_demo=is_demo,
     )
-    return XComposer(image_encoder, llm, tokenizer, info)
+    built = engine_for(llm, engine, info.context_window)
+    info = replace(info, engine=describe_engine(built))
+    return XComposer(image_encoder, llm, tokenizer, info, built)

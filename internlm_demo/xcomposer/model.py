@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 
 from ..errors import ContextOverflowError
 from ..models.tokenizer import InternLMTokenizer
-from .decoding import Decoder, GenerationSettings
+from .decoding import Decoder, EngineDecoder, GenerationSettings
 from .network import ImageEncoder
 from .preprocess import image_to_pixels
 from .prompts import (
@@ -83,15 +84,19 @@ class ImageChoice:
 class XComposer:
     """Image encoder + InternLM with its tokenizer; holds only what it is given (see ``load_xcomposer``)."""
 
-    def __init__(self, image_encoder: ImageEncoder, llm, tokenizer: InternLMTokenizer, info):
+    def __init__(self, image_encoder: ImageEncoder, llm, tokenizer: InternLMTokenizer, info, engine=None):
         self.image_encoder = image_encoder
         self.llm = llm
+        self.engine = engine  # a FastEngine over ``llm``, or None for the transformers path
         self.tokenizer = XComposerTokenizer(tokenizer)
         self.info = info
         self.stop_ids = (self.tokenizer.token_id(EOH), self.tokenizer.token_id(EOA))
 
     @property
     def context_window(self) -> int:
+        """Prompt positions plus new tokens one generation may hold (a slot's size if that is smaller)."""
+        if self.engine is not None:
+            return min(self.info.context_window, self.engine.max_sequence)
         return self.info.context_window
 
     @property
@@ -149,10 +154,16 @@ class XComposer:
         prompt_embeds: torch.Tensor,
         stop_ids: Sequence[int] | None = None,
         defaults: dict | None = None,
+        stop: threading.Event | None = None,
         **generate_kwargs,
-    ) -> Decoder:
-        """A Decoder over ``prompt_embeds``; ``stop_ids`` default to EOH/EOA, ``()`` disables them."""
+    ) -> Decoder | EngineDecoder:
+        """A decoder over ``prompt_embeds`` (on the engine when there is one); ``stop_ids`` default to
+        EOH/EOA, ``()`` disables them; ``stop`` ends an engine decoder early."""
         settings = GenerationSettings.from_kwargs(generate_kwargs, CHAT_DEFAULTS if defaults is None else defaults)
+        if self.engine is not None:
+            return EngineDecoder(self.engine, prompt_embeds, settings, bos_id=self.tokenizer.bos_id,
+                                 eos_id=self.tokenizer.eos_id, stop_ids=self.stop_ids if stop_ids is None else stop_ids,
+                                 stop=stop)
         return Decoder(
             self.llm,
             prompt_embeds,

@@ -1,4 +1,4 @@
-"""The index of one gallery folder: scanned, described, embedded, cached and refreshed incrementally; searched by caption."""
+"""The index of one gallery folder: scanned, described, embedded, cached, refreshed incrementally, searched."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ hidden state hops from block to block.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -188,6 +189,7 @@ class Block:
     sin: torch.Tensor | None = None
     positions: torch.Tensor | None = None  # [slots] int64: where each slot's next token goes
     advance: torch.Tensor | None = None  # [slots] int64: 1 for a decoding slot, 0 for an idle one
+    x_in: torch.Tensor | None = None  # [slots, hidden]: the hidden state handed over from the previous block
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,11 @@ class TokenReader:
         return len(self.rows)
 
 
+def on_device(device: torch.device):
+    """Make ``device`` current (Triton launches on the current CUDA device); nothing on the CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _free_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
@@ -334,16 +341,17 @@ class FastEngine:
         self.device = self.lm_head.device  # where sampling state lives
         self.vocab = self.lm_head.shape[0]
         on_gpu = self.device.type == "cuda"
-        single = len({b.device for b in self.blocks}) == 1 and self.embed.device == self.device
+        # a stage graph touches one device: the embeddings must sit with the first block, the head with the last
+        stageable = self.embed.device == self.blocks[0].device and self.device == self.blocks[-1].device
         self.kernels = (triton_kernels() if on_gpu and kernels in ("auto", "triton") else None) or TorchDecodeKernels()
-        self.use_graphs = (on_gpu and single) if use_graphs is None else use_graphs
+        self.use_graphs = (on_gpu and stageable) if use_graphs is None else use_graphs
         self.lookahead = lookahead if on_gpu else 0
         window = min(max(window or int(config.max_position_embeddings), MIN_CONTEXT), MAX_CONTEXT)
         self.slots, self.capacity = self._size_cache(slots, capacity, window)
         self.buckets = [b for b in BUCKETS if b < self.slots] + [self.slots]
         self._allocate()
         self.admission = Admission(self.slots)
-        self._graphs: dict[tuple[int, bool, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, bool, bool], list[tuple]] = {}  # per stage: graph, output, logits
         self._logits: torch.Tensor | None = None  # the last decode step's logits [batch, V]
         if self.use_graphs:
             self._capture_all()
@@ -403,6 +411,7 @@ class FastEngine:
                 block.cos, block.sin = cos[:, 0].to(block.device), sin[:, 0].to(block.device)
                 block.positions = torch.full((self.slots,), self.scratch, dtype=torch.long, device=block.device)
                 block.advance = torch.zeros(self.slots, dtype=torch.long, device=block.device)
+                block.x_in = torch.zeros(self.slots, self.embed.shape[1], dtype=self.dtype, device=block.device)
         device, slots = self.device, self.slots
         self.token = torch.zeros(slots, dtype=torch.long, device=device)
         self.step = torch.zeros(slots, dtype=torch.long, device=device)
@@ -412,6 +421,9 @@ class FastEngine:
         self.top_p = torch.ones(slots, 1, dtype=torch.float32, device=device)
         self.top_k = torch.zeros(slots, 1, dtype=torch.long, device=device)
         self.penalty = torch.ones(slots, 1, dtype=torch.float32, device=device)
+        # the ids the first block embeds (the chosen ids themselves when one device holds everything)
+        self._token_in = self.token if self.embed.device == device else torch.zeros_like(self.token, device=self.embed.device)
+        self._stage_out: list[torch.Tensor | None] = [None] * len(self.blocks)
 
     @property
     def scratch(self) -> int:
@@ -479,60 +491,95 @@ class FastEngine:
 
     def _decode_step(self, batch: int, sample: bool, penalize: bool) -> None:
         """One token for rows 0..batch-1 (slot b is row b): their k/v stored, the next ids chosen."""
-        kernels = self.kernels
-        x = F.embedding(self.token[:batch].to(self.embed.device), self.embed)
-        for block in self.blocks:
-            x = x.to(block.device)
-            positions = block.positions[:batch]
-            for w, k_cache, v_cache in zip(block.layers, block.k, block.v):
-                q = kernels.norm_linear_rope_store(x, w.input_norm, self.eps, w.qkv, w.qkv_bias, block.cos,
-                                                   block.sin, k_cache, v_cache, positions, self.heads, self.kv_heads)
-                kernels.linear_add(kernels.attention(q, k_cache, v_cache, positions, self.scale), w.o, w.o_bias, x)
-                hidden = kernels.norm_gated_linear(x, w.post_norm, self.eps, w.gate_up, w.gate_up_bias)
-                kernels.linear_add(hidden, w.down, w.down_bias, x)
-        logits = kernels.norm_linear(x.to(self.device), self.final_norm, self.eps, self.lm_head, None)
-        self._logits = logits
-        kernels.choose(logits, self.seen[:batch], self.penalty[:batch], self.temperature[:batch], self.top_k[:batch],
-                       self.top_p[:batch], self.seed[:batch], self.step[:batch], self.token[:batch], sample, penalize)
-        self.step[:batch] += self.blocks[-1].advance[:batch].to(self.device)
-        for block in self.blocks:
-            block.positions[:batch] += block.advance[:batch]
+        for index, block in enumerate(self.blocks):
+            with on_device(block.device):
+                self._hop(index, batch)
+                self._stage(index, batch, sample, penalize)
+
+    def _hop(self, index: int, batch: int) -> None:
+        """Bring a stage's input onto its device: the chosen ids to the first block, the hidden state onwards."""
+        if index == 0:
+            if self._token_in is not self.token:
+                self._token_in[:batch].copy_(self.token[:batch])
+        else:
+            self.blocks[index].x_in[:batch].copy_(self._stage_out[index - 1])
+
+    def _stage(self, index: int, batch: int, sample: bool, penalize: bool) -> None:
+        """One block's layers for ``batch`` rows on its device; the last block also chooses the next ids.
+
+        A stage reads and writes only its own device, so each can be one CUDA graph."""
+        kernels, block = self.kernels, self.blocks[index]
+        if index == 0:
+            x = F.embedding(self._token_in[:batch], self.embed).to(block.device)
+        else:
+            x = block.x_in[:batch]
+        positions = block.positions[:batch]
+        for w, k_cache, v_cache in zip(block.layers, block.k, block.v):
+            q = kernels.norm_linear_rope_store(x, w.input_norm, self.eps, w.qkv, w.qkv_bias, block.cos, block.sin,
+                                               k_cache, v_cache, positions, self.heads, self.kv_heads)
+            kernels.linear_add(kernels.attention(q, k_cache, v_cache, positions, self.scale), w.o, w.o_bias, x)
+            hidden = kernels.norm_gated_linear(x, w.post_norm, self.eps, w.gate_up, w.gate_up_bias)
+            kernels.linear_add(hidden, w.down, w.down_bias, x)
+        block.positions[:batch] += block.advance[:batch]
+        self._stage_out[index] = x
+        if index == len(self.blocks) - 1:
+            logits = kernels.norm_linear(x.to(self.device), self.final_norm, self.eps, self.lm_head, None)
+            self._logits = logits
+            kernels.choose(logits, self.seen[:batch], self.penalty[:batch], self.temperature[:batch],
+                           self.top_k[:batch], self.top_p[:batch], self.seed[:batch], self.step[:batch],
+                           self.token[:batch], sample, penalize)
+            self.step[:batch] += block.advance[:batch].to(self.device)
 
     def _capture_all(self) -> None:
-        """One CUDA graph per (bucket, sample, penalize), captured while every slot is idle."""
-        pool = torch.cuda.graph_pool_handle()
+        """CUDA graphs per (bucket, sample, penalize), one per block's device, captured while every slot is idle.
+
+        A kernel that fails to build must not stop the chat: torch ops are tried next, then no graphs."""
+        pools = {block.device: torch.cuda.graph_pool_handle() for block in self.blocks}
         try:
             with torch.inference_mode():
                 for batch in self.buckets:
                     for sample in (False, True):
                         for penalize in (False, True):
-                            self._graphs[(batch, sample, penalize)] = self._capture(batch, sample, penalize, pool)
-        except Exception:  # a kernel that fails to build must not stop the chat: fall back to torch ops
+                            self._graphs[(batch, sample, penalize)] = [
+                                self._capture(index, batch, sample, penalize, pools[block.device])
+                                for index, block in enumerate(self.blocks)]
+        except Exception:  # noqa: BLE001 - logged; generation goes on without the failing piece
+            self._graphs = {}
             if self.kernels.name == "torch":
-                raise
+                log.exception("capturing the decode step failed; it runs without CUDA graphs")
+                return
             log.exception("capturing the decode step on %s kernels failed; using torch ops", self.kernels.name)
-            self.kernels, self._graphs = TorchDecodeKernels(), {}
+            self.kernels = TorchDecodeKernels()
             self._capture_all()
-        torch.cuda.synchronize()
+        self._synchronize()
 
-    def _capture(self, batch: int, sample: bool, penalize: bool, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        side = torch.cuda.Stream()  # a first run outside capture compiles kernels and creates library handles
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._decode_step(batch, sample, penalize)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-            self._decode_step(batch, sample, penalize)
-        return graph, self._logits  # the graph's own logits buffer, rewritten by each replay
+    def _capture(self, index: int, batch: int, sample: bool, penalize: bool, pool) -> tuple:
+        """(graph, its output buffer, its logits buffer or None) for one stage; replays rewrite the buffers."""
+        device = self.blocks[index].device
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()  # a first run outside capture compiles kernels and creates library handles
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._hop(index, batch)
+                self._stage(index, batch, sample, penalize)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            self._logits = None
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                self._stage(index, batch, sample, penalize)
+        return graph, self._stage_out[index], self._logits
 
     def _run_step(self, batch: int, sample: bool, penalize: bool) -> None:
-        captured = self._graphs.get((batch, sample, penalize))
-        if captured is not None:
-            captured[0].replay()
-            self._logits = captured[1]
-        else:
+        stages = self._graphs.get((batch, sample, penalize))
+        if stages is None:
             self._decode_step(batch, sample, penalize)
+            return
+        for index, (graph, out, _) in enumerate(stages):
+            with on_device(self.blocks[index].device):
+                self._hop(index, batch)
+                graph.replay()
+            self._stage_out[index] = out
+        self._logits = stages[-1][2]
 
     # -- slots --
 
@@ -555,9 +602,10 @@ class FastEngine:
         if request.seen_ids:
             self.seen[slot, torch.tensor(request.seen_ids, device=self.device)] = True
         rows = slice(slot, slot + 1)
-        self.kernels.choose(logits, self.seen[rows], self.penalty[rows], self.temperature[rows], self.top_k[rows],
-                            self.top_p[rows], self.seed[rows], self.step[rows], self.token[rows], sample,
-                            params.repetition_penalty != 1.0)
+        with on_device(self.device):
+            self.kernels.choose(logits, self.seen[rows], self.penalty[rows], self.temperature[rows], self.top_k[rows],
+                                self.top_p[rows], self.seed[rows], self.step[rows], self.token[rows], sample,
+                                params.repetition_penalty != 1.0)
         self.step[slot] = 1
         request.launched = 1
         self._reader.push(self.token[rows], [(0, request)])

@@ -5,9 +5,9 @@ config and tokenizer intact) before the folder is marked complete. An interrupte
 resumes when the same command is run again; what already verified is not fetched twice.
 
 examples:
-  python download.py --list
-  python download.py internlm2_5-7b-chat
-  python download.py internlm-chat-7b --source openxlab --output /data/internlm-chat-7b
+  .venv/bin/python download.py --list
+  .venv/bin/python download.py internlm2_5-7b-chat
+  .venv/bin/python download.py internlm-chat-7b --source openxlab --output /data/internlm-chat-7b
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Agent demo: InternLM answers with the help of a sandboxed Python interpreter, speaking lagent's tool protocols.
 
-    streamlit run apps/agent.py --server.port 6007 -- --model internlm-chat-7b
-    streamlit run apps/agent.py --server.port 6007 -- --agent-script internlm_demo/agent/demo_session.json
+    bash scripts/run.sh agent -- --model internlm2_5-7b-chat
+    bash scripts/run.sh agent -- --agent-script internlm_demo/agent/demo_session.json
 
 Without --model the embedded demo model is used; --agent-script (or INTERNLM_DEMO_AGENT_SCRIPT)
 replays canned model outputs instead of a model, while the code still runs in the sandbox.
@@ -52,7 +52,7 @@ def read_settings() -> Settings:
     usage = io.StringIO()
     try:
         with contextlib.redirect_stderr(usage), contextlib.redirect_stdout(usage):
-            return Settings.parse(sys.argv[1:], prog="streamlit run apps/agent.py --")
+            return Settings.parse(sys.argv[1:], prog="bash scripts/run.sh agent --", app="agent")
     except SystemExit:
         st.error(f"The app's command-line arguments are not valid:\n\n```\n{usage.getvalue().strip()}\n```")
         st.stop()
@@ -157,7 +157,8 @@ def main() -> None:
                 "the code really runs in the sandbox.")
     elif model.info.is_demo:
         st.warning("This is the embedded demo model with random weights: its replies are noise and it will not "
-                   "call tools sensibly. Start the app with `-- --model internlm-chat-7b` (or a model folder).")
+                   "call tools sensibly. For InternLM: `.venv/bin/python download.py internlm2_5-7b-chat`, then "
+                   "`bash scripts/run.sh agent -- --model internlm2_5-7b-chat`.")
     elif model.info.is_standin:
         real_id = model.info.stands_in_for
         st.info(f"**Stand-in model.** No InternLM weights are downloaded, so `{model.info.model_id}`, a small real "

@@ -1,8 +1,8 @@
 """InternLM chat page. Run from the repository root:
 
-    streamlit run apps/chat.py -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL]
+    bash scripts/run.sh chat -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL] [--port N]
 
-Address and port (127.0.0.1:6006) come from .streamlit/config.toml. This file only lays out
+(``streamlit run apps/chat.py -- ...`` works too, on .streamlit/config.toml's 127.0.0.1:6006). This file only lays out
 the page and wires it to internlm_demo.ui (conversation: the handlers and the state; transcript: export/import).
 """
 
@@ -29,7 +29,7 @@ from internlm_demo.ui.model_facts import model_facts
 # in the GPU queue looks less often, so that many waiting sessions do not slow the one generating.
 STREAM_REFRESH_S = 0.05
 QUEUED_REFRESH_S = 0.5
-USAGE = "streamlit run apps/chat.py -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL]"
+USAGE = "bash scripts/run.sh chat -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL] [--port N]"
 
 
 @st.cache_resource(show_spinner=False)
@@ -43,7 +43,7 @@ def parse_settings(t) -> Settings:
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
-            return Settings.parse(sys.argv[1:], prog=USAGE.split(" -- ")[0] + " --")
+            return Settings.parse(sys.argv[1:], prog=USAGE.split(" -- ")[0] + " --", app="chat")
     except SystemExit:
         st.error(t("bad_flags", usage=USAGE))
         st.code(said.getvalue().strip(), language=None, wrap_lines=True)

@@ -7,3 +7,7 @@ class ModelFolderError(Exception):
 
 class ContextOverflowError(ValueError):
     """A single message does not fit into the model's context window."""
+
+
+class PortInUseError(OSError):
+    """An app's address is taken (or not on this machine); the message names the flag and variable that change it."""

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from dataclasses import dataclass, field, fields
+
+from .errors import PortInUseError
+
+# Each app's own port, so that they can run side by side; chat keeps the tutorial's 6006 (the port it forwards),
+# the server LMDeploy api_server's 23333, so that --api-base URLs stay interchangeable.
+APP_PORTS = {"chat": 6006, "agent": 6007, "xcomposer": 6008, "server": 23333}
 
 
 @dataclass(frozen=True)
@@ -32,10 +40,11 @@ class Settings:
 
     @classmethod
     def parse(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None, prog: str | None = None,
-              defaults: dict | None = None) -> Settings:
-        """Flags win over environment variables, which win over ``defaults``, then the field defaults."""
+              defaults: dict | None = None, app: str | None = None) -> Settings:
+        """Flags win over environment variables, which win over ``defaults``, then ``app``'s port
+        (a key of APP_PORTS), then the field defaults."""
         environ = os.environ if environ is None else environ
-        defaults = defaults or {}
+        defaults = {"port": APP_PORTS[app], **(defaults or {})} if app else defaults or {}
         parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
         for option in fields(cls):
             flag = "--" + option.name.replace("_", "-")
@@ -51,6 +60,21 @@ class Settings:
             parser.add_argument(flag, type=convert, default=default, choices=choices,
                                 metavar=None if choices else option.name.upper())
         return cls(**vars(parser.parse_args(argv)))
+
+    def check_port(self) -> None:
+        """PortInUseError unless ``host:port`` can be listened on now; apps call it before loading a model."""
+        try:
+            family, kind, _, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, kind) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is free
+                sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(f"Port {self.port} on {self.host} is already in use (another app?): "
+                                     f"choose another with --port N or INTERNLM_DEMO_PORT=N.") from None
+            raise PortInUseError(f"Cannot listen on {self.host}:{self.port} ({exc.strerror or exc}): "
+                                 f"choose the address with --host or INTERNLM_DEMO_HOST, the port with --port "
+                                 f"or INTERNLM_DEMO_PORT.") from None
 
     def model_options(self) -> dict:
         """Keyword arguments for ``load_chat_model`` besides the model itself."""

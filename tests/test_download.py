@@ -492,8 +492,8 @@ def test_cli_download_prints_where_size_and_app_commands(monkeypatch, capsys):
     printed = capsys.readouterr().out
     folder = registry.models_dir() / "internlm-chat-7b"
     assert f"internlm-chat-7b is ready in {folder} ({human_size(sum(sizes_of(folder).values()))}, " in printed
-    assert "streamlit run apps/chat.py -- --model internlm-chat-7b" in printed
-    assert "streamlit run apps/agent.py -- --model internlm-chat-7b" in printed
+    for app in ("chat", "agent", "server"):
+        assert f"bash scripts/run.sh {app} -- --model internlm-chat-7b" in printed
 
 
 def test_cli_xcomposer_summary_names_its_app(monkeypatch, capsys):
@@ -501,7 +501,7 @@ def test_cli_xcomposer_summary_names_its_app(monkeypatch, capsys):
 
     use_modelscope(monkeypatch, ModelScopeStandIn(FIXTURES / "internlm-xcomposer-7b-tiny"))
     assert cli.main(["internlm-xcomposer-7b"]) == 0
-    assert "python -m apps.xcomposer --model internlm-xcomposer-7b" in capsys.readouterr().out
+    assert "bash scripts/run.sh xcomposer -- --model internlm-xcomposer-7b" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -1,6 +1,6 @@
 """浦语·灵笔 InternLM-XComposer v1 web demo: multimodal chat about images, and an illustrated-article writer.
 
-    python -m apps.xcomposer [--model FOLDER_OR_ID] [--gallery FOLDER] [--num-gpus N] [--port 6006] [--share]
+    python -m apps.xcomposer [--model FOLDER_OR_ID] [--gallery FOLDER] [--num-gpus N] [--port 6008] [--share]
 
 ``app.build_demo`` lays out the Blocks (one tab per builder in ``app.TABS``); ``chat_tab`` and
 ``article_tab`` lay out and wire, ``chat_handlers`` and ``article_handlers`` are plain functions.

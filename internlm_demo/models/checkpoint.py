@@ -14,7 +14,7 @@ from ..errors import ModelFolderError
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-FIX_DOWNLOAD = "re-run `python download.py MODEL --output {folder}` to fetch it again"
+FIX_DOWNLOAD = "re-run `.venv/bin/python download.py MODEL --output {folder}` to fetch it again"
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -32,7 +32,7 @@ def read_config(folder: Path) -> dict:
     if not folder.is_dir():
         raise ModelFolderError(
             f"{folder} is not a folder. Pass a folder that holds config.json and the weights, "
-            "or a known model id (see `python download.py --list`)."
+            "or a known model id (see `.venv/bin/python download.py --list`)."
         )
     return read_json(folder / "config.json", "this does not look like a model folder (pass the folder that holds config.json)")
 

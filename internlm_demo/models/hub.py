@@ -75,7 +75,7 @@ def resolve_known_model(model_id: str) -> KnownModel:
     hint = f"did you mean {close[0]}? " if close else ""
     raise UnknownModelError(
         f"unknown model {model_id!r}: {hint}known models are {', '.join(registry.KNOWN_MODELS)} "
-        "(`python download.py --list` shows their sizes)."
+        "(`.venv/bin/python download.py --list` shows their sizes)."
     )
 
 
@@ -455,8 +455,8 @@ def app_commands(model: KnownModel, folder: Path) -> list[str]:
     default = registry.models_dir() / model.id
     name = model.id if folder.resolve() == default.resolve() else shlex.quote(str(folder))
     if model.family == "xcomposer":
-        return [f"python -m apps.xcomposer --model {name}"]
-    return [f"streamlit run apps/chat.py -- --model {name}", f"streamlit run apps/agent.py -- --model {name}"]
+        return [f"bash scripts/run.sh xcomposer -- --model {name}"]
+    return [f"bash scripts/run.sh {app} -- --model {name}" for app in ("chat", "agent", "server")]
 
 
 def summary(model_id: str, folder: Path) -> str:

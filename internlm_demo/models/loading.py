@@ -70,7 +70,7 @@ def resolve_folder(path_or_id: str | Path | None, default_ids=CHAT_DEFAULT_IDS, 
         if folder is None:
             raise ModelFolderError(
                 f"{text} is not downloaded yet (looked in {registry.models_dir() / text}); "
-                f"run `python download.py {text}` first, or pass the folder that holds its weights."
+                f"run `.venv/bin/python download.py {text}` first, or pass the folder that holds its weights."
             )
         return folder, text, False
     folder = Path(text).expanduser()

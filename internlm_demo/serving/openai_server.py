@@ -21,13 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..errors import ContextOverflowError, ModelFolderError
+from ..errors import ContextOverflowError, ModelFolderError, PortInUseError
 from ..generation.params import GenerationStats
 from ..settings import Settings
 from .chat_model import Budget, ChatModel, History
 from .limits import BodySizeLimit, GenerationSlots, RequestError, error_body, wait_for_disconnect
-
-DEFAULT_PORT = 23333  # LMDeploy's api_server default, so --api-base URLs stay interchangeable
 
 
 def encodable(text: str) -> str:
@@ -317,7 +315,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from .chat_model import load_chat_model
 
-    settings = Settings.parse(argv, prog="python -m internlm_demo.serving.openai_server", defaults={"port": DEFAULT_PORT})
+    settings = Settings.parse(argv, prog="python -m internlm_demo.serving.openai_server", app="server")
+    try:
+        settings.check_port()  # before the model loads, which takes a while
+    except PortInUseError as exc:
+        sys.exit(f"error: {exc}")
     try:
         model = load_chat_model(settings.model, **settings.model_options())
     except ModelFolderError as exc:

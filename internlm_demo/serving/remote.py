@@ -21,7 +21,7 @@ from .backend import Budget, History, fit_history
 DEFAULT_REMOTE_WINDOW = 4096
 TOKENS_PER_MESSAGE = 4  # role markers around each message, as in ChatML
 GENERIC_FAMILY = replace(INTERNLM2, name="openai-compatible", default_meta_instruction="")
-START_HINT = "start one with `python -m internlm_demo.serving.openai_server --model MODEL --port PORT`, or fix --api-base"
+START_HINT = "start one with `bash scripts/run.sh server -- --model MODEL` (port 23333), or fix --api-base"
 
 
 class RemoteBackendError(Exception):

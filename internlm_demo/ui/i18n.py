@@ -7,10 +7,11 @@ from collections.abc import Callable
 LANGUAGES = ("English", "中文")
 
 DEMO_DOWNLOAD_EN = (
-    "To chat with InternLM, download a real model: `python download.py internlm-chat-7b`, "
-    "then start the app with `--model internlm-chat-7b`."
+    "To chat with InternLM, download a real model: `.venv/bin/python download.py internlm2_5-7b-chat`, "
+    "then start `bash scripts/run.sh chat -- --model internlm2_5-7b-chat`."
 )
-DEMO_DOWNLOAD_ZH = "要与书生·浦语对话，请先下载真实模型：`python download.py internlm-chat-7b`，再用 `--model internlm-chat-7b` 启动。"
+DEMO_DOWNLOAD_ZH = ("要与书生·浦语对话，请先下载真实模型：`.venv/bin/python download.py internlm2_5-7b-chat`，"
+                    "再运行 `bash scripts/run.sh chat -- --model internlm2_5-7b-chat`。")
 
 # The chat page (apps/chat.py). key: (English, 中文)
 CHAT: dict[str, tuple[str, str]] = {
@@ -34,13 +35,13 @@ CHAT: dict[str, tuple[str, str]] = {
     "load_failed": ("**The model could not be loaded.**\n\n{error}", "**模型加载失败。**\n\n{error}"),
     "load_fix": (
         ("Fix: pass `--model` a folder that holds `config.json`, `tokenizer.model` and the weights, or a model id "
-        "downloaded with `python download.py ID`; without `--model` the app starts with the embedded demo model. "
-        "Example: `streamlit run apps/chat.py -- --model internlm-chat-7b`. "
-        "With `--api-base`, start the server first (`python -m internlm_demo.serving.openai_server --model ... --port 23333`)."),
+        "downloaded with `.venv/bin/python download.py ID`; without `--model` the app starts without downloaded weights. "
+        "Example: `bash scripts/run.sh chat -- --model internlm2_5-7b-chat`. "
+        "With `--api-base`, start the server first (`bash scripts/run.sh server -- --model ...`, port 23333)."),
         ("解决办法：`--model` 应指向包含 `config.json`、`tokenizer.model` 和权重文件的文件夹，或用 "
-        "`python download.py ID` 下载过的模型 ID；不带 `--model` 时使用内置演示模型。"
-        "示例：`streamlit run apps/chat.py -- --model internlm-chat-7b`。"
-        "使用 `--api-base` 时请先启动服务（`python -m internlm_demo.serving.openai_server --model ... --port 23333`）。"),
+        "`.venv/bin/python download.py ID` 下载过的模型 ID；不带 `--model` 时无需下载权重即可启动。"
+        "示例：`bash scripts/run.sh chat -- --model internlm2_5-7b-chat`。"
+        "使用 `--api-base` 时请先启动服务（`bash scripts/run.sh server -- --model ...`，端口 23333）。"),
     ),
     "load_unexpected": ("{kind}: {error}", "{kind}：{error}"),
     "bad_flags": ("**The command-line flags after `--` were not accepted.** Usage: `{usage}`",
@@ -117,10 +118,13 @@ XCOMPOSER: dict[str, tuple[str, str]] = {
     "model": ("Model", "模型"),
     "no_model": ("The model could not be loaded:", "模型无法加载："),
     "demo_warning": (
-        "Demo model: tiny and randomly initialised, its replies are noise. "
-        "Download internlm-xcomposer-7b and pass --model to chat for real.",
-        "演示模型：极小且随机初始化，回复没有意义。请下载 internlm-xcomposer-7b 并用 --model 指定。",
-    ),    "dropped": ("The {dropped} oldest exchange(s) no longer fit the model's context window and were left out.",
+        "Demo model: tiny and randomly initialised, its replies are noise. For the real model: "
+        "`.venv/bin/python download.py internlm-xcomposer-7b`, then "
+        "`bash scripts/run.sh xcomposer -- --model internlm-xcomposer-7b`.",
+        "演示模型：极小且随机初始化，回复没有意义。使用真实模型：`.venv/bin/python download.py internlm-xcomposer-7b`，"
+        "再运行 `bash scripts/run.sh xcomposer -- --model internlm-xcomposer-7b`。",
+    ),
+    "dropped": ("The {dropped} oldest exchange(s) no longer fit the model's context window and were left out.",
                 "最早的 {dropped} 轮对话超出了模型的上下文窗口，已被省略。"),
     "generation_failed": ("Generation failed: {error}", "生成失败：{error}"),
     "nothing_to_regenerate": ("There is no reply to regenerate yet.", "还没有可以重新生成的回复。"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+import time
+from types import SimpleNamespace
 
 import pytest
 from gradio_client import Client, handle_file
@@ -68,6 +70,30 @@ def test_a_message_that_cannot_fit_the_window_is_explained(provider):
     _, session, _ = handlers.add_message(provider, {"text": "word " * 3000, "files": []}, session)
     display, session = last(handlers.answer(provider, session, *QUICK.values()))
     assert "context window" in display[-1]["content"] and session.exchanges == []
+
+
+def test_stop_ends_one_sessions_reply_and_leaves_the_others_running(provider):
+    """Two browser sessions write beam-search replies at once on the engine; Stop in one keeps what it wrote."""
+    settings = (300, 3, 1.0, False, "English")  # random weights: runs to the length limit unless stopped
+    sessions = []
+    for name in ("first", "second"):
+        _, session, _ = handlers.add_message(provider, {"text": f"Tell me a long story, {name}.", "files": []},
+                                             handlers.new_session())
+        sessions.append(session)
+    alone = last(handlers.answer(provider, sessions[1], *settings))[1].exchanges[-1].response
+    first = handlers.answer(provider, sessions[0], *settings, SimpleNamespace(session_hash="first"))
+    second = handlers.answer(provider, sessions[1], *settings, SimpleNamespace(session_hash="second"))
+    shown = [next(first), next(second), next(first), next(second)]
+    handlers.stop_reply(SimpleNamespace(session_hash="first"))
+    stopped = list(first)
+    display, session = stopped[-1]
+    reply = session.exchanges[-1].response
+    assert len(stopped) <= 3 and reply and display[-1] == {"role": "assistant", "content": reply}
+    assert reply.startswith(shown[2][0][-1]["content"].removesuffix(handlers.CURSOR))
+    assert last(second)[1].exchanges[-1].response == alone  # the other session went on to the end
+    assert handlers.RUNNING_REPLIES == {}
+    _, session, _ = handlers.add_message(provider, {"text": "Go on.", "files": []}, session)
+    assert last(handlers.answer(provider, session, *QUICK.values()))[1].exchanges[-1].response is not None
 
 
 def test_switching_language_relabels(provider):
@@ -138,6 +164,21 @@ def test_app_uploads_an_image_and_streams_a_reply(client):
 
     chat, box = client.predict(api_name="/clear_history")
     assert chat == [] and box == {"text": "", "files": []}
+
+
+def test_app_stop_ends_the_running_reply(client):
+    client.predict({"text": "Tell me a long story.", "files": []}, api_name="/add_message")
+    job = client.submit(300, 3, 1.0, False, api_name="/answer")  # ~300 beam steps unless stopped
+    deadline = time.monotonic() + 60
+    while len(job.outputs()) < 2:
+        assert time.monotonic() < deadline, "the reply did not start"
+        time.sleep(0.05)
+    client.predict(api_name="/stop")
+    final = job.result(timeout=60)
+    reply = text_of(final[-1])
+    assert reply and not reply.endswith(handlers.CURSOR)
+    assert len(job.outputs()) < 100  # it ended early, keeping what it had written
+    client.predict(api_name="/clear_history")
 
 
 @pytest.mark.parametrize("kind", ["text-as-png", "txt", "corrupt", "huge", "cmyk"])

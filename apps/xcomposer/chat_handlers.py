@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,12 @@ from .context import ModelProvider
 PREVIEW_SIZE = 512
 CURSOR = "▌"
 EMPTY_MESSAGE = {"text": "", "files": []}
+RUNNING_REPLIES: dict[str, threading.Event] = {}  # browser session → the Stop of its reply being written
+
+
+def session_key(request: gr.Request | None) -> str:
+    """The browser session a Gradio event came from ("" outside Gradio)."""
+    return getattr(request, "session_hash", None) or ""
 
 
 @dataclass
@@ -95,8 +102,11 @@ def answer(
     repetition_penalty: float,
     do_sample: bool,
     language: str = LANGUAGES[0],
+    request: gr.Request = None,
 ) -> Iterator[tuple[list[dict], ChatSession]]:
-    """Stream the reply to the pending turn, if there is one. Yields (chatbot, session)."""
+    """Stream the reply to the pending turn, if there is one. Yields (chatbot, session).
+
+    ``stop_reply`` from the same browser session ends it; the reply keeps what was written."""
     t = labels(language, "xcomposer")
     if not session.exchanges or session.exchanges[-1].response is not None:
         yield session.display, session
@@ -113,9 +123,11 @@ def answer(
         gr.Info(t("dropped", dropped=dropped))
     display = [*session.display, {"role": "assistant", "content": CURSOR}]
     reply = ""
+    stop = RUNNING_REPLIES[session_key(request)] = threading.Event()
     try:
         for reply in model.stream_conversation(
             kept,
+            stop=stop,
             max_length=int(max_output_tokens),
             num_beams=int(num_beams),
             repetition_penalty=float(repetition_penalty),
@@ -129,9 +141,19 @@ def answer(
         display[-1] = {"role": "assistant", "content": f"⚠️ {message}"}
         yield display, ChatSession(session.exchanges[:-1], display)
         return
+    finally:
+        if RUNNING_REPLIES.get(session_key(request)) is stop:
+            del RUNNING_REPLIES[session_key(request)]
     display[-1] = {"role": "assistant", "content": reply or "…"}
     exchanges = [*session.exchanges[:-1], replace(session.exchanges[-1], response=reply)]
     yield display, ChatSession(exchanges, display)
+
+
+def stop_reply(request: gr.Request = None) -> None:
+    """Stop the reply this browser session is writing; what it wrote so far stays in the chat."""
+    stop = RUNNING_REPLIES.get(session_key(request))
+    if stop is not None:
+        stop.set()
 
 
 def regenerate(session: ChatSession, language: str = LANGUAGES[0]) -> tuple[list[dict], ChatSession]:
@@ -167,6 +189,7 @@ def relabel_chat_tab(language: str):
         gr.update(label=t("num_beams")),
         gr.update(label=t("repetition_penalty")),
         gr.update(label=t("do_sample")),
+        gr.update(value=t("stop")),
         gr.update(value=t("regenerate")),
         gr.update(value=t("clear")),
     )

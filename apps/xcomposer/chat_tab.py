@@ -32,11 +32,17 @@ def build_chat_tab(app: AppContext) -> None:
                 message = gr.MultimodalTextbox(file_count="single", sources=["upload"],
                                                placeholder=t("input"), show_label=False, elem_id="xcomposer-input")
                 with gr.Row():
+                    stop = gr.Button(t("stop"))
                     regenerate = gr.Button(t("regenerate"))
                     clear = gr.Button(t("clear"))
 
     parameters_in = [max_output_tokens, num_beams, repetition_penalty, do_sample]
-    reply = partial(handlers.answer, app.provider)
+
+    def reply(session, max_output_tokens, num_beams, repetition_penalty, do_sample, language, request: gr.Request):
+        # a plain function, not a partial, so that Gradio passes the request (Stop finds the reply by its session)
+        yield from handlers.answer(app.provider, session, max_output_tokens, num_beams, repetition_penalty, do_sample,
+                                   language, request)
+
     message.submit(partial(handlers.add_message, app.provider), [message, session], [chatbot, session, message],
                    api_name="add_message", **ON_MODEL).then(
         reply, [session, *parameters_in, app.language], [chatbot, session], api_name="answer", **ON_MODEL
@@ -44,9 +50,11 @@ def build_chat_tab(app: AppContext) -> None:
     regenerate.click(handlers.regenerate, [session, app.language], [chatbot, session], api_name="regenerate").then(
         reply, [session, *parameters_in, app.language], [chatbot, session], api_name="answer_again", **ON_MODEL
     )
+    stop.click(handlers.stop_reply, None, None, api_name="stop", queue=False)
     clear.click(handlers.clear_history, None, [chatbot, session, message], api_name="clear_history")
     app.language.change(
         handlers.relabel_chat_tab, app.language,
-        [tab, chatbot, message, parameters, max_output_tokens, num_beams, repetition_penalty, do_sample, regenerate, clear],
+        [tab, chatbot, message, parameters, max_output_tokens, num_beams, repetition_penalty, do_sample, stop,
+         regenerate, clear],
         api_visibility="private",
     )

@@ -113,6 +113,7 @@ XCOMPOSER: dict[str, tuple[str, str]] = {
     "num_beams": ("Beam size", "集束大小"),
     "repetition_penalty": ("Repetition penalty", "重复惩罚"),
     "do_sample": ("Sampling", "采样"),
+    "stop": ("⏹️ Stop", "⏹️ 停止"),
     "regenerate": ("🔄 Regenerate", "🔄 重新生成"),
     "clear": ("🗑️ Clear history", "🗑️ 清空聊天框"),
     "model": ("Model", "模型"),

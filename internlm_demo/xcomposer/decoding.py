@@ -75,7 +75,8 @@ class Decoder:
 
     Iterate ``steps()`` to receive, after each step, the ids the original's streaming callback
     received (row 0 of the running beams, BOS placeholder first); afterwards ``output_ids`` holds
-    what ``generate`` returned and ``score`` the winning beam's score (None without beams).
+    what ``generate`` returned and ``score`` the winning beam's score (None without beams, or when
+    ``stop`` ended it early: then ``output_ids`` is what was streamed last).
     """
 
     def __init__(
@@ -86,8 +87,10 @@ class Decoder:
         bos_id: int,
         eos_id: int,
         stop_ids: Sequence[int] = (),
+        stop: threading.Event | None = None,
     ):
         self.llm = llm
+        self.stop = stop
         self.prompt_embeds = prompt_embeds
         self.settings = settings
         self.bos_id = bos_id
@@ -149,7 +152,7 @@ class Decoder:
             if self._stopped(ids[None]):
                 return
             yield self.output_ids
-            if token == self.eos_id:
+            if token == self.eos_id or self._stop_asked():
                 return
             logits = self._forward(self._token_input(torch.tensor([token])), is_embeds=False)
 
@@ -164,8 +167,13 @@ class Decoder:
             if finished:
                 break
             yield self.output_ids
+            if self._stop_asked():
+                return
             logits = self._forward(self._token_input(tokens), is_embeds=False)
         self.score, self.output_ids = search.finish()
+
+    def _stop_asked(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
 
 class EngineDecoder:
@@ -226,9 +234,13 @@ class EngineDecoder:
         else:
             generator.seed()
         search = self.settings.beam_search(self.bos_id, self.eos_id, self.stop_ids, generator)
-        for ids in self.engine.beam_search(search, self.stats, self.stop, prompt_embeds=self.prompt_embeds):
-            self.output_ids = ids
-            yield ids
+        steps = self.engine.beam_search(search, self.stats, self.stop, prompt_embeds=self.prompt_embeds)
+        try:
+            for ids in steps:
+                self.output_ids = ids
+                yield ids
+        finally:
+            steps.close()
         self.output_ids = search.output_ids
         if self.stats.finish_reason == "stop":
             self.score, self.output_ids = search.finish()

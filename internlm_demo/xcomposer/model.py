@@ -158,7 +158,7 @@ class XComposer:
         **generate_kwargs,
     ) -> Decoder | EngineDecoder:
         """A decoder over ``prompt_embeds`` (on the engine when there is one); ``stop_ids`` default to
-        EOH/EOA, ``()`` disables them; ``stop`` ends an engine decoder early."""
+        EOH/EOA, ``()`` disables them; ``stop`` ends it early."""
         settings = GenerationSettings.from_kwargs(generate_kwargs, CHAT_DEFAULTS if defaults is None else defaults)
         if self.engine is not None:
             return EngineDecoder(self.engine, prompt_embeds, settings, bos_id=self.tokenizer.bos_id,
@@ -171,6 +171,7 @@ class XComposer:
             bos_id=self.tokenizer.bos_id,
             eos_id=self.tokenizer.eos_id,
             stop_ids=self.stop_ids if stop_ids is None else stop_ids,
+            stop=stop,
         )
 
     def response_text(self, output_ids: Sequence[int]) -> str:
@@ -220,11 +221,12 @@ class XComposer:
         segments: Sequence[Segment],
         break_ids: Sequence[int] = (),
         defaults: dict | None = None,
+        stop: threading.Event | None = None,
         **generate_kwargs,
     ) -> Iterator[str]:
         """Stream a reply to any prompt as the web demo streams: the decoded running ids after each step,
-        ending early when the newest id is one of ``break_ids``."""
-        decoder = self.decoder(self.embed(segments), defaults=defaults, **generate_kwargs)
+        ending early when the newest id is one of ``break_ids`` or when ``stop`` is set."""
+        decoder = self.decoder(self.embed(segments), defaults=defaults, stop=stop, **generate_kwargs)
         shown = None
         for ids in decoder.steps():
             if ids[-1] in break_ids:
@@ -261,13 +263,15 @@ class XComposer:
             "or lower the max output tokens."
         )
 
-    def stream_conversation(self, exchanges: Sequence[Exchange], **generate_kwargs) -> Iterator[str]:
+    def stream_conversation(self, exchanges: Sequence[Exchange], stop: threading.Event | None = None,
+                            **generate_kwargs) -> Iterator[str]:
         """The web demo's chat tab: reply to the last exchange, streaming, with its defaults
-        (max_length 512, 3 beams, sampling, no repetition penalty)."""
+        (max_length 512, 3 beams, sampling, no repetition penalty); ``stop`` ends the reply where it is."""
         yield from self.stream_segments(
             conversation_segments(list(exchanges)),
             self.conversation_break_ids,
             defaults=CONVERSATION_DEFAULTS,
+            stop=stop,
             **generate_kwargs,
         )
 

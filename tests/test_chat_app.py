@@ -145,6 +145,7 @@ def test_demo_model_banner_and_defaults(open_app, demo_model):
     assert not demo_model.family.has_system_prompt and not app.text_area  # v1 has no system prompt
     model_panel = app.sidebar.markdown[-1].value
     assert "internlm-demo-tiny" in model_panel and "float32" in model_panel and "CPU" in model_panel
+    assert "batched engine: torch kernels, 8 slots × 2048 positions" in model_panel
 
 
 def test_send_streams_and_records_the_reply(open_app, demo_model):

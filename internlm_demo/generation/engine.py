@@ -137,15 +137,14 @@ class RopeTable:
 
     def __init__(self, rotary_emb, config):
         rope = config.rope_parameters
-        self.original_inv_freq = rotary_emb.original_inv_freq.float()
+        self.original_inv_freq = rotary_emb.original_inv_freq.float().cpu()  # tables are built on the CPU
         self.scaling = float(rotary_emb.attention_scaling)
         self.dynamic = "dynamic" in str(rope.get("rope_type", ""))
         self.base = float(rope.get("rope_theta", 10000.0))
         self.factor = float(rope.get("factor", 1.0))
         self.window = int(config.max_position_embeddings)
         self.dim = self.original_inv_freq.shape[0] * 2
-        device = self.original_inv_freq.device
-        self.exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim
+        self.exponents = torch.arange(0, self.dim, 2, dtype=torch.int64).float() / self.dim
 
     def inv_freq(self, seq_len: torch.Tensor) -> torch.Tensor:
         """[B, dim/2] frequencies for sequences of ``seq_len`` ([B] int64) tokens."""

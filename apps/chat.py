@@ -26,7 +26,7 @@ from internlm_demo.ui.markdown import display_markdown
 from internlm_demo.ui.model_facts import model_facts
 
 # A streaming reply is re-rendered at most this often, whatever the GPU's speed; a session waiting
-# in the GPU queue looks less often, so that many waiting sessions do not slow the one generating.
+# for a generation slot looks less often, so that many waiting sessions do not slow the ones generating.
 STREAM_REFRESH_S = 0.05
 QUEUED_REFRESH_S = 0.5
 USAGE = "bash scripts/run.sh chat -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL] [--port N]"

@@ -51,7 +51,7 @@ MIN_CONTEXT = 2048  # positions per slot at least (prompts may run past a short 
 MAX_CONTEXT = 8192  # positions per slot at most (a longer window is cut to this)
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass between two decode steps
 KV_SHARE_OF_FREE_MEMORY = 0.8  # of the memory left after the weights, on a GPU
-KV_SHARE_OF_CPU_MEMORY = 0.25  # of the available RAM, on the CPU
+KV_SHARE_OF_CPU_MEMORY = 0.5  # of the available RAM, on the CPU
 
 
 # ---- fused weights --------------------------------------------------------------------------------
@@ -392,11 +392,13 @@ class FastEngine:
         share = KV_SHARE_OF_FREE_MEMORY if on_gpu else KV_SHARE_OF_CPU_MEMORY
         budget = min(_free_memory_bytes(b.device) for b in self.blocks) * share * len(self.blocks)
         fits = int(budget // per_slot)
+        if not on_gpu:  # CPU pages are committed only as positions fill, so one slot is always possible
+            return max(1, min(fits, CPU_SLOTS)), capacity
         if fits < 1:
             raise ContextOverflowError(
                 f"the KV cache for one {capacity - 1}-token sequence needs {per_slot / 2**30:.1f} GiB, more than "
                 f"the {budget / 2**30:.1f} GiB available; use a smaller model or more GPUs.")
-        return min(fits, MAX_SLOTS if on_gpu else CPU_SLOTS), capacity
+        return min(fits, MAX_SLOTS), capacity
 
     def _allocate(self) -> None:
         shape = (self.slots, self.kv_heads, self.capacity, self.head_dim)

@@ -157,10 +157,10 @@ class XComposer:
         stop: threading.Event | None = None,
         **generate_kwargs,
     ) -> Decoder | EngineDecoder:
-        """A decoder over ``prompt_embeds`` (on the engine when there is one); ``stop_ids`` default to
-        EOH/EOA, ``()`` disables them; ``stop`` ends it early."""
+        """A decoder over ``prompt_embeds`` (on the engine when there is one with a slot per beam);
+        ``stop_ids`` default to EOH/EOA, ``()`` disables them; ``stop`` ends it early."""
         settings = GenerationSettings.from_kwargs(generate_kwargs, CHAT_DEFAULTS if defaults is None else defaults)
-        if self.engine is not None:
+        if self.engine is not None and settings.num_beams <= self.engine.slots:
             return EngineDecoder(self.engine, prompt_embeds, settings, bos_id=self.tokenizer.bos_id,
                                  eos_id=self.tokenizer.eos_id, stop_ids=self.stop_ids if stop_ids is None else stop_ids,
                                  stop=stop)

@@ -95,19 +95,21 @@ class BeamSearch:
         self.output_ids: list[int] = [bos_id]
 
     def step(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(order of the rows to keep, their next tokens, whether the search ended) from float32 logits [k, V]."""
+        """(order of the rows to keep, their next tokens, whether the search ended) from float32 logits [k, V]
+        on any device (the scores stay there; only the 2k candidates come to the host)."""
         settings, beams = self.settings, self.settings.num_beams
-        vocab = logits.shape[-1]
-        scores = penalise_repetition(torch.log_softmax(logits, dim=-1), self.rows, settings.repetition_penalty)
-        scores = scores + self.beam_scores[:, None]
-        if settings.do_sample:
-            scores = warp_scores(scores, settings.temperature, settings.top_k, settings.top_p, 2).view(-1)
+        vocab, device = logits.shape[-1], logits.device
+        scores = penalise_repetition(torch.log_softmax(logits, dim=-1), self.rows.to(device), settings.repetition_penalty)
+        scores = scores + self.beam_scores.to(device)[:, None]
+        if settings.do_sample:  # the draw uses the host generator, as the original did
+            scores = warp_scores(scores, settings.temperature, settings.top_k, settings.top_p, 2).view(-1).cpu()
             picked = torch.multinomial(scores.softmax(-1), 2 * beams, generator=self.generator)
             picked_scores, order = torch.sort(scores[picked], descending=True)
             picked = picked[order]
         else:
             picked_scores, picked = torch.topk(scores.view(-1), 2 * beams)
         next_scores, next_tokens, next_rows = [], [], []
+        picked, picked_scores = picked.cpu(), picked_scores.cpu()
         for rank, (flat, score) in enumerate(zip(picked.tolist(), picked_scores.tolist())):
             row, token = divmod(flat, vocab)
             if token == self.eos_id:

@@ -664,7 +664,7 @@ class FastEngine:
             if request.launched >= request.params.max_new_tokens:
                 self._stop_launching(slot)
         for request in searches:
-            self._beam_step(request, self._logits[request.slots].float().cpu())
+            self._beam_step(request, self._logits[request.slots].float())
 
     # -- beams --
 
@@ -680,7 +680,7 @@ class FastEngine:
             self._set_position(slot, length, 1)
             self._decoding[slot] = request
         request.launched = 0
-        self._beam_step(request, logits.float().cpu().expand(len(request.slots), -1))
+        self._beam_step(request, logits.float().expand(len(request.slots), -1))
 
     def _beam_step(self, request: Request, logits: torch.Tensor) -> None:
         """One beam step on the host; the beams' keys and values reordered on the device, their next ids set."""

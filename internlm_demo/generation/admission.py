@@ -38,7 +38,7 @@ class Admission:
     def join(self, stats: GenerationStats, slots: int = 1) -> None:
         """Take a place at the end of the line for ``slots`` slots."""
         if slots > self.slots:
-            raise ValueError(f"a request for {slots} slots can never run beside {self.slots}; ask for at most {self.slots}")
+            raise ValueError(f"a request for {slots} slots cannot run on {self.slots}; ask for at most {self.slots}")
         with self._changed:
             stats.waiting = True
             self._line.append(stats)

@@ -99,7 +99,8 @@ class BeamSearch:
         on any device (the scores stay there; only the 2k candidates come to the host)."""
         settings, beams = self.settings, self.settings.num_beams
         vocab, device = logits.shape[-1], logits.device
-        scores = penalise_repetition(torch.log_softmax(logits, dim=-1), self.rows.to(device), settings.repetition_penalty)
+        scores = torch.log_softmax(logits, dim=-1)
+        scores = penalise_repetition(scores, self.rows.to(device), settings.repetition_penalty)
         scores = scores + self.beam_scores.to(device)[:, None]
         if settings.do_sample:  # the draw uses the host generator, as the original did
             scores = warp_scores(scores, settings.temperature, settings.top_k, settings.top_p, 2).view(-1).cpu()

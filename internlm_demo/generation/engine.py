@@ -309,14 +309,15 @@ class FastEngine:
 
     ``window``: the model's context window (default: its ``max_position_embeddings``); ``kernels``:
     "auto"/"triton" (Triton on a GPU) or "torch"; ``slots``/``capacity``: sequences and positions per
-    sequence (default: the window within [MIN_CONTEXT, MAX_CONTEXT], slots from free memory); ``blocks``: (device, layer count) per block
-    (default: from where the model's layers are); ``use_graphs``: capture the decode step (default: on
-    a single GPU); ``lookahead``: decode steps queued beyond the tokens the host has read.
+    sequence (default: the window within [MIN_CONTEXT, MAX_CONTEXT], slots from free memory);
+    ``blocks``: (device, layer count) per block (default: where the model's layers are); ``use_graphs``:
+    capture the decode step, one graph per block (default: on GPUs); ``lookahead``: decode steps queued
+    beyond the tokens the host has read; ``prefill_chunk``: prompt tokens per prefill pass.
     """
 
-    def __init__(self, model, window: int | None = None, kernels: str = "auto", slots: int | None = None, capacity: int | None = None,
-                 blocks: Sequence[tuple[str, int]] | None = None, use_graphs: bool | None = None,
-                 lookahead: int = 2, prefill_chunk: int = PREFILL_CHUNK):
+    def __init__(self, model, window: int | None = None, kernels: str = "auto", slots: int | None = None,
+                 capacity: int | None = None, blocks: Sequence[tuple[str, int]] | None = None,
+                 use_graphs: bool | None = None, lookahead: int = 2, prefill_chunk: int = PREFILL_CHUNK):
         config = model.config
         self.model = model
         self.dtype = model.get_input_embeddings().weight.dtype
@@ -423,7 +424,8 @@ class FastEngine:
         self.top_k = torch.zeros(slots, 1, dtype=torch.long, device=device)
         self.penalty = torch.ones(slots, 1, dtype=torch.float32, device=device)
         # the ids the first block embeds (the chosen ids themselves when one device holds everything)
-        self._token_in = self.token if self.embed.device == device else torch.zeros_like(self.token, device=self.embed.device)
+        self._token_in = self.token if self.embed.device == device else torch.zeros_like(self.token,
+                                                                                         device=self.embed.device)
         self._stage_out: list[torch.Tensor | None] = [None] * len(self.blocks)
 
     @property
@@ -691,7 +693,6 @@ class FastEngine:
         request.launched += 1
         slots = torch.tensor(request.slots, device=self.device)
         if finished:
-            request.stats.output_ids = request.beams.output_ids
             self._finish(request, "stop")
             return
         moved = order.tolist() != list(range(len(request.slots)))

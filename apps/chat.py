@@ -205,7 +205,7 @@ def live_reply(t, drawn_queued: bool) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="InternLM Chat", page_icon="💬")
+    st.set_page_config(page_title=labels(LANGUAGES[0], "chat")("title"), page_icon="💬")
     language = st.sidebar.radio(labels(LANGUAGES[0], "chat")("language"), LANGUAGES, horizontal=True, key="language")
     t = labels(language, "chat")
     st.title(t("title"))

@@ -46,6 +46,16 @@ def ask(at, question):
     return at
 
 
+def test_language_switch_relabels_the_page(app):
+    at = app([TOOL_CALL, "Final Answer: done"])
+    next(radio for radio in at.sidebar.radio if radio.label == "Language / 语言").set_value("中文").run()
+    assert not at.exception
+    assert "正在回放脚本会话" in at.info[0].value
+    assert [button.label for button in at.sidebar.button] == ["停止", "清空"]
+    ask(at, "What is the digest?")
+    assert [expander.label for expander in at.expander] == ["第 1 步 · PythonInterpreter"]
+
+
 def test_page_shows_thought_code_and_real_output(app):
     at = app([TOOL_CALL, "Thought: The digest is printed.\nFinal Answer: It is the digest shown above."])
     assert "Replaying the scripted session" in at.info[0].value

@@ -161,7 +161,70 @@ ARTICLE: dict[str, tuple[str, str]] = {
     "section_updated": ("Section {number} updated.", "第 {number} 段已更新。"),
 }
 
-SECTIONS = {"chat": CHAT, "xcomposer": XCOMPOSER, "article": ARTICLE}
+# The agent page (apps/agent.py).
+AGENT: dict[str, tuple[str, str]] = {
+    "page_title": ("InternLM agent", "书生·浦语 智能体"),
+    "language": ("Language / 语言", "Language / 语言"),
+    "loading_model": ("Loading the model…", "正在加载模型…"),
+    "bad_flags": ("The app's command-line arguments are not valid:\n\n```\n{usage}\n```",
+                  "应用的命令行参数有误：\n\n```\n{usage}\n```"),
+    "model_unusable": ("The model cannot be used: {error}", "无法使用该模型：{error}"),
+    "placeholder": ("Ask something that needs a calculation or a bit of code", "问一个需要计算或写点代码的问题"),
+    "scripted": ("Replaying the scripted session {source}: the model's outputs are canned, the code really runs in "
+                 "the sandbox.", "正在回放脚本会话 {source}：模型输出是预先写好的，代码确实在沙箱中运行。"),
+    "demo_banner": ("This is the embedded demo model with random weights: its replies are noise and it will not call "
+                    "tools sensibly. For InternLM: `.venv/bin/python download.py internlm2_5-7b-chat`, then "
+                    "`bash scripts/run.sh agent -- --model internlm2_5-7b-chat`.",
+                    "这是内置的随机权重演示模型：回复没有意义，也不会合理地调用工具。要使用书生·浦语："
+                    "`.venv/bin/python download.py internlm2_5-7b-chat`，"
+                    "再运行 `bash scripts/run.sh agent -- --model internlm2_5-7b-chat`。"),
+    "standin_banner": ("**Stand-in model.** No InternLM weights are downloaded, so `{model_id}`, a small real model, "
+                       "answers instead; it was not trained to call tools. To use InternLM: "
+                       "`.venv/bin/python download.py {real_id}`, then `bash scripts/run.sh agent -- --model {real_id}`.",
+                       "**替身模型。** 尚未下载书生·浦语权重，因此由小型真实模型 `{model_id}` 代为回答；它没有学过调用工具。"
+                       "要使用书生·浦语：`.venv/bin/python download.py {real_id}`，"
+                       "再运行 `bash scripts/run.sh agent -- --model {real_id}`。"),
+    "sandbox_below": ("The sandbox here reaches only the '{level}' isolation level, below the '{minimum}' minimum "
+                      "(docs/agent-sandbox.md says what each level needs).",
+                      "此处沙箱只能达到“{level}”隔离级别，低于最低要求“{minimum}”（各级别的要求见 docs/agent-sandbox.md）。"),
+    "sandbox_weak_allowed": ("{below} Model code runs anyway because of `--allow-weak-sandbox`: do not offer this "
+                             "page to anyone you do not trust.",
+                             "{below} 由于使用了 `--allow-weak-sandbox`，模型代码仍会运行：请勿向不信任的人开放此页面。"),
+    "sandbox_refused": ("{below} Model code will not run; start the app with `-- --allow-weak-sandbox` to accept it.",
+                        "{below} 模型代码不会运行；如可接受，请用 `-- --allow-weak-sandbox` 启动应用。"),
+    "prompt_language": ("Prompt language", "提示词语言"),
+    "prompt_language_help": ("lagent's English or Chinese prompt texts, where lagent has both.",
+                             "使用 lagent 的英文或中文提示词（lagent 两者都有时）。"),
+    "exact": ("lagent's exact behaviour", "完全按照 lagent 的行为"),
+    "exact_help": ("Off: a last turn that asks for the answer, `Response:` as a stop word for InternLM v1 and a "
+                   "reminder after an empty reply (docs/agent-protocols.md).",
+                   "关闭时：最后一轮要求给出答案，InternLM v1 以 `Response:` 为停止词，空回复后提醒模型"
+                   "（见 docs/agent-protocols.md）。"),
+    "model_protocol": ("Model: {model} · protocol: {protocol}", "模型：{model} · 协议：{protocol}"),
+    "interpreter": ("Python interpreter", "Python 解释器"),
+    "interpreter_help": ("Let the model run Python code in a sandboxed process.", "允许模型在沙箱进程中运行 Python 代码。"),
+    "max_turns": ("Max turns", "最多轮数"),
+    "max_turns_help": ("Model turns per question; the last one must give the answer.",
+                       "每个问题的模型轮数；最后一轮必须给出答案。"),
+    "max_new_tokens": ("Max new tokens per turn", "每轮最多生成 token 数"),
+    "temperature": ("Temperature", "温度"),
+    "temperature_help": ("0 picks the likeliest token.", "0 表示总是选择概率最高的 token。"),
+    "stop": ("Stop", "停止"),
+    "clear": ("Clear", "清空"),
+    "sandbox_caption": ("Sandbox isolation: {level}. Code runs in a separate process with a fresh temporary folder "
+                        "and is killed after {timeout} s.",
+                        "沙箱隔离级别：{level}。代码在独立进程和全新的临时文件夹中运行，{timeout} 秒后终止。"),
+    "step": ("Step {turn} · {label}", "第 {turn} 步 · {label}"),
+    "tool_call": ("tool call", "工具调用"),
+    "thought": ("thought", "思考"),
+    "reply": ("reply", "回复"),
+    "model_reply": ("The model's reply (not in the tool format)", "模型的回复（不符合工具调用格式）"),
+    "empty": ("(empty)", "（空）"),
+    "output": ("Output", "输出"),
+    "feedback": ("Feedback to the model", "给模型的反馈"),
+}
+
+SECTIONS = {"chat": CHAT, "xcomposer": XCOMPOSER, "article": ARTICLE, "agent": AGENT}
 
 
 def labels(language: str, section: str) -> Callable[..., str]:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ContextOverflowError
+from ..models.transformers_compat import RopeInputs, rope_inputs
 from .admission import Admission
 from .beams import BeamSearch
 from .params import GenerationParams, GenerationStats
@@ -135,10 +136,10 @@ class RopeTable:
     cos/sin a function of its position alone: the engine tabulates them per position.
     """
 
-    def __init__(self, rotary_emb, config):
-        rope = config.rope_parameters
-        self.original_inv_freq = rotary_emb.original_inv_freq.float().cpu()  # tables are built on the CPU
-        self.scaling = float(rotary_emb.attention_scaling)
+    def __init__(self, inputs: RopeInputs, config):
+        rope = inputs.parameters
+        self.original_inv_freq = inputs.original_inv_freq.cpu()  # tables are built on the CPU
+        self.scaling = inputs.attention_scaling
         self.dynamic = "dynamic" in str(rope.get("rope_type", ""))
         self.base = float(rope.get("rope_theta", 10000.0))
         self.factor = float(rope.get("factor", 1.0))
@@ -336,7 +337,7 @@ class FastEngine:
             self.embed = model.model.embed_tokens.weight
             self.final_norm = model.model.norm.weight
             self.lm_head = model.lm_head.weight
-            self.rope = RopeTable(model.model.rotary_emb, config)
+            self.rope = RopeTable(rope_inputs(model), config)
         self.blocks = self._make_blocks(layers, blocks)
         self.device = self.lm_head.device  # where sampling state lives
         self.vocab = self.lm_head.shape[0]

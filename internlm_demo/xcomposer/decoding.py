@@ -17,12 +17,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 
 import torch
-from transformers import DynamicCache
 
 from ..generation.beams import BeamSearch, BeamSettings
 from ..generation.params import GenerationParams, GenerationStats
 from ..generation.sampling import next_token
-from ..generation.simple import CACHE_ARGUMENT
+from ..models.transformers_compat import CACHE_ARGUMENT, new_cache
 
 
 @dataclass
@@ -99,7 +98,7 @@ class Decoder:
         self.max_length = settings.max_new_tokens + 1
         self.output_ids: list[int] = []
         self.score: float | None = None
-        self._cache = DynamicCache(config=llm.config)
+        self._cache = new_cache(llm.config)
         self._position = 0
         self._generator = torch.Generator()
         if settings.seed is not None:

@@ -21,12 +21,13 @@ from internlm_demo.serving.remote import RemoteBackendError
 from internlm_demo.settings import Settings
 from internlm_demo.ui import conversation as chat
 from internlm_demo.ui import transcript
-from internlm_demo.ui.i18n import LANGUAGES, labels
+from internlm_demo.ui.clipboard import copy_button_html
+from internlm_demo.ui.i18n import LANGUAGES, labels, turn_list
 from internlm_demo.ui.markdown import display_markdown
 from internlm_demo.ui.model_facts import model_facts
 
-# A streaming reply is re-rendered at most this often, whatever the GPU's speed; a session waiting
-# for a generation slot looks less often, so that many waiting sessions do not slow the ones generating.
+# A streaming reply is re-rendered at most this often, whatever the device's speed; a session waiting
+# for a generation slot looks less often, so that many waiting sessions do not slow those generating.
 STREAM_REFRESH_S = 0.05
 QUEUED_REFRESH_S = 0.5
 USAGE = "bash scripts/run.sh chat -- --model ID_OR_PATH [--num-gpus N] [--dtype float16] [--api-base URL] [--port N]"
@@ -36,6 +37,12 @@ USAGE = "bash scripts/run.sh chat -- --model ID_OR_PATH [--num-gpus N] [--dtype 
 def load_model(settings: Settings):
     """One model per process and settings, shared by every browser session."""
     return open_backend(settings)
+
+
+@st.cache_resource(show_spinner=False)
+def conversations() -> chat.ConversationStore:
+    """Every conversation of this process by id; the page keeps its id in the URL (``?c=``)."""
+    return chat.ConversationStore()
 
 
 def parse_settings(t) -> Settings:
@@ -64,8 +71,10 @@ def load_or_explain(settings: Settings, t):
 
 
 def conversation() -> chat.Conversation:
+    """This session's conversation: the one the URL names after a reload or a reconnect, else a new one."""
     if "conversation" not in st.session_state:
-        st.session_state.conversation = chat.Conversation()
+        conversation_id, st.session_state.conversation = conversations().open(st.query_params.get("c"))
+        st.query_params["c"] = conversation_id
     return st.session_state.conversation
 
 
@@ -93,12 +102,35 @@ def on_import(model) -> None:
     except transcript.ConversationFileError as exc:
         conversation().notice = chat.Notice("import_error", detail=str(exc))
         return
-    transcript.apply_import(conversation(), imported)
+    if transcript.offer_import(conversation(), imported):
+        use_imported_params(imported)
+
+
+def on_accept_import() -> None:
+    imported = transcript.accept_import(conversation())
+    if imported is not None:
+        use_imported_params(imported)
+
+
+def use_imported_params(imported: transcript.ImportedConversation) -> None:
     for name, value in asdict(imported.params).items():
         st.session_state[f"param_{name}"] = value
 
 
-def sidebar(model, conv: chat.Conversation, t) -> None:
+def import_offer(conv: chat.Conversation, t) -> None:
+    """Ask before an imported file replaces a conversation that has messages."""
+    offered = conv.offered_import
+    if offered is None:
+        return
+    st.warning(t("import_confirm", imported=len(offered.messages), model_id=offered.model_id, current=len(conv.messages)),
+               icon=":material/upload_file:")
+    replace_column, keep_column, _ = st.columns([1, 2, 2])
+    replace_column.button(t("import_replace"), key="import_replace", on_click=on_accept_import, type="primary")
+    keep_column.button(t("import_keep"), key="import_keep", on_click=transcript.decline_import, args=(conv,))
+
+
+def sidebar(model, conv: chat.Conversation, language: str) -> None:
+    t = labels(language, "chat")
     with st.sidebar:
         params = generation_controls(model, t)
         st.header(t("context"))
@@ -108,6 +140,7 @@ def sidebar(model, conv: chat.Conversation, t) -> None:
                            file_name=f"conversation-{model.info.model_id}.json", mime="application/json",
                            icon=":material/download:", disabled=len(conv.messages) < 2)
         st.file_uploader(t("import"), type=["json"], key="import_file", on_change=on_import, args=(model,))
+        uploader_text(language)
         st.header(t("model_panel"))
         model_panel(model_facts(model, conv.last_stats), t)
 
@@ -132,11 +165,26 @@ def generation_controls(model, t) -> chat.ChatParams:
     return current_params(model)
 
 
+def uploader_text(language: str) -> None:
+    """Streamlit words its upload box in English only; in another language CSS hides its words and shows ours."""
+    if language == LANGUAGES[0]:
+        return
+    t = labels(language, "chat")
+    box = '[data-testid="stSidebar"] [data-testid="stFileUploaderDropzone"]'
+    st.html(f"""<style>
+{box} button [data-testid="stMarkdownContainer"] p,
+{box} [data-testid="stFileUploaderDropzoneInstructions"] span {{ display: none; }}
+{box} button [data-testid="stMarkdownContainer"]::after {{ content: "{t('upload_browse')}"; }}
+{box} [data-testid="stFileUploaderDropzoneInstructions"] > div::after {{
+  content: "{t('upload_limit', limit=st.get_option('server.maxUploadSize'))}"; font-size: 0.875rem; }}
+</style>""")
+
+
 def context_meter(meter: chat.ContextMeter, t) -> None:
     used = meter.prompt_tokens / meter.window if meter.window else 1.0
     st.progress(min(used, 1.0), text=t("meter", used=meter.prompt_tokens, window=meter.window, reply=meter.reply_tokens))
     if meter.dropped_turns:
-        st.caption(t("meter_dropped", turns=", ".join(map(str, meter.dropped_turns))))
+        st.caption(t("meter_dropped", turns=turn_list(t, meter.dropped_turns)))
     if meter.estimated:
         st.caption(t("meter_estimated"))
 
@@ -164,21 +212,19 @@ def show_messages(conv: chat.Conversation, t) -> None:
             if message.stopped:
                 st.caption(t("stopped_mark"))
             if message.role == "assistant" and message.content:
-                with st.popover(t("copy"), icon=":material/content_copy:"):
-                    st.code(message.content, language="markdown", wrap_lines=True)
+                st.html(copy_button_html(message.content, t("copy"), t("copied"), t("copy_failed")),
+                        unsafe_allow_javascript=True)
 
 
 def show_notice(notice: chat.Notice | None, t) -> None:
     if notice is None:
         return
     if notice.kind == "dropped":
-        st.info(t("dropped_notice", turns=", ".join(map(str, notice.turns))), icon=":material/content_cut:")
+        st.info(t("dropped_notice", turns=turn_list(t, notice.turns)), icon=":material/content_cut:")
     elif notice.kind == "overflow":
         st.error(t("overflow_notice", tokens=notice.tokens, window=notice.window))
-        st.code(notice.message, language=None, wrap_lines=True)
     elif notice.kind == "error":
         st.error(t("error_notice", error=notice.detail))
-        st.code(notice.message, language=None, wrap_lines=True)
     elif notice.kind == "imported":
         st.success(t("imported", model_id=notice.detail))
     elif notice.kind == "import_error":
@@ -218,9 +264,10 @@ def main() -> None:
 
     conv = conversation()
     chat.collect(conv)
-    sidebar(model, conv, t)
+    sidebar(model, conv, language)
     show_messages(conv, t)
     show_notice(conv.notice, t)
+    import_offer(conv, t)
     if conv.pending is not None:
         queued = conv.pending.state == "queued"
         st.fragment(live_reply, run_every=QUEUED_REFRESH_S if queued else STREAM_REFRESH_S)(t, queued)
@@ -229,6 +276,8 @@ def main() -> None:
         regenerate_column.button(t("regenerate"), key="regenerate", on_click=on_regenerate, args=(model,),
                                  icon=":material/refresh:")
         clear_column.button(t("clear"), key="clear", on_click=chat.clear, args=(conv,), icon=":material/delete:")
+    if conv.draft is not None:  # a message that was not answered goes back into the message box
+        st.session_state.draft, conv.draft = conv.draft, None
     st.chat_input(t("placeholder"), key="draft", on_submit=on_send, args=(model,), disabled=conv.pending is not None)
 
 

@@ -3,14 +3,17 @@
 A reply is generated on a worker thread through the model's one door (the engine's slots, where it
 may wait its turn); the page polls the
 ``PendingReply`` and calls ``collect`` to move a finished (or stopped) reply into the history.
-Nothing here knows about a UI; notices carry numbers and texts, the page words them.
-Export and import of a transcript are in ``transcript``.
+Conversations live in a ``ConversationStore`` under an id the page keeps in its URL, so a reload or a
+reconnect finds its conversation again. Nothing here knows about a UI; notices carry numbers and
+texts, the page words them. Export and import of a transcript are in ``transcript``.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..errors import ContextOverflowError
@@ -134,12 +137,42 @@ class PendingReply:
 
 @dataclass
 class Conversation:
-    """Everything one browser session owns; never shared between sessions."""
+    """Everything one conversation owns; never shared between conversations."""
 
     messages: list[Message] = field(default_factory=list)
     notice: Notice | None = None
     pending: PendingReply | None = None
     last_stats: GenerationStats | None = None
+    draft: str | None = None  # a message that was not answered, for the page to put back in the message box
+    offered_import: object | None = None  # a transcript.ImportedConversation waiting for the user's yes
+
+
+class ConversationStore:
+    """Conversations by id, kept in this process so that a reload or a reconnect finds its own again.
+
+    Beyond ``capacity`` the conversation used longest ago is forgotten (its running reply stopped).
+    """
+
+    def __init__(self, capacity: int = 256):
+        self.capacity = capacity
+        self._conversations: OrderedDict[str, Conversation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self, conversation_id: str | None) -> tuple[str, Conversation]:
+        """(id, conversation): the one kept under ``conversation_id``, else a new one under a new random id."""
+        with self._lock:
+            if conversation_id in self._conversations:
+                self._conversations.move_to_end(conversation_id)
+                return conversation_id, self._conversations[conversation_id]
+            conversation_id = secrets.token_urlsafe(12)
+            conversation = self._conversations[conversation_id] = Conversation()
+            while len(self._conversations) > self.capacity:
+                _, forgotten = self._conversations.popitem(last=False)
+                stop(forgotten)
+            return conversation_id, conversation
+
+    def __len__(self) -> int:
+        return len(self._conversations)
 
 
 @dataclass(frozen=True)
@@ -162,7 +195,7 @@ def send(conversation: Conversation, model: ChatBackend, params: ChatParams, tex
     """Start a reply to ``text`` on a worker thread; False when nothing was started.
 
     A blank message is ignored; one that cannot fit the window on its own leaves the
-    history untouched and an "overflow" notice that holds the message.
+    history untouched, an "overflow" notice, and the message as the ``draft`` to put back.
     """
     if not text or not text.strip() or conversation.pending is not None:
         return False
@@ -173,6 +206,7 @@ def send(conversation: Conversation, model: ChatBackend, params: ChatParams, tex
     except ContextOverflowError:
         tokens = model.count_tokens(text, [], meta)
         conversation.notice = Notice("overflow", tokens=tokens, window=window, message=text)
+        conversation.draft = text
         return False
     conversation.notice = Notice("dropped", turns=tuple(i + 1 for i in budget.dropped)) if budget.dropped else None
     conversation.messages.append(Message("user", text))
@@ -200,18 +234,21 @@ def generate_reply(pending: PendingReply, model: ChatBackend, meta: str | None, 
 def collect(conversation: Conversation) -> bool:
     """Move a finished reply into the history; True when something was collected.
 
-    A stopped reply is kept as far as it got and marked ``stopped``; a failed one takes its
-    question out of the history again and leaves an "error" notice holding it.
+    A stopped reply is kept as far as it got and marked ``stopped``; one stopped before it had any
+    text (still waiting for a slot, say) takes its question out of the history again and makes it the
+    ``draft``; a failed one does the same and leaves an "error" notice.
     """
     pending = conversation.pending
     if pending is None or not pending.done.is_set():
         return False
     conversation.pending = None
-    if pending.error is not None:
-        conversation.messages.pop()
-        conversation.notice = Notice("error", message=pending.query, detail=pending.error)
-        return True
     stopped = pending.stats.finish_reason == "stopped"
+    if pending.error is not None or (stopped and not pending.text):
+        conversation.messages.pop()
+        conversation.draft = pending.query
+        if pending.error is not None:
+            conversation.notice = Notice("error", message=pending.query, detail=pending.error)
+        return True
     conversation.messages.append(Message("assistant", pending.text, stopped=stopped, seed=pending.seed))
     conversation.last_stats = pending.stats
     return True
@@ -241,6 +278,7 @@ def clear(conversation: Conversation) -> None:
     conversation.messages.clear()
     conversation.notice = None
     conversation.pending = None
+    conversation.offered_import = None
 
 
 def context_meter(conversation: Conversation, model: ChatBackend, params: ChatParams) -> ContextMeter:

@@ -61,10 +61,21 @@ CHAT: dict[str, tuple[str, str]] = {
               "历史 + 提示占用 {used} / {window} 个 token；回复最多 {reply} 个"),
     "meter_estimated": ("Counts are estimates: the remote server's tokenizer is not available here.",
                         "数值为估算：此处无法使用远程服务的分词器。"),
-    "meter_dropped": ("The next prompt leaves out turn(s) {turns} to fit.", "下一次提问将省略第 {turns} 轮以放入上下文。"),
+    "meter_dropped": ("The next prompt leaves out {turns} to fit.", "下一次提问将省略{turns}以放入上下文。"),
+    "turn_one": ("turn {numbers}", "第 {numbers} 轮"),
+    "turns_many": ("turns {numbers}", "第 {numbers} 轮"),
+    "list_separator": (", ", "、"),
     "conversation": ("Conversation", "对话"),
     "export": ("Export as JSON", "导出为 JSON"),
     "import": ("Import a conversation (JSON)", "导入对话（JSON）"),
+    # Streamlit's own words in the import box (English only; the page shows these in their place).
+    "upload_browse": ("Upload", "上传"),
+    "upload_limit": ("{limit}MB per file • JSON", "JSON 文件，每个最大 {limit}MB"),
+    "import_confirm": ("**Replace this conversation?** The file holds {imported} message(s) made with `{model_id}`; "
+                       "the {current} message(s) on the page would be replaced.",
+                       "**要替换当前对话吗？** 文件中有 {imported} 条消息（来自 `{model_id}`）；页面上现有的 {current} 条消息将被替换。"),
+    "import_replace": ("Replace", "替换"),
+    "import_keep": ("Keep this conversation", "保留当前对话"),
     "imported": ("Loaded the conversation (made with `{model_id}`): continue it or regenerate the last reply.",
                  "已载入对话（来自 `{model_id}`）：可继续对话或重新生成最后一条回复。"),
     "import_failed": ("**This file cannot be imported:** {error}", "**无法导入该文件：** {error}"),
@@ -84,21 +95,24 @@ CHAT: dict[str, tuple[str, str]] = {
     "regenerate": ("Regenerate", "重新生成"),
     "clear": ("Clear", "清空"),
     "copy": ("Copy", "复制"),
+    "copied": ("Copied", "已复制"),
+    "copy_failed": ("Copy failed: select the text instead", "复制失败：请手动选择文本"),
     "stopped_mark": ("(stopped)", "（已停止）"),
     "queued": ("Queued ({ahead} ahead): every generation slot is busy with other sessions.",
                "排队中（前面还有 {ahead} 个）：所有生成槽位都在处理其他会话。"),
     "waiting": ("Waiting for a free generation slot…", "等待空闲的生成槽位…"),
     "engine": ("Generation", "生成方式"),
     "stopping": ("Stopping…", "正在停止…"),
-    "dropped_notice": ("Turn(s) {turns} did not fit the context window and were left out of the prompt for this reply.",
-                       "第 {turns} 轮对话超出上下文窗口，本次回复未包含它们。"),
+    "dropped_notice": ("To fit the context window, this reply was generated without {turns} of the conversation.",
+                       "为放入上下文窗口，本次回复未包含{turns}对话。"),
     "overflow_notice": (
         ("**Message too long:** it is {tokens} tokens with the prompt format, but the budget is {window} tokens "
-        "(max length). Shorten it or raise max length; your message was not sent and is kept below."),
+        "(max length). Shorten it or raise max length; your message was not sent and is still in the message box."),
         ("**消息过长：** 加上提示格式共 {tokens} 个 token，而上限为 {window} 个（最大长度）。"
-        "请缩短消息或调大最大长度；消息未发送，原文保留如下。"),
+        "请缩短消息或调大最大长度；消息未发送，仍在输入框中。"),
     ),
-    "error_notice": ("**The reply failed:** {error}\n\nYour message is kept below.", "**生成回复失败：** {error}\n\n你的消息保留如下。"),
+    "error_notice": ("**The reply failed:** {error}\n\nYour message is back in the message box.",
+                     "**生成回复失败：** {error}\n\n你的消息已放回输入框。"),
 }
 
 
@@ -225,6 +239,12 @@ AGENT: dict[str, tuple[str, str]] = {
 }
 
 SECTIONS = {"chat": CHAT, "xcomposer": XCOMPOSER, "article": ARTICLE, "agent": AGENT}
+
+
+def turn_list(t: Callable[..., str], numbers) -> str:
+    """"turn 1" / "turns 1, 3" (第 1 轮 / 第 1、3 轮) in the language of the chat lookup ``t``."""
+    numbers = [str(n) for n in numbers]
+    return t("turn_one" if len(numbers) == 1 else "turns_many", numbers=t("list_separator").join(numbers))
 
 
 def labels(language: str, section: str) -> Callable[..., str]:

@@ -37,7 +37,8 @@ def export_json(conversation: Conversation, model: ChatBackend, params: ChatPara
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"id": info.model_id, "folder": str(info.folder), "family": info.family, "dtype": info.dtype,
+        # No folder: a local path says where the user keeps things and means nothing on another machine.
+        "model": {"id": info.model_id, "family": info.family, "dtype": info.dtype,
                   "context_window": info.context_window, "is_demo": info.is_demo},
         "generation": asdict(params),
         "messages": [{k: v for k, v in asdict(m).items() if v is not None and v is not False}
@@ -142,3 +143,25 @@ def apply_import(conversation: Conversation, imported: ImportedConversation) -> 
     clear(conversation)
     conversation.messages.extend(imported.messages)
     conversation.notice = Notice("imported", detail=imported.model_id)
+
+
+def offer_import(conversation: Conversation, imported: ImportedConversation) -> bool:
+    """Apply ``imported`` at once into an empty conversation (True); otherwise keep it as the offer the
+    user must accept (``accept_import``) or decline (``decline_import``) first (False)."""
+    if not conversation.messages and conversation.pending is None:
+        apply_import(conversation, imported)
+        return True
+    conversation.offered_import = imported
+    return False
+
+
+def accept_import(conversation: Conversation) -> ImportedConversation | None:
+    """Replace the conversation with the offered import; returns it (None when nothing was offered)."""
+    imported = conversation.offered_import
+    if imported is not None:
+        apply_import(conversation, imported)
+    return imported
+
+
+def decline_import(conversation: Conversation) -> None:
+    conversation.offered_import = None

@@ -1,16 +1,19 @@
-"""download.py against stand-ins for the two SDK entry points, which cannot be reached from the test machine.
+"""download.py against the real modelscope SDK talking to a local hub, and a stand-in for openxlab's SDK.
 
-Only ``modelscope.snapshot_download`` and ``openxlab.model.download`` are replaced. The stand-ins
-behave as the installed SDKs do (same signatures, same exception types, real files written from a
-golden fixture checkpoint); everything else — verification, resume, markers, disk checks — is real.
+ModelScope: the installed SDK (modelscope_hub) runs unmodified, pointed by ``MODELSCOPE_ENDPOINT`` at
+``tests/hub_emulator.py`` on 127.0.0.1, which serves a copy of a golden fixture and can refuse, omit, corrupt,
+cut or stall files. Every modelscope scenario runs ``download.py`` in a subprocess, as a user would.
+OpenXLab: its SDK cannot be pointed at another endpoint (see docs/download.md), so ``openxlab.model.download``
+is replaced by a stand-in that writes the fixture's real files as the SDK does.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +22,6 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from modelscope_hub.errors import AuthenticationError, FileDownloadError, NetworkError
 
 from internlm_demo.models import registry
 from internlm_demo.models.hub import (
@@ -30,73 +32,35 @@ from internlm_demo.models.hub import (
     UnknownModelError,
     download_model,
     human_size,
-    summary,
 )
 from tests.conftest import FIXTURES_DIR as FIXTURES
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_fixture, reference
+from tests.hub_emulator import LISTING, HubEmulator
 
 CHAT_7B = FIXTURES / "internlm-chat-7b-tiny"
+CHAT_7B_REPO = "Shanghai_AI_Laboratory/internlm-chat-7b"
 FIRST_SHARD = "pytorch_model-00001-of-00002.bin"
 SECOND_SHARD = "pytorch_model-00002-of-00002.bin"
+CUT_AT = 2_000_000  # past the SDK's 1 MB read size, so a cut leaves bytes in NAME.incomplete
+STALL_AT = 2 * 1024 * 1024  # whole 1 MiB reads of the SDK, so a stalled transfer has written exactly this much
+# Short SDK waits, for download.py runs and for this process (the SDK reads them when first imported).
+SDK_WAITS = {"MODELSCOPE_DOWNLOAD_TIMEOUT": "1", "MODELSCOPE_DOWNLOAD_MAX_RETRIES": "1",
+             "MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS": "1"}
+for _name, _value in SDK_WAITS.items():
+    os.environ.setdefault(_name, _value)
 
 
 def repo_files(fixture: Path) -> list[str]:
     return sorted(path.name for path in fixture.iterdir() if path.is_file())
 
 
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def write_truncated(source: Path, target: Path) -> None:
     data = source.read_bytes()
     target.write_bytes(data[: len(data) // 2])
-
-
-def corrupt_middle(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
-    path.write_bytes(bytes(data))
-
-
-class ModelScopeStandIn:
-    """``modelscope.snapshot_download`` serving a fixture as the hub would.
-
-    Like the real SDK it skips ``ignore_patterns``, writes a failing file only to ``NAME.incomplete``,
-    attempts every file and then raises ``FileDownloadError`` listing the failures.
-    """
-
-    def __init__(self, fixture: Path = CHAT_7B, *, error: Exception | None = None, fail: str | None = None,
-                 corrupt: str | None = None, omit: str | None = None):
-        self.fixture, self.error, self.fail, self.corrupt, self.omit = fixture, error, fail, corrupt, omit
-        self.calls: list[dict] = []
-
-    def __call__(self, model_id=None, revision=None, cache_dir=None, *, local_dir=None, ignore_patterns=None,
-                 progress_callbacks=None, **other):
-        call = {"model_id": model_id, "revision": revision, "local_dir": local_dir,
-                "ignore_patterns": ignore_patterns, "written": []}
-        self.calls.append(call)
-        if self.error is not None:
-            raise self.error
-        target = Path(local_dir)
-        failed = {}
-        for name in repo_files(self.fixture):
-            if any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns or []) or name == self.omit:
-                continue
-            source = self.fixture / name
-            callbacks = [cls(name, source.stat().st_size) for cls in progress_callbacks or []]
-            if name == self.fail:
-                write_truncated(source, target / f"{name}.incomplete")
-                failed[name] = NetworkError(f"Download connection failed for {name}: Connection reset by peer")
-                continue
-            shutil.copyfile(source, target / name)
-            if name == self.corrupt:
-                corrupt_middle(target / name)
-            for callback in callbacks:
-                callback.update(source.stat().st_size)
-                callback.end()
-            call["written"].append(name)
-        if failed:
-            raise FileDownloadError(f"{len(failed)} of {len(repo_files(self.fixture))} file(s) failed to download",
-                                    failed_files=failed, output_dir=local_dir)
-        return local_dir
 
 
 class OpenXLabStandIn:
@@ -134,28 +98,69 @@ class OpenXLabStandIn:
         return [os.path.join(output, name) for name in call["written"]]
 
 
-def never_called(source: str):
-    def refuse_to_run(*args, **kwargs):
-        raise AssertionError(f"the {source} SDK was called but this test did not expect a download")
-    return refuse_to_run
+
+
+def never_called(*args, **kwargs):
+    raise AssertionError("the openxlab SDK was called but this test did not expect it")
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
-    """Models go to a temporary folder; an unexpected SDK call fails the test instead of reaching the network."""
+    """Models and the SDK's cache go to temporary folders; openxlab's SDK is never reached."""
     monkeypatch.setenv("INTERNLM_DEMO_MODELS", str(tmp_path / "models"))
-    monkeypatch.setattr("modelscope.snapshot_download", never_called("modelscope"))
-    monkeypatch.setattr("openxlab.model.download", never_called("openxlab"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "modelscope-cache"))
+    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "modelscope-home"))
+    monkeypatch.setattr("openxlab.model.download", never_called)
+    from modelscope_hub.config import set_default_config
+
+    set_default_config(None)  # the SDK caches its endpoint per process; each test sets its own
+    yield
+    set_default_config(None)
 
 
-def use_modelscope(monkeypatch, stand_in: ModelScopeStandIn) -> ModelScopeStandIn:
-    monkeypatch.setattr("modelscope.snapshot_download", stand_in)
-    return stand_in
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The local modelscope hub serving a writable copy of the chat-7b fixture as its repository."""
+    with HubEmulator(copy_fixture(CHAT_7B.name, tmp_path / "upstream"), CHAT_7B_REPO) as emulator:
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", emulator.url)
+        yield emulator
 
 
 def use_openxlab(monkeypatch, stand_in: OpenXLabStandIn) -> OpenXLabStandIn:
     monkeypatch.setattr("openxlab.model.download", stand_in)
     return stand_in
+
+
+def download(*args: str, timeout_s: int = 1, **env: str) -> subprocess.CompletedProcess:
+    """``python download.py internlm-chat-7b --no-fallback ARGS`` as a user runs it, with short SDK timeouts."""
+    return subprocess.run([sys.executable, "download.py", "internlm-chat-7b", "--no-fallback", *args],
+                          cwd=REPO, env=cli_env(timeout_s, **env), capture_output=True, text=True, timeout=120)
+
+
+def cli_env(timeout_s: int = 1, **env: str) -> dict[str, str]:
+    return {**os.environ, **SDK_WAITS, "MODELSCOPE_DOWNLOAD_TIMEOUT": str(timeout_s), "PYTHONPATH": str(REPO), **env}
+
+
+def error_of(done: subprocess.CompletedProcess) -> str:
+    """The one error line download.py printed, after checking it failed without a traceback."""
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def wait_for_size(path: Path, size: int, within_s: float = 30) -> Path:
+    """Wait until a download in another process has written ``size`` bytes to ``path``."""
+    deadline = time.monotonic() + within_s
+    while not (path.exists() and path.stat().st_size == size):
+        assert time.monotonic() < deadline, f"{path} never reached {size} bytes"
+        time.sleep(0.05)
+    return path
+
+
+def folder_of(model_id: str = "internlm-chat-7b") -> Path:
+    return registry.models_dir() / model_id
 
 
 def marker_of(folder: Path) -> dict:
@@ -167,212 +172,354 @@ def sizes_of(folder: Path) -> dict[str, int]:
     return {path.name: path.stat().st_size for path in files}
 
 
-# --- normal fetch ---------------------------------------------------------------------------------
+def assert_same_files(folder: Path, upstream: Path) -> None:
+    assert sorted(sizes_of(folder)) == repo_files(upstream)
+    for name in repo_files(upstream):
+        assert (folder / name).read_bytes() == (upstream / name).read_bytes(), name
 
-@pytest.mark.parametrize("model_id, fixture, source", [
-    ("internlm-chat-7b", "internlm-chat-7b-tiny", "modelscope"),
-    ("internlm2-chat-7b", "internlm2-chat-7b-tiny", "modelscope"),
-    ("internlm-chat-7b", "internlm-chat-7b-tiny", "openxlab"),
-    ("internlm-xcomposer-7b", "internlm-xcomposer-7b-tiny", "openxlab"),
-])
-def test_normal_fetch_is_verified_and_marked_complete(monkeypatch, model_id, fixture, source):
-    if source == "modelscope":
-        hub = use_modelscope(monkeypatch, ModelScopeStandIn(FIXTURES / fixture))
-    else:
-        hub = use_openxlab(monkeypatch, OpenXLabStandIn(FIXTURES / fixture))
 
-    folder = download_model(model_id, source=source, progress=False)
+# --- modelscope through its real SDK: success, re-runs, resume ------------------------------------
 
-    model = registry.KNOWN_MODELS[model_id]
-    assert folder == registry.models_dir() / model_id
-    assert registry.downloaded_folder(model_id) == folder
-    assert len(hub.calls) == 1
-    if source == "modelscope":
-        assert hub.calls[0]["model_id"] == model.modelscope_repo
-        assert hub.calls[0]["local_dir"] == str(folder)
-    else:
-        assert hub.calls[0]["model_repo"] == model.openxlab_repo
-        assert hub.calls[0]["output"] == str(folder)
-        assert hub.calls[0]["cache"] is False
+def test_fresh_download_is_byte_identical_and_the_marker_records_the_listing(hub):
+    done = download()
+    assert done.returncode == 0, done.stderr
+    folder = folder_of()
+    assert_same_files(folder, hub.folder)
     record = marker_of(folder)
-    assert record["model"] == model_id and record["source"] == source
-    served = FIXTURES / fixture
-    assert record["files"] == sizes_of(folder) == {name: (served / name).stat().st_size for name in repo_files(served)}
-    assert not (folder / ".internlm-demo-partial.json").exists()
-
-
-def test_progress_bars_run_with_the_sdk_callbacks(monkeypatch, capsys):
-    use_modelscope(monkeypatch, ModelScopeStandIn())
-    folder = download_model("internlm-chat-7b", progress=True)
+    assert (record["model"], record["source"], record["repo"], record["revision"]) == (
+        "internlm-chat-7b", "modelscope", CHAT_7B_REPO, "master")
+    assert record["files"].keys() == set(repo_files(hub.folder))
+    for name, facts in record["files"].items():
+        assert (facts["size"], facts["sha256"]) == ((hub.folder / name).stat().st_size, sha256_of(hub.folder / name))
+    listing = sorted([name, (hub.folder / name).stat().st_size, sha256_of(hub.folder / name)]
+                     for name in repo_files(hub.folder))
+    assert record["listing_sha256"] == hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     assert registry.downloaded_folder("internlm-chat-7b") == folder
-    shown = capsys.readouterr().err
-    assert "total" in shown and f"Downloading [{FIRST_SHARD}]" in shown
+    assert f"internlm-chat-7b is ready in {folder} ({human_size(sum(sizes_of(folder).values()))}, 8 files, " in done.stdout
+    for app in ("chat", "agent", "server"):
+        assert f"bash scripts/run.sh {app} -- --model internlm-chat-7b" in done.stdout
+    assert not any(path.name.startswith(".internlm-demo-") and path.name != registry.COMPLETE_MARKER
+                   for path in folder.iterdir())
 
 
-def test_complete_folder_is_not_fetched_again(monkeypatch):
-    use_modelscope(monkeypatch, ModelScopeStandIn())
-    folder = download_model("internlm-chat-7b", progress=False)
-    monkeypatch.setattr("modelscope.snapshot_download", never_called("modelscope"))
-    assert download_model("internlm-chat-7b", progress=False) == folder
-
-
-def test_repo_ids_name_known_models_too(monkeypatch):
-    hub = use_modelscope(monkeypatch, ModelScopeStandIn())
-    folder = download_model("Shanghai_AI_Laboratory/internlm-chat-7b", progress=False)
-    assert folder == registry.models_dir() / "internlm-chat-7b"
-    assert hub.calls[0]["model_id"] == "Shanghai_AI_Laboratory/internlm-chat-7b"
-
-
-def test_output_folder_and_revision_are_passed_through(monkeypatch, tmp_path):
-    hub = use_modelscope(monkeypatch, ModelScopeStandIn())
-    folder = download_model("internlm-chat-7b", output=tmp_path / "elsewhere" / "chat7b", revision="v1.0.3",
-                            progress=False)
-    assert folder == tmp_path / "elsewhere" / "chat7b"
-    assert hub.calls[0]["revision"] == "v1.0.3"
-    assert marker_of(folder)["revision"] == "v1.0.3"
-    assert registry.downloaded_folder("internlm-chat-7b") is None  # not the default location
-    assert f"--model {folder}" in summary("internlm-chat-7b", folder)
-
-
-def test_verified_folder_loads_with_load_chat_model(monkeypatch):
-    use_modelscope(monkeypatch, ModelScopeStandIn())
-    folder = download_model("internlm-chat-7b", progress=False)
+def test_downloaded_folder_chats_exactly_like_the_reference(hub, capfd):
+    assert download().returncode == 0
+    from tqdm import tqdm
 
     from internlm_demo import load_chat_model
 
-    model = load_chat_model(str(folder), device="cpu", dtype="float32", progress=False)
-    response, history = model.chat("Hello", [], do_sample=False, max_new_tokens=3)
-    assert isinstance(response, str)
-    assert history == [("Hello", response)]
+    case = reference(CHAT_7B.name)["chat_cases"][0]
+    greedy = case["greedy"]
+    model = load_chat_model("internlm-chat-7b", device="cpu", dtype="float32", progress=True)
+    total = json.loads((CHAT_7B / "pytorch_model.bin.index.json").read_text())["metadata"]["total_size"]
+    shown = capfd.readouterr().err.replace("\r", "\n")
+    assert f"loading internlm-chat-7b:   0%|          | 0.00/{tqdm.format_sizeof(total)} [" in shown, shown
+    response, _ = model.chat(case["query"], [], do_sample=False, max_new_tokens=greedy["chat_kwargs"]["max_new_tokens"])
+    assert response == greedy["response"]
 
 
-# --- interrupted and resumed ----------------------------------------------------------------------
+def test_rerun_of_a_complete_folder_makes_no_request(hub):
+    assert download().returncode == 0
+    asked = len(hub.requests)
+    again = download()
+    assert again.returncode == 0 and "is ready in" in again.stdout
+    assert len(hub.requests) == asked
+
+
+def test_progress_is_one_bar_for_the_whole_file_set_sized_from_the_listing(hub):
+    done = download()
+    assert done.returncode == 0
+    assert sum((hub.folder / name).stat().st_size for name in repo_files(hub.folder)) == 14_922_478
+    assert "internlm-chat-7b: 100%" in done.stderr and "14.9M/14.9M" in done.stderr, done.stderr
+    for name in repo_files(hub.folder):
+        assert f"{name}:" not in done.stderr  # the SDK's own per-file bars are not shown
+    assert "Downloading" not in done.stderr
+
+
+def test_cut_transfer_is_resumed_with_range_in_the_same_run(hub):
+    hub.cut(FIRST_SHARD, after=CUT_AT)
+    assert download().returncode == 0
+    assert hub.fetches_of(FIRST_SHARD) == [None, f"bytes={CUT_AT}-"]
+    assert_same_files(folder_of(), hub.folder)
+
+
+def test_transfer_cut_every_time_fails_then_a_rerun_resumes_from_the_partial_file(hub):
+    hub.cut(FIRST_SHARD, after=CUT_AT, times=10)
+    error = error_of(download())
+    assert error == (
+        f"error: modelscope could not deliver 1 of 8 files of {CHAT_7B_REPO}: {FIRST_SHARD} could not be fetched: "
+        "the connection failed (connection dropped mid-transfer); check the network, then re-run the same command "
+        "to resume (partial files are kept).")
+    folder = folder_of()
+    assert (folder / f"{FIRST_SHARD}.incomplete").stat().st_size == CUT_AT
+    assert registry.downloaded_folder("internlm-chat-7b") is None
+
+    hub.cuts.clear()
+    before = len(hub.requests)
+    assert download().returncode == 0
+    rerun = hub.requests[before:]
+    assert [ranged for asked, ranged in rerun if asked == FIRST_SHARD] == [f"bytes={CUT_AT}-"]
+    assert {asked for asked, _ in rerun} == {LISTING, FIRST_SHARD}  # verified files are not fetched again
+    assert_same_files(folder, hub.folder)
+
+
+def test_ctrl_c_keeps_the_partial_file_and_the_rerun_resumes(hub):
+    hub.stall(FIRST_SHARD, after=STALL_AT)
+    running = subprocess.Popen([sys.executable, "download.py", "internlm-chat-7b", "--no-fallback"], cwd=REPO,
+                               env=cli_env(timeout_s=60), stderr=subprocess.PIPE, text=True)
+    partial = wait_for_size(folder_of() / f"{FIRST_SHARD}.incomplete", STALL_AT)
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=30)
+    assert running.returncode == 130
+    assert err.strip().endswith("interrupted: the folder is not marked complete; run the same command again to resume.")
+    assert partial.stat().st_size == STALL_AT
+
+    hub.stalls.clear()
+    assert download().returncode == 0
+    assert hub.fetches_of(FIRST_SHARD)[-1] == f"bytes={STALL_AT}-"
+    assert_same_files(folder_of(), hub.folder)
+
+
+def test_file_changed_upstream_between_runs_is_fetched_not_kept(hub):
+    """The first run fails on a missing file; upstream then fixes it and changes generation_config.json."""
+    hub.missing.add(FIRST_SHARD)
+    assert "missing upstream" in error_of(download())
+    old = (folder_of() / "generation_config.json").read_bytes()
+
+    hub.missing.clear()
+    changed = json.loads(old) | {"max_length": 4096}
+    (hub.folder / "generation_config.json").write_text(json.dumps(changed))
+    assert download().returncode == 0
+    folder = folder_of()
+    assert json.loads((folder / "generation_config.json").read_text()) == changed
+    assert marker_of(folder)["files"]["generation_config.json"]["sha256"] == sha256_of(hub.folder / "generation_config.json")
+    assert_same_files(folder, hub.folder)
+
+
+def test_file_edited_after_completion_makes_the_folder_incomplete_and_is_refetched(hub):
+    assert download().returncode == 0
+    folder = folder_of()
+    edited = bytearray((folder / "tokenizer_config.json").read_bytes())
+    edited[-2:-1] = b" "  # same size, other bytes
+    (folder / "tokenizer_config.json").write_bytes(bytes(edited))
+    assert registry.downloaded_folder("internlm-chat-7b") is None
+
+    before = len(hub.requests)
+    assert download().returncode == 0
+    assert {asked for asked, _ in hub.requests[before:]} == {LISTING, "tokenizer_config.json"}
+    assert_same_files(folder, hub.folder)
+    assert registry.downloaded_folder("internlm-chat-7b") == folder
+
+
+def test_revision_is_asked_for_and_recorded(hub):
+    hub.revisions.add("v1.0.3")
+    assert download("--revision", "v1.0.3").returncode == 0
+    assert marker_of(folder_of())["revision"] == "v1.0.3"
+    error = error_of(download("--revision", "no-such-tag"))
+    assert error.startswith(f"error: modelscope has no repository {CHAT_7B_REPO} at revision no-such-tag (HTTP 404")
+
+
+# --- modelscope: each failure says what failed and what to do -------------------------------------
+
+def test_file_missing_upstream_says_a_rerun_will_not_help(hub):
+    hub.missing.add("config.json")
+    assert error_of(download()) == (
+        f"error: modelscope could not deliver 1 of 8 files of {CHAT_7B_REPO}: config.json listed by modelscope "
+        "but missing upstream (HTTP 404); re-running will not help until the repository is fixed: try --source "
+        "openxlab or another --revision.")
+
+
+def test_shard_left_out_of_the_repository_is_missing_upstream_not_damaged(hub):
+    hub.unlisted.add(SECOND_SHARD)
+    assert error_of(download()) == (
+        f"error: {SECOND_SHARD} is named in the shard index of {CHAT_7B_REPO} but modelscope does not have it "
+        "(missing upstream); re-running will not help: try the other --source or another --revision.")
+    assert registry.downloaded_folder("internlm-chat-7b") is None
+
+
+def test_corrupt_bytes_are_refetched_then_reported_and_never_kept(hub):
+    hub.corrupt.add("tokenizer.model")
+    assert error_of(download()) == (
+        f"error: modelscope could not deliver 1 of 8 files of {CHAT_7B_REPO}: tokenizer.model did not match the "
+        "size or sha256 in the listing, again after the SDK deleted and re-fetched the bad copy: modelscope's copy "
+        "is damaged or changed during the download; re-run later or try --source openxlab.")
+    assert len(hub.fetches_of("tokenizer.model")) >= 2
+    folder = folder_of()
+    assert not (folder / "tokenizer.model").exists() and not (folder / "tokenizer.model.incomplete").exists()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_one_refused_file_keeps_the_sign_in_hint(hub, status):
+    hub.refuse["tokenizer.model"] = status
+    assert error_of(download()) == (
+        f"error: modelscope could not deliver 1 of 8 files of {CHAT_7B_REPO}: tokenizer.model refused (HTTP {status}); "
+        "sign in with `modelscope login --token TOKEN` or export MODELSCOPE_API_TOKEN=TOKEN.")
+
+
+@pytest.mark.parametrize("status, expected", [
+    (401, f"error: modelscope refused access to {CHAT_7B_REPO} (HTTP 401: login required); sign in with "
+          "`modelscope login --token TOKEN` or export MODELSCOPE_API_TOKEN=TOKEN."),
+    (403, f"error: modelscope refused access to {CHAT_7B_REPO} (HTTP 403: access denied); sign in with "
+          "`modelscope login --token TOKEN` or export MODELSCOPE_API_TOKEN=TOKEN."),
+    (404, f"error: modelscope has no repository {CHAT_7B_REPO} (HTTP 404: not found)."),
+])
+def test_refused_repository_leaves_no_trace(hub, tmp_path, status, expected):
+    hub.refuse[LISTING] = status
+    assert error_of(download()) == expected
+    assert not folder_of().exists()
+    empty = tmp_path / "chosen"
+    empty.mkdir()
+    assert error_of(download("--output", str(empty))) == expected
+    assert list(empty.iterdir()) == []  # no orphan partial marker
+
+
+def test_stalled_transfer_times_out_naming_the_knobs(hub):
+    hub.stall(FIRST_SHARD, after=CUT_AT, times=10)
+    started = time.monotonic()
+    error = error_of(download())
+    assert time.monotonic() - started < 30
+    assert error == (
+        f"error: modelscope could not deliver 1 of 8 files of {CHAT_7B_REPO}: {FIRST_SHARD} timed out (no data for "
+        "1 s, 2 attempts); re-run the same command to resume, and on a slow link raise MODELSCOPE_DOWNLOAD_TIMEOUT "
+        "(now 1 s) or MODELSCOPE_DOWNLOAD_MAX_RETRIES (now 1).")
+    assert (folder_of() / f"{FIRST_SHARD}.incomplete").stat().st_size == CUT_AT
+
+
+def test_unreachable_hub_is_a_network_error(hub):
+    closed = HubEmulator(hub.folder, CHAT_7B_REPO)
+    with closed:
+        url = closed.url
+    assert error_of(download(MODELSCOPE_ENDPOINT=url)) == (
+        "error: modelscope could not be reached (Connection refused); check the network, then re-run the same command.")
+    assert not folder_of().exists()
+
+
+def test_downloads_into_two_folders_do_not_wait_for_each_other(hub, tmp_path):
+    hub.stall(FIRST_SHARD, after=STALL_AT)
+    first = subprocess.Popen([sys.executable, "download.py", "internlm-chat-7b", "--no-fallback"], cwd=REPO,
+                             env=cli_env(timeout_s=60), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_size(folder_of() / f"{FIRST_SHARD}.incomplete", STALL_AT)
+        same = download()
+        assert error_of(same) == (f"error: another download is writing into {folder_of()} right now; wait for it "
+                                  "to finish, or pass a different --output.")
+        other = download("--output", str(tmp_path / "second"))
+        assert other.returncode == 0, other.stderr
+        assert first.poll() is None  # still stalled: the second folder did not wait on its lock
+        assert_same_files(tmp_path / "second", hub.folder)
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+
+
+# --- --output that cannot be used ----------------------------------------------------------------
+
+def test_output_that_is_a_file_is_a_one_line_error(hub, tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert error_of(download("--output", str(taken))) == (
+        f"error: --output {taken} is a file; pass the path of a folder (a missing one is created).")
+    assert error_of(download("--output", str(taken / "model"))) == (
+        f"error: cannot create {taken / 'model'}: {taken} is a file, not a folder; pass another --output.")
+    assert taken.read_text() == "mine"
+
+
+def test_read_only_output_is_a_one_line_error(hub, tmp_path):
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    target = locked / "internlm-chat-7b"
+    args = [sys.executable, "download.py", "internlm-chat-7b", "--no-fallback", "--output", str(target)]
+    if os.geteuid() == 0:  # root writes through permission bits: make the folder a read-only mount instead
+        command = ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(locked), *args]
+        reason = "Read-only file system"
+    else:
+        locked.chmod(0o555)
+        command, reason = args, "Permission denied"
+    done = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert error_of(done) == (f"error: cannot write to {target} ({reason}); pass --output with a folder you can "
+                              "write to.")
+    assert hub.requests == []
+
+
+def test_no_disk_space_stops_before_any_transfer(hub, monkeypatch):
+    nearly_full = SimpleNamespace(total=500 * 10**9, used=499 * 10**9, free=10**9)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: nearly_full)
+    with pytest.raises(NotEnoughSpaceError, match=r"needs about 2\.0 GB .*\(14\.9 MB still to fetch .* only 1\.0 GB"):
+        download_model("internlm-chat-7b", allow_fallback=False, progress=False)
+    assert hub.requests == [(LISTING, None)]
+    assert not folder_of().exists()
+
+
+# --- other models, in-process --------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_id, fixture", [
+    ("internlm2-chat-7b", "internlm2-chat-7b-tiny"),
+    ("internlm-xcomposer-7b", "internlm-xcomposer-7b-tiny"),
+])
+def test_other_layouts_download_and_verify(tmp_path, monkeypatch, model_id, fixture):
+    model = registry.KNOWN_MODELS[model_id]
+    with HubEmulator(copy_fixture(fixture, tmp_path / "upstream"), model.modelscope_repo) as emulator:
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", emulator.url)
+        folder = download_model(model_id, allow_fallback=False, progress=False)
+    assert registry.downloaded_folder(model_id) == folder
+    assert_same_files(folder, emulator.folder)
+
+
+def test_repo_id_names_a_known_model(hub):
+    folder = download_model(CHAT_7B_REPO, allow_fallback=False, progress=False)
+    assert folder == folder_of()
+
+
+# --- openxlab, through a stand-in for its SDK -----------------------------------------------------
+
+@pytest.mark.parametrize("model_id, fixture", [
+    ("internlm-chat-7b", "internlm-chat-7b-tiny"),
+    ("internlm-xcomposer-7b", "internlm-xcomposer-7b-tiny"),
+])
+def test_openxlab_fetch_is_verified_and_marked_complete(monkeypatch, model_id, fixture):
+    sdk = use_openxlab(monkeypatch, OpenXLabStandIn(FIXTURES / fixture))
+    folder = download_model(model_id, source="openxlab", allow_fallback=False, progress=False)
+    model = registry.KNOWN_MODELS[model_id]
+    assert sdk.calls[0]["model_repo"] == model.openxlab_repo
+    assert sdk.calls[0]["output"] == str(folder) and sdk.calls[0]["cache"] is False
+    record = marker_of(folder)
+    assert (record["source"], record["repo"], record["revision"]) == ("openxlab", model.openxlab_repo, None)
+    assert {name: facts["size"] for name, facts in record["files"].items()} == sizes_of(folder)
+    assert registry.downloaded_folder(model_id) == folder
+    assert_same_files(folder, FIXTURES / fixture)
+
 
 @pytest.mark.parametrize("interruption, expected", [
     (requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead"), SourceUnavailableError),
     (KeyboardInterrupt(), KeyboardInterrupt),  # Ctrl-C: nothing is cleaned up until the next run
 ], ids=["connection dropped", "ctrl-c"])
 def test_interrupted_openxlab_download_resumes_without_refetching_verified(monkeypatch, interruption, expected):
-    hub = use_openxlab(monkeypatch, OpenXLabStandIn(cut_at=SECOND_SHARD))
-    hub.interruption = interruption
+    sdk = use_openxlab(monkeypatch, OpenXLabStandIn(cut_at=SECOND_SHARD))
+    sdk.interruption = interruption
     with pytest.raises(expected):
         download_model("internlm-chat-7b", source="openxlab", allow_fallback=False, progress=False)
-
-    folder = registry.models_dir() / "internlm-chat-7b"
-    assert not (folder / registry.COMPLETE_MARKER).exists()
+    folder = folder_of()
     assert registry.downloaded_folder("internlm-chat-7b") is None
     first_shard_written = (folder / FIRST_SHARD).stat().st_mtime_ns
 
-    hub.cut_at = None
+    sdk.cut_at = None
     assert download_model("internlm-chat-7b", source="openxlab", allow_fallback=False, progress=False) == folder
-
-    resumed = hub.calls[-1]
+    resumed = sdk.calls[-1]
     assert FIRST_SHARD in resumed["ignore"] and "config.json" in resumed["ignore"]
     assert SECOND_SHARD not in resumed["ignore"]  # the truncated shard was deleted, so it is fetched again
     assert SECOND_SHARD in resumed["written"] and FIRST_SHARD not in resumed["written"]
     assert (folder / FIRST_SHARD).stat().st_mtime_ns == first_shard_written
-    assert marker_of(folder)["files"] == sizes_of(folder)
+    assert_same_files(folder, CHAT_7B)
 
 
-def test_interrupted_modelscope_download_resumes(monkeypatch):
-    hub = use_modelscope(monkeypatch, ModelScopeStandIn(fail=FIRST_SHARD))
-    with pytest.raises(SourceUnavailableError, match="re-run the same command to resume"):
+def test_files_of_another_source_are_not_trusted_by_openxlab(hub, monkeypatch):
+    hub.missing.add(FIRST_SHARD)
+    with pytest.raises(SourceRefusedError, match="missing upstream"):
         download_model("internlm-chat-7b", allow_fallback=False, progress=False)
-    folder = registry.models_dir() / "internlm-chat-7b"
-    assert (folder / f"{FIRST_SHARD}.incomplete").exists()
-    assert registry.downloaded_folder("internlm-chat-7b") is None
-
-    hub.fail = None
-    download_model("internlm-chat-7b", allow_fallback=False, progress=False)
-    assert set(hub.calls[-1]["written"]) == {FIRST_SHARD}  # everything else verified and was skipped
-    assert registry.downloaded_folder("internlm-chat-7b") == folder
-    assert not any(path.name.endswith(".incomplete") for path in folder.iterdir())
-
-
-def test_files_of_another_source_are_not_trusted_on_resume(monkeypatch):
-    use_modelscope(monkeypatch, ModelScopeStandIn(fail=FIRST_SHARD))
-    with pytest.raises(SourceUnavailableError):
-        download_model("internlm-chat-7b", allow_fallback=False, progress=False)
-    hub = use_openxlab(monkeypatch, OpenXLabStandIn())
+    sdk = use_openxlab(monkeypatch, OpenXLabStandIn())
     download_model("internlm-chat-7b", source="openxlab", allow_fallback=False, progress=False)
-    assert hub.calls[0]["ignore"] is None  # openxlab cannot check modelscope's files, so it sends them all
-    assert marker_of(registry.models_dir() / "internlm-chat-7b")["source"] == "openxlab"
-
-
-# --- corrupt or missing shards --------------------------------------------------------------------
-
-def test_corrupt_shard_is_detected_removed_and_refetched(monkeypatch):
-    hub = use_modelscope(monkeypatch, ModelScopeStandIn(corrupt=SECOND_SHARD))
-    with pytest.raises(DownloadError, match=f"failed verification: .*{SECOND_SHARD}.* is truncated or corrupt"):
-        download_model("internlm-chat-7b", progress=False)
-    folder = registry.models_dir() / "internlm-chat-7b"
-    assert not (folder / SECOND_SHARD).exists()
-    assert registry.downloaded_folder("internlm-chat-7b") is None
-
-    hub.corrupt = None
-    download_model("internlm-chat-7b", progress=False)
-    assert hub.calls[-1]["written"] == [SECOND_SHARD]
-    assert registry.downloaded_folder("internlm-chat-7b") == folder
-
-
-def test_missing_shard_is_detected(monkeypatch):
-    use_modelscope(monkeypatch, ModelScopeStandIn(omit=FIRST_SHARD))
-    with pytest.raises(DownloadError, match=f"{FIRST_SHARD} is listed in the shard index but missing"):
-        download_model("internlm-chat-7b", progress=False)
-    assert registry.downloaded_folder("internlm-chat-7b") is None
-
-
-def test_shard_damaged_after_completion_is_fetched_again(monkeypatch):
-    hub = use_modelscope(monkeypatch, ModelScopeStandIn())
-    folder = download_model("internlm-chat-7b", progress=False)
-    (folder / FIRST_SHARD).unlink()
-    assert download_model("internlm-chat-7b", progress=False) == folder
-    assert hub.calls[-1]["written"] == [FIRST_SHARD]
-    assert marker_of(folder)["files"][FIRST_SHARD] == (CHAT_7B / FIRST_SHARD).stat().st_size
-
-
-# --- disk space -----------------------------------------------------------------------------------
-
-def test_no_disk_space_stops_before_any_transfer(monkeypatch):
-    nearly_full = SimpleNamespace(total=500 * 10**9, used=499 * 10**9, free=10**9)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: nearly_full)
-    with pytest.raises(NotEnoughSpaceError, match=r"needs about 16\.6 GB .* only 1\.0 GB are free.*--output"):
-        download_model("internlm-chat-7b", progress=False)
-    assert not (registry.models_dir() / "internlm-chat-7b").exists()
-
-
-def test_disk_filling_up_mid_transfer_is_reported(monkeypatch):
-    use_modelscope(monkeypatch, ModelScopeStandIn(error=OSError(28, "No space left on device")))
-    with pytest.raises(NotEnoughSpaceError, match="disk filled up during the download .*re-run the same command"):
-        download_model("internlm-chat-7b", progress=False)
-
-
-# --- sources unreachable or refusing --------------------------------------------------------------
-
-def test_unreachable_source_falls_back_to_the_other(monkeypatch, caplog):
-    no_dns = NetworkError("Download connection failed: [Errno -3] Temporary failure in name resolution")
-    use_modelscope(monkeypatch, ModelScopeStandIn(error=no_dns))
-    hub = use_openxlab(monkeypatch, OpenXLabStandIn())
-    folder = download_model("internlm-chat-7b", progress=False)
-    assert len(hub.calls) == 1
-    assert marker_of(folder)["source"] == "openxlab"
-    assert "modelscope could not be reached" in caplog.text and "trying the next source" in caplog.text
-
-
-def test_unreachable_source_without_fallback_is_a_clear_error(monkeypatch):
-    use_openxlab(monkeypatch, OpenXLabStandIn(error=requests.exceptions.ConnectionError(
-        "HTTPSConnectionPool(host='openapi.openxlab.org.cn', port=443): Max retries exceeded")))
-    with pytest.raises(SourceUnavailableError, match="openxlab could not be reached .*ConnectionError") as caught:
-        download_model("internlm-chat-7b", source="openxlab", allow_fallback=False, progress=False)
-    assert "\n" not in str(caught.value)
-
-
-def test_both_sources_unreachable(monkeypatch):
-    use_modelscope(monkeypatch, ModelScopeStandIn(error=NetworkError("Download connection failed")))
-    use_openxlab(monkeypatch, OpenXLabStandIn(error=requests.exceptions.ConnectionError("Max retries exceeded")))
-    with pytest.raises(DownloadError, match="any source: modelscope could not be reached.*; openxlab could not be"):
-        download_model("internlm-chat-7b", progress=False)
-    assert registry.downloaded_folder("internlm-chat-7b") is None
+    assert sdk.calls[0]["ignore"] is None  # openxlab cannot check modelscope's files, so it sends them all
+    assert marker_of(folder_of())["source"] == "openxlab"
 
 
 def http_error(status: int, text: str) -> requests.exceptions.HTTPError:
@@ -392,26 +539,33 @@ def test_openxlab_auth_refused_explains_the_keys(monkeypatch, stand_in):
     message = str(caught.value)
     assert "OPENXLAB_AK" in message and "OPENXLAB_SK" in message and "openxlab login" in message
     assert "\n" not in message
+    assert not folder_of().exists()
 
 
-def test_modelscope_auth_refused_explains_the_token(monkeypatch):
-    # snapshot_download re-raises AuthenticationError as requests' HTTPError without a response
-    try:
-        try:
-            raise AuthenticationError("Authentication failed", status_code=401)
-        except AuthenticationError as refusal:
-            raise requests.exceptions.HTTPError(str(refusal), response=None) from refusal
-    except requests.exceptions.HTTPError as converted:
-        use_modelscope(monkeypatch, ModelScopeStandIn(error=converted))
-    with pytest.raises(SourceRefusedError, match="HTTP 401.*MODELSCOPE_API_TOKEN"):
-        download_model("internlm-chat-7b", allow_fallback=False, progress=False)
-
-
-def test_openxlab_refusal_falls_back_to_modelscope(monkeypatch):
+def test_openxlab_refusal_falls_back_to_modelscope(hub, monkeypatch, caplog):
     use_openxlab(monkeypatch, OpenXLabStandIn(refuse=True))
-    use_modelscope(monkeypatch, ModelScopeStandIn())
     folder = download_model("internlm-chat-7b", source="openxlab", progress=False)
     assert marker_of(folder)["source"] == "modelscope"
+    assert "openxlab refused to serve" in caplog.text and "trying the next source" in caplog.text
+
+
+def test_unreachable_modelscope_falls_back_to_openxlab(monkeypatch):
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://127.0.0.1:9")
+    sdk = use_openxlab(monkeypatch, OpenXLabStandIn())
+    folder = download_model("internlm-chat-7b", progress=False)
+    assert len(sdk.calls) == 1 and marker_of(folder)["source"] == "openxlab"
+
+
+def test_both_sources_unreachable(monkeypatch):
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://127.0.0.1:9")
+    use_openxlab(monkeypatch, OpenXLabStandIn(error=requests.exceptions.ConnectionError(
+        "HTTPSConnectionPool(host='openapi.openxlab.org.cn', port=443): Max retries exceeded")))
+    with pytest.raises(DownloadError) as caught:
+        download_model("internlm-chat-7b", progress=False)
+    assert str(caught.value).startswith(
+        "could not download internlm-chat-7b from any source: modelscope could not be reached (Connection refused)")
+    assert "; openxlab could not be reached" in str(caught.value)
+    assert not folder_of().exists()
 
 
 def test_missing_sdk_names_the_install_command(monkeypatch):
@@ -423,12 +577,12 @@ def test_missing_sdk_names_the_install_command(monkeypatch):
 
 # --- requests that cannot be served ---------------------------------------------------------------
 
-def test_unknown_model_id_suggests_the_closest(monkeypatch):
+def test_unknown_model_id_suggests_the_closest():
     with pytest.raises(UnknownModelError, match="did you mean internlm2_5-7b-chat\\?.*--list"):
         download_model("internlm2.5-7b-chat", progress=False)
 
 
-def test_model_not_on_the_chosen_source(monkeypatch):
+def test_model_not_on_the_chosen_source():
     with pytest.raises(DownloadError, match="internlm3-8b-instruct is not published on openxlab; use --source modelsc"):
         download_model("internlm3-8b-instruct", source="openxlab", allow_fallback=False, progress=False)
     with pytest.raises(DownloadError, match="openxlab serves only the latest files"):
@@ -444,37 +598,34 @@ def test_folder_with_foreign_files_is_left_alone(tmp_path):
     assert (mine / "notes.json").exists()
 
 
-def test_asking_for_another_revision_refreshes_a_complete_folder(monkeypatch):
-    hub = use_modelscope(monkeypatch, ModelScopeStandIn())
-    folder = download_model("internlm-chat-7b", progress=False)
-    download_model("internlm-chat-7b", revision="v1.0.3", progress=False)
-    assert hub.calls[-1]["revision"] == "v1.0.3"
-    assert hub.calls[-1]["ignore_patterns"] is None  # files of another revision are re-checked by the SDK
+def test_asking_for_another_revision_refreshes_a_complete_folder(hub):
+    hub.revisions.add("v1.0.3")
+    folder = download_model("internlm-chat-7b", allow_fallback=False, progress=False)
+    before = len(hub.requests)
+    download_model("internlm-chat-7b", revision="v1.0.3", allow_fallback=False, progress=False)
+    assert hub.requests[before:] == [(LISTING, None)]  # same files at both revisions: nothing to fetch
     assert marker_of(folder)["revision"] == "v1.0.3"
 
 
-def test_folder_of_another_model_is_not_reused(monkeypatch, tmp_path):
-    use_modelscope(monkeypatch, ModelScopeStandIn())
-    folder = download_model("internlm-chat-7b", output=tmp_path / "shared", progress=False)
+def test_folder_of_another_model_is_not_reused(hub, tmp_path):
+    folder = download_model("internlm-chat-7b", output=tmp_path / "shared", allow_fallback=False, progress=False)
     with pytest.raises(DownloadError, match="already holds internlm-chat-7b; choose another --output"):
         download_model("internlm2-chat-7b", output=folder, progress=False)
 
 
 # --- command line ---------------------------------------------------------------------------------
 
-def run_cli(*args: str, env_dir: Path) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "INTERNLM_DEMO_MODELS": str(env_dir)}
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "download.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          check=False)
-    return done, time.perf_counter() - started
+def test_cli_help_and_list_work_offline_and_fast():
+    def run(*args):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "download.py", *args], cwd=REPO, capture_output=True, text=True,
+                              check=False, timeout=60)
+        return done, time.perf_counter() - started
 
-
-def test_cli_help_and_list_work_offline_and_fast(tmp_path):
-    run_cli("--help", env_dir=tmp_path)  # warm the bytecode cache
-    shown, took = run_cli("--help", env_dir=tmp_path)
+    run("--help")  # warm the bytecode cache
+    shown, took = run("--help")
     assert shown.returncode == 0 and "--source {modelscope,openxlab}" in shown.stdout and "resumes" in shown.stdout
-    listed, took_list = run_cli("--list", env_dir=tmp_path)
+    listed, took_list = run("--list")
     assert listed.returncode == 0
     for model in registry.KNOWN_MODELS.values():
         assert model.id in listed.stdout
@@ -484,23 +635,11 @@ def test_cli_help_and_list_work_offline_and_fast(tmp_path):
     )
 
 
-def test_cli_download_prints_where_size_and_app_commands(monkeypatch, capsys):
-    import download as cli
-
-    use_modelscope(monkeypatch, ModelScopeStandIn())
-    assert cli.main(["internlm-chat-7b"]) == 0
-    printed = capsys.readouterr().out
-    folder = registry.models_dir() / "internlm-chat-7b"
-    assert f"internlm-chat-7b is ready in {folder} ({human_size(sum(sizes_of(folder).values()))}, " in printed
-    for app in ("chat", "agent", "server"):
-        assert f"bash scripts/run.sh {app} -- --model internlm-chat-7b" in printed
-
-
 def test_cli_xcomposer_summary_names_its_app(monkeypatch, capsys):
     import download as cli
 
-    use_modelscope(monkeypatch, ModelScopeStandIn(FIXTURES / "internlm-xcomposer-7b-tiny"))
-    assert cli.main(["internlm-xcomposer-7b"]) == 0
+    use_openxlab(monkeypatch, OpenXLabStandIn(FIXTURES / "internlm-xcomposer-7b-tiny"))
+    assert cli.main(["internlm-xcomposer-7b", "--source", "openxlab", "--no-fallback"]) == 0
     assert "bash scripts/run.sh xcomposer -- --model internlm-xcomposer-7b" in capsys.readouterr().out
 
 

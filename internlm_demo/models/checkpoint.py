@@ -6,11 +6,14 @@ import json
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import ModelFolderError
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -64,6 +67,16 @@ def weight_files(folder: Path) -> list[Path]:
     return shards
 
 
+def tensor_bytes(folder: Path, shards: list[Path]) -> int:
+    """The bytes of tensor data in the checkpoint: the index's ``total_size``, else the shards' file sizes."""
+    for index_name in WEIGHT_INDEXES:
+        if (folder / index_name).is_file():
+            declared = read_json(folder / index_name, "the shard index").get("metadata", {}).get("total_size")
+            if isinstance(declared, int) and declared > 0:
+                return declared
+    return sum(shard.stat().st_size for shard in shards)
+
+
 def read_shard_header(shard: Path) -> list[str]:
     """Tensor names stored in one shard, read without loading the data (a cheap integrity check)."""
     try:
@@ -82,6 +95,7 @@ def read_shard_header(shard: Path) -> list[str]:
 
 def iter_tensors(shards: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """Every (name, tensor) of the checkpoint, one shard in memory at a time."""
+    import torch  # here, so that checking a folder (download.py) does not pay for importing torch
     for shard in shards:
         try:
             if shard.suffix == ".safetensors":

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..errors import ModelFolderError
 from . import registry
-from .checkpoint import iter_tensors, read_config, read_json, weight_files
+from .checkpoint import iter_tensors, read_config, read_json, tensor_bytes, weight_files
 from .families import Family, family_for
 from .demo import ensure_demo_model
 from .placement import balanced_device_map, dispatch
@@ -282,6 +282,14 @@ def build_llama(config: LlamaConfig, tensors, device: str, dtype: torch.dtype, n
     return model, device_map
 
 
+def with_progress(tensors, total_bytes: int, desc: str):
+    """Pass ``tensors`` through while a bar shows the bytes read against the checkpoint's total, rate and ETA."""
+    with tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, leave=False) as bar:
+        for name, tensor in tensors:
+            yield name, tensor
+            bar.update(tensor.numel() * tensor.element_size())
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A native transformers model with what it needs to chat: tokenizer, family, facts and stop ids."""
@@ -302,9 +310,10 @@ def load_model(path_or_id: str | Path | None = None, device: str | None = None, 
     llama_config = llama_config_for(family, config)
     device, torch_dtype = choose_device(device, dtype, num_gpus)
     shards = weight_files(folder)
-    tensors = native_tensors(family, llama_config, iter_tensors(shards))
+    tensors = iter_tensors(shards)
     if progress:
-        tensors = tqdm(tensors, desc=f"loading {model_id}", unit=" tensors", leave=False)
+        tensors = with_progress(tensors, tensor_bytes(folder, shards), f"loading {model_id}")
+    tensors = native_tensors(family, llama_config, tensors)
     model, device_map = build_llama(llama_config, tensors, device, torch_dtype, num_gpus, [s.name for s in shards])
     info = ModelInfo(
         model_id=model_id,

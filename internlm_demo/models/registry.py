@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,32 @@ def models_dir() -> Path:
     return Path(cache) / "internlm-demo" / "models"
 
 
+def read_complete_marker(folder: Path) -> dict | None:
+    """The record ``download.py`` left in a finished folder, or None when absent or unreadable."""
+    try:
+        record = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` carries the complete marker and every file it lists still has its recorded size and
+    modification time (a file changed or replaced since the download makes the folder incomplete again)."""
+    files = (read_complete_marker(folder) or {}).get("files")
+    if not isinstance(files, dict) or not files:
+        return False
+    for name, facts in files.items():
+        try:
+            stat = (folder / name).stat()
+        except OSError:
+            return False
+        if not isinstance(facts, dict) or (stat.st_size, stat.st_mtime_ns) != (facts.get("size"), facts.get("mtime_ns")):
+            return False
+    return True
+
+
 def downloaded_folder(model_id: str) -> Path | None:
     """The verified local folder of a known model, or None when it was not (fully) downloaded."""
     folder = models_dir() / model_id
-    return folder if (folder / COMPLETE_MARKER).is_file() else None
+    return folder if is_complete(folder) else None

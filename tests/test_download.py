@@ -270,7 +270,7 @@ def test_ctrl_c_keeps_the_partial_file_and_the_rerun_resumes(hub):
     partial = wait_for_size(folder_of() / f"{FIRST_SHARD}.incomplete", STALL_AT)
     running.send_signal(signal.SIGINT)
     _, err = running.communicate(timeout=30)
-    assert running.returncode == 130
+    assert running.returncode == 130, err
     assert err.strip().endswith("interrupted: the folder is not marked complete; run the same command again to resume.")
     assert partial.stat().st_size == STALL_AT
 

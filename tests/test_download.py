@@ -269,7 +269,11 @@ def test_ctrl_c_keeps_the_partial_file_and_the_rerun_resumes(hub):
                                env=cli_env(timeout_s=60), stderr=subprocess.PIPE, text=True)
     partial = wait_for_size(folder_of() / f"{FIRST_SHARD}.incomplete", STALL_AT)
     running.send_signal(signal.SIGINT)
-    _, err = running.communicate(timeout=30)
+    try:
+        _, err = running.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        running.kill()
+        pytest.fail(f"download.py did not stop within 30 s of Ctrl-C: {running.communicate()[1]}")
     assert running.returncode == 130, err
     assert err.strip().endswith("interrupted: the folder is not marked complete; run the same command again to resume.")
     assert partial.stat().st_size == STALL_AT
@@ -383,6 +387,15 @@ def test_stalled_transfer_times_out_naming_the_knobs(hub):
         "1 s, 2 attempts); re-run the same command to resume, and on a slow link raise MODELSCOPE_DOWNLOAD_TIMEOUT "
         "(now 1 s) or MODELSCOPE_DOWNLOAD_MAX_RETRIES (now 1).")
     assert (folder_of() / f"{FIRST_SHARD}.incomplete").stat().st_size == CUT_AT
+
+
+def test_file_past_the_sdk_time_budget_names_that_knob(hub):
+    hub.stall(FIRST_SHARD, after=CUT_AT, times=10)
+    error = error_of(download(timeout_s=30, MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT="2"))
+    assert error == (
+        f"error: modelscope could not deliver 1 of 8 files of {CHAT_7B_REPO}: {FIRST_SHARD} used up the SDK's time "
+        "budget per file (MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT, now 2 s); re-run the same command to resume (partial "
+        "files are kept), and raise MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT for large files on a slow link.")
 
 
 def test_unreachable_hub_is_a_network_error(hub):

@@ -297,6 +297,9 @@ def file_failures(repo: str, failed: dict[str, BaseException], total: int) -> Do
                    "attempts); re-run the same command to resume, and on a slow link raise "
                    f"MODELSCOPE_DOWNLOAD_TIMEOUT (now {constants.DOWNLOAD_TIMEOUT} s) or "
                    f"MODELSCOPE_DOWNLOAD_MAX_RETRIES (now {constants.DOWNLOAD_RETRY_TIMES})",
+        "budget": "used up the SDK's time budget per file (MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT, now "
+                  f"{constants.DOWNLOAD_TOTAL_TIMEOUT} s); re-run the same command to resume (partial files are "
+                  "kept), and raise MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT for large files on a slow link",
         "network": f"could not be fetched: the connection failed ({network_reason(network)}); check the network, "
                    "then re-run the same command to resume (partial files are kept)",
         "disk": "could not be written: the disk is full; free some space and re-run the same command to resume",
@@ -314,7 +317,8 @@ def file_failures(repo: str, failed: dict[str, BaseException], total: int) -> Do
 
 
 def failure_kind(exc: BaseException) -> str:
-    """What went wrong with one file, from the modelscope SDK's error: missing, checksum, refused, timeout, ..."""
+    """What went wrong with one file, from the modelscope SDK's error: missing, checksum, refused, timeout, budget,
+    network, disk or other."""
     from modelscope_hub.errors import AuthenticationError, FileIntegrityError, NotExistError, PermissionDeniedError
 
     chain = []
@@ -330,6 +334,8 @@ def failure_kind(exc: BaseException) -> str:
         return "checksum"
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain):
         return "disk"
+    if any(type(e).__name__ == "_DownloadDeadlineError" for e in chain):  # the SDK's total time per file
+        return "budget"
     if any(isinstance(e, TimeoutError) or re.search(r"Timeout|Deadline", f"{type(e).__name__} {e}") for e in chain):
         return "timeout"
     if isinstance(first, ConnectionError):

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except (hub.DownloadError, ModelFolderError) as problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
+    except OSError as problem:  # the disk or the folder failed under us after the checks
+        print(f"error: {problem}; check the disk and the folder, then run the same command again.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: the folder is not marked complete; run the same command again to resume.",
               file=sys.stderr)

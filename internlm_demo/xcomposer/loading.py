@@ -6,12 +6,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
 from ..errors import ModelFolderError
 from ..generation.engine import describe_engine, engine_for
-from ..models.checkpoint import iter_tensors, read_config, weight_files
+from ..models.checkpoint import iter_tensors, read_config, tensor_bytes, weight_files
 from ..models.families import INTERNLM
 from ..models.loading import (
     ModelInfo,
@@ -22,6 +21,7 @@ from ..models.loading import (
     llama_config_for,
     read_folder_tokenizer,
     resolve_folder,
+    with_progress,
 )
 from ..models.placement import model_blocks, plan_device_map
 from ..models.tokenizer import InternLMTokenizer
@@ -131,9 +131,10 @@ def load_xcomposer(
     image_device, llm_map = xcomposer_device_map(image_encoder, llm_config, torch_dtype, device, num_gpus)
 
     lora = lora_spec_for(config)
-    tensors = merge_lora(llm_tensors(iter_tensors(shards)), lora, lambda module: device_for(module, llm_map))
+    tensors = iter_tensors(shards)
     if progress:
-        tensors = tqdm(tensors, desc=f"loading {model_id} (language model)", unit=" tensors", leave=False)
+        tensors = with_progress(tensors, tensor_bytes(folder, shards), f"loading {model_id} (language model)")
+    tensors = merge_lora(llm_tensors(tensors), lora, lambda module: device_for(module, llm_map))
     llm, llm_map = build_llama(llm_config, tensors, device, torch_dtype, num_gpus, shard_names, device_map=llm_map)
     load_image_encoder_weights(
         image_encoder, image_tensors(iter_tensors(shards)), image_device, torch_dtype, shard_names

@@ -3,8 +3,8 @@
     bash scripts/run.sh agent -- --model internlm2_5-7b-chat
     bash scripts/run.sh agent -- --agent-script internlm_demo/agent/demo_session.json
 
-Without --model the embedded demo model is used; --agent-script (or INTERNLM_DEMO_AGENT_SCRIPT)
-replays canned model outputs instead of a model, while the code still runs in the sandbox.
+Without --model the stand-in model answers (internlm_demo/models/standin.py); --agent-script (or
+INTERNLM_DEMO_AGENT_SCRIPT) replays canned model outputs instead of a model, while the code still runs in the sandbox.
 """
 
 from __future__ import annotations

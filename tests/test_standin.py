@@ -158,11 +158,11 @@ def test_greedy_answers_and_follow_up(default_model, reference):
     assert "Berlin" in follow_up
 
 
-def test_server_serves_and_labels_the_standin():
+def test_server_serves_and_labels_the_standin(default_model):  # the server reads the cache default_model set
     port = free_port()
     api_base = f"http://127.0.0.1:{port}/v1"
     command = [sys.executable, "-m", "internlm_demo.serving.openai_server", "--port", str(port)]
-    with running_server(command, f"{api_base}/models", timeout_s=180):
+    with running_server(command, f"{api_base}/models"):
         card = httpx.get(f"{api_base}/models").json()["data"][0]
         assert (card["id"], card["is_standin"], card["stands_in_for"]) == (STANDIN_MODEL_ID, True, STANDS_IN_FOR)
         remote = RemoteChatModel.connect(api_base)

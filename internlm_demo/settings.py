@@ -28,6 +28,8 @@ class Settings:
     port: int = 6006
     api_base: str | None = None  # an OpenAI-compatible server to use instead of a local model
     api_model: str | None = None  # the model name to ask that server for
+    api_context_window: int | None = None  # that server's window in tokens, assumed when the server does not say it
+    api_serial: bool = False  # send that server one request at a time (queued here), e.g. a server that cuts one for another
     gallery: str | None = None  # image folder for XComposer's article writer
     share: bool = False  # Gradio public link; off unless asked for
     agent_script: str | None = None  # JSON of canned model outputs the agent app replays instead of a model

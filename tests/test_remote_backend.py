@@ -19,10 +19,11 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from internlm_demo import GenerationStats, load_chat_model
+from internlm_demo import GenerationParams, GenerationStats, load_chat_model
 from internlm_demo.models.loading import DEMO_MODEL_ID
 from internlm_demo.serving.remote import RemoteBackendError, RemoteChatModel
-from tests.conftest import FIXTURES_DIR, REPO, last, streamed
+from tests.conftest import FIXTURES_DIR, REPO, last, reference, streamed
+from tests.fake_openai_servers import fake_server
 from tests.servers import free_port, running_server
 
 APP = str(REPO / "apps" / "chat.py")
@@ -123,10 +124,21 @@ def test_system_prompt_reaches_an_internlm2_server(internlm2_server, internlm2_m
     assert remote.family.has_system_prompt and remote.family.name == "internlm2"
     settings = {"max_new_tokens": 6, "seed": 9}
     pirate = streamed(internlm2_model, "Who are you?", [], meta_instruction="You are a pirate.", **settings)
-    plain = streamed(internlm2_model, "Who are you?", [], meta_instruction="", **settings)
-    assert pirate != plain  # precondition: the system prompt changes this reply
+    default = streamed(internlm2_model, "Who are you?", [], meta_instruction=None, **settings)
+    assert pirate != default  # precondition: the system prompt changes this reply
     assert remote.chat("Who are you?", [], meta_instruction="You are a pirate.", **settings)[0] == pirate
-    assert remote.chat("Who are you?", [], meta_instruction="", **settings)[0] == plain
+    # An empty system prompt is not sent: the server's default applies (item 6 of issue 21).
+    assert remote.chat("Who are you?", [], meta_instruction="", **settings)[0] == default
+    assert remote.chat("Who are you?", [], meta_instruction=None, **settings)[0] == default
+
+
+def test_our_server_counts_the_tokens(internlm2_server, internlm2_model):
+    """The server's /tokenize gives the exact prompt length, template included: no estimate, no assumed window."""
+    remote = RemoteChatModel.connect(internlm2_server)
+    assert not remote.estimates_tokens and not remote.window_assumed and remote.kind.name == "internlm-demo server"
+    history = [("What is 1+1?", "2"), ("和 2+2 呢？", "四")]
+    for meta in (None, "Be brief."):
+        assert remote.count_tokens("And 3+3?", history, meta) == internlm2_model.count_tokens("And 3+3?", history, meta)
 
 
 def test_stop_closes_the_stream_and_keeps_what_came(internlm2_server, internlm2_model):
@@ -180,7 +192,7 @@ def test_concurrent_requests_share_the_engine_without_bleed_and_a_stop_leaves_th
 
 def test_unreachable_server_is_a_clear_error():
     api_base = f"http://127.0.0.1:{free_port()}/v1"
-    with pytest.raises(RemoteBackendError, match="cannot reach an OpenAI-compatible server at .*Connection refused.*internlm_demo.serving.openai_server"):
+    with pytest.raises(RemoteBackendError, match="cannot reach an OpenAI-compatible server at .*nothing answers there.*internlm_demo.serving.openai_server"):
         RemoteChatModel.connect(api_base)
 
 
@@ -239,24 +251,25 @@ def test_server_failures_and_shutdown_become_readable_errors():
         remote.chat("hi")
 
 
-def test_chat_page_with_api_base(demo_server, demo_model, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [APP, "--api-base", demo_server])
+def test_chat_page_with_api_base(long_reply_server, monkeypatch):
+    """The page, through the server, gives the original remote code's greedy reply (the fixture's reference)."""
+    case = reference("internlm-chat-7b-tiny")["chat_cases"][0]
+    assert case["history"] == [] and case["greedy"]["chat_kwargs"]["max_new_tokens"] == 12
+    monkeypatch.setattr(sys, "argv", [APP, "--api-base", long_reply_server])
     app = AppTest.from_file(APP, default_timeout=60).run()
     assert not app.exception
-    assert "demo" in app.warning[0].value.lower()  # the server said it serves the demo model
-    app.number_input(key="param_seed").set_value(12).run()
-    app.slider(key="param_max_new_tokens").set_value(16).run()
-    app.chat_input[0].set_value("你好 remote").run()
+    app.slider(key="param_temperature").set_value(0.0).run()
+    app.slider(key="param_max_new_tokens").set_value(12).run()
+    app.chat_input[0].set_value(case["query"]).run()
     deadline = time.monotonic() + 60
     while app.session_state["conversation"].pending is not None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
         app.run()
-    expected = streamed(demo_model, "你好 remote", [], max_new_tokens=16, temperature=0.7, top_p=0.8, seed=12)
-    assert app.session_state["conversation"].messages[-1].content == expected
+    assert app.session_state["conversation"].messages[-1].content == case["greedy"]["response"]
     panel = app.sidebar.markdown[-1].value
-    assert f"served by {demo_server}" in panel and "tokens/s" in panel
-    assert any("estimates" in caption.value for caption in app.sidebar.caption)
+    assert f"served by {long_reply_server}" in panel and "tokens/s" in panel and "internlm-demo server" in panel
+    assert not any("estimate" in caption.value or "assumed" in caption.value for caption in app.sidebar.caption)
 
 
 def test_chat_page_with_a_dead_api_base(monkeypatch):
@@ -265,3 +278,153 @@ def test_chat_page_with_a_dead_api_base(monkeypatch):
     assert not app.exception
     assert "cannot reach an OpenAI-compatible server" in app.error[0].value
     assert not app.chat_input
+
+
+# --- Servers that misbehave as real ones do (issue 21), reproduced by small servers in tests/fake_openai_servers.py.
+
+LLAMA_CPP_PYTHON_CARD = {"id": "smollm2-135m-instruct", "object": "model", "owned_by": "me", "permissions": []}
+
+
+def words_counted(body: dict) -> dict:
+    """llama-cpp-python's /extras/tokenize/count, with a word counter for a tokenizer."""
+    return {"count": len(body["input"].split())}
+
+
+LLAMA_CPP_PYTHON = {"card": LLAMA_CPP_PYTHON_CARD, "extra_routes": {"POST /extras/tokenize/count": words_counted}}
+
+
+@pytest.mark.parametrize(("server", "sent", "left_out", "window", "assumed"), [
+    (LLAMA_CPP_PYTHON, {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}, {"repetition_penalty"}, 2048, True),
+    ({"card": {"id": "m", "object": "model", "owned_by": "vllm", "max_model_len": 8192}},
+     {"repetition_penalty": 1.0, "top_k": -1}, {"repeat_penalty", "min_p"}, 8192, False),
+    ({"card": {"id": "m", "object": "model", "owned_by": "lmdeploy"}},
+     {"repetition_penalty": 1.0, "top_k": 0}, {"repeat_penalty", "min_p"}, 4096, True),
+    ({"card": {"id": "m", "object": "model", "owned_by": "llamacpp"},
+      "extra_routes": {"GET /props": lambda _: {"default_generation_settings": {"n_ctx": 3072}, "total_slots": 1}}},
+     {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}, {"repetition_penalty"}, 3072, False),
+    ({"card": {"id": "m", "object": "model", "owned_by": "openai"}}, {}, {"top_k", "repetition_penalty", "min_p"},
+     4096, True),
+], ids=["llama-cpp-python", "vllm", "lmdeploy", "llama.cpp", "unknown"])
+def test_each_kind_of_server_gets_the_controls_in_its_own_words(server, sent, left_out, window, assumed):
+    """Repetition penalty 1 and top-k off are sent as each server spells them, so its own defaults (llama.cpp: 1.1,
+    top-k 40, min-p 0.05) never apply unseen; a server with no such control has it listed as unsupported."""
+    with fake_server("complete", **server) as fake:
+        remote = RemoteChatModel.connect(fake.api_base)
+        stats = GenerationStats()
+        reply = last(remote.stream_chat("hi", [], stats=stats, top_k=0, repetition_penalty=1.0, max_new_tokens=8))
+        assert (reply, stats.finish_reason) == ("Hello there, friend.", "stop")
+        body = fake.bodies[-1]
+        assert {name: body[name] for name in sent} == sent and not left_out & set(body)
+        assert (remote.context_window, remote.window_assumed) == (window, assumed)
+        unknown = server["card"]["owned_by"] == "openai"
+        assert remote.unsupported_controls == ({"top_k", "repetition_penalty"} if unknown else set())
+        assert remote.estimates_tokens == unknown
+        assert body["temperature"] > 0 and remote.request_body([], GenerationParams(top_k=7, do_sample=False)).get(
+            "top_k", 7) == 7
+
+
+def test_the_window_flag_is_assumed_and_a_top_k_is_sent_as_is():
+    with fake_server("complete", card={"id": "m", "object": "model", "owned_by": "lmdeploy"}) as fake:
+        remote = RemoteChatModel.connect(fake.api_base, context_window=32768)
+        assert (remote.context_window, remote.window_assumed) == (32768, True)
+        remote.chat("hi", [], top_k=5, repetition_penalty=1.3, do_sample=False)
+        assert (fake.bodies[-1]["top_k"], fake.bodies[-1]["repetition_penalty"], fake.bodies[-1]["temperature"]) == (
+            5, 1.3, 0.0)
+
+
+def test_llama_cpp_pythons_counts_come_from_its_tokenizer():
+    with fake_server("complete", **LLAMA_CPP_PYTHON) as fake:
+        remote = RemoteChatModel.connect(fake.api_base)
+        history = [("one two three", "four five")]
+        # Its tokenizer's count of each message (a word counter here), plus the ChatML markers around them.
+        expected = (3 + 5) + (2 + 5) + (2 + 5) + 3
+        assert remote.count_tokens("six seven", history) == expected and not remote.estimates_tokens
+
+
+def test_an_empty_stream_past_the_window_is_an_error_and_the_window_is_learned():
+    """llama-cpp-python answers 200 and closes the stream at once when the prompt is past n_ctx (item 1)."""
+    history = [(f"question {i} " + "word " * 60, f"answer {i} " + "word " * 60) for i in range(6)]
+    with fake_server("empty", window=1024, **LLAMA_CPP_PYTHON) as fake:
+        remote = RemoteChatModel.connect(fake.api_base)
+        assert remote.context_window == 2048 and remote.window_assumed
+        budget = remote.fit_history("And now?", history, 100)
+        assert not budget.dropped  # by the assumed window, everything fits
+        with pytest.raises(RemoteBackendError, match=r"closed the stream without a reply .*window is 1024 tokens"):
+            list(remote.stream_chat("And now?", budget.history, max_new_tokens=budget.max_new_tokens))
+        assert (remote.context_window, remote.window_assumed) == (1024, False)
+        # The next try leaves out old turns until the server's own count fits its window.
+        budget = remote.fit_history("And now?", history, 100)
+        assert budget.dropped and fake.prompt_tokens(remote.messages("And now?", budget.history)) + 100 <= 1024
+        assert budget.prompt_tokens >= fake.prompt_tokens(remote.messages("And now?", budget.history))
+
+
+def test_a_stream_ended_without_finish_reason_is_cut_or_an_error():
+    """llama-cpp-python ends a reply with [DONE] alone when another request interrupts it (item 2)."""
+    with fake_server("cut", **LLAMA_CPP_PYTHON) as fake:
+        remote = RemoteChatModel.connect(fake.api_base)
+        stats = GenerationStats()
+        assert last(remote.stream_chat("hi", [], stats=stats)) == "Hello there," and stats.finish_reason == "cut"
+        fake.scenario = "interrupted"
+        with pytest.raises(RemoteBackendError, match="interrupted it .*--api-serial"):
+            remote.chat("hi")
+
+
+def test_a_dropped_stream_is_an_error_after_the_text_that_came():
+    with fake_server("drop") as fake:
+        remote = RemoteChatModel.connect(fake.api_base)
+        received = []
+        with pytest.raises(RemoteBackendError, match="broke off the reply after 11 characters"):
+            for text in remote.stream_chat("hi", []):
+                received.append(text)
+        assert received[-1] == "Hello there"
+
+
+def test_stop_hangs_up_before_the_first_byte():
+    """Stop cancels the request at once, though the server has not answered a byte (item 4)."""
+    with fake_server("slow") as fake:
+        remote = RemoteChatModel.connect(fake.api_base)
+        stop, stats = threading.Event(), GenerationStats()
+        threading.Timer(0.3, stop.set).start()
+        started = time.monotonic()
+        assert list(remote.stream_chat("hi", [], stats=stats, stop=stop)) == []
+        assert time.monotonic() - started < 1.0 and stats.finish_reason == "stopped"
+        deadline = time.monotonic() + 2
+        while fake.hung_up_at is None:
+            assert time.monotonic() < deadline, "the server never saw the client hang up"
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("server", "serial", "at_once"), [
+    (LLAMA_CPP_PYTHON, False, 1),  # detected: llama-cpp-python answers one request at a time
+    ({"card": {"id": "m", "object": "model", "owned_by": "vllm", "max_model_len": 4096}}, True, 1),  # --api-serial
+    ({"card": {"id": "m", "object": "model", "owned_by": "vllm", "max_model_len": 4096}}, False, 2),  # batches
+], ids=["detected", "api-serial", "batching"])
+def test_a_serial_server_gets_one_request_at_a_time_and_the_rest_wait_here(server, serial, at_once):
+    with fake_server("slow_words", **server) as fake:
+        remote = RemoteChatModel.connect(fake.api_base, serial=serial)
+        stats = [GenerationStats(), GenerationStats()]
+        replies, seen_waiting = {}, []
+
+        def ask(index):
+            replies[index] = last(remote.stream_chat("hi", [], stats=stats[index]))
+
+        first = threading.Thread(target=ask, args=(0,))
+        first.start()
+        time.sleep(0.1)
+        second = threading.Thread(target=ask, args=(1,))
+        second.start()
+        while second.is_alive():
+            seen_waiting.append((stats[1].waiting, stats[1].queue_ahead))
+            time.sleep(0.02)
+        first.join(10)
+        assert replies == {0: "Hello there, friend.", 1: "Hello there, friend."}
+        assert fake.most_at_once == at_once
+        assert ((True, 0) in seen_waiting) == (at_once == 1)
+
+
+def test_no_empty_system_prompt_is_sent():
+    with fake_server("complete", card={"id": "internlm2_5-7b-chat", "object": "model"}) as fake:
+        remote = RemoteChatModel.connect(fake.api_base)
+        for meta, roles in (("", ["user"]), (None, ["user"]), ("  ", ["user"]), ("Be brief.", ["system", "user"])):
+            remote.chat("hi", [], meta)
+            assert [m["role"] for m in fake.bodies[-1]["messages"]] == roles

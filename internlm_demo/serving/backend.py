@@ -36,6 +36,8 @@ class ChatBackend(Protocol):
     info: object
     family: Family
     estimates_tokens: bool  # token counts are estimates (no tokenizer here)
+    window_assumed: bool  # the context window is an assumption (a remote server that does not say its own)
+    unsupported_controls: frozenset[str]  # ChatParams settings the backend cannot honour (a remote server's gaps)
 
     @property
     def context_window(self) -> int: ...
@@ -83,7 +85,8 @@ def open_backend(settings) -> ChatBackend:
     if settings.api_base:
         from .remote import RemoteChatModel
 
-        return RemoteChatModel.connect(settings.api_base, settings.api_model)
+        return RemoteChatModel.connect(settings.api_base, settings.api_model, settings.api_context_window,
+                                       settings.api_serial)
     from .chat_model import load_chat_model
 
     return load_chat_model(settings.model, **settings.model_options(), progress=False)

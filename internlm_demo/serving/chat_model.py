@@ -21,6 +21,8 @@ class ChatModel:
     """A loaded model with its tokenizer and family; holds only what it is given. Meets ``backend.ChatBackend``."""
 
     estimates_tokens = False
+    window_assumed = False
+    unsupported_controls = frozenset()
 
     def __init__(self, model, tokenizer: ChatTokenizer, family: Family, info, extra_stop_ids: set[int] = frozenset(),
                  engine=None):

@@ -1,4 +1,4 @@
-"""A minimal OpenAI-compatible server for one ChatModel: ``/v1/models`` and ``/v1/chat/completions``.
+"""A minimal OpenAI-compatible server for one ChatModel: ``/v1/models``, ``/v1/chat/completions`` and vLLM's ``/tokenize``.
 
 Run: ``python -m internlm_demo.serving.openai_server --model internlm-chat-7b --port 23333``
 (binds 127.0.0.1 unless ``--host`` says otherwise). Streaming answers are server-sent events.
@@ -74,6 +74,14 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: Number | None = Field(default=None, gt=0)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what a torch generator accepts
     n: int = 1
+
+
+class TokenizeChatRequest(BaseModel):
+    """vLLM's ``/tokenize`` for a conversation: its prompt length with the template, as generation would see it."""
+
+    model: Text | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool = True
 
 
 def error_response(message: str, status: int = 400, code: str = "invalid_request_error",
@@ -220,6 +228,15 @@ def create_app(model: ChatModel, settings: Settings | None = None) -> FastAPI:
                 "engine": model.engine_facts(), "is_standin": model.info.is_standin,
                 "stands_in_for": model.info.stands_in_for}
         return {"object": "list", "data": [card]}
+
+    @app.post("/tokenize")
+    async def tokenize(request: TokenizeChatRequest) -> dict:
+        if request.model not in (None, model.info.model_id):
+            raise RequestError(f"model {request.model!r} is not served here; use {model.info.model_id!r}",
+                               status=404, code="model_not_found")
+        meta, history, query = split_messages(model, request.messages)
+        count = await anyio.to_thread.run_sync(model.count_tokens, query, history, meta)
+        return {"count": count, "max_model_len": model.context_window}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest, http: Request):

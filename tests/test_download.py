@@ -71,8 +71,8 @@ class OpenXLabStandIn:
     """
 
     def __init__(self, fixture: Path = CHAT_7B, *, error: Exception | None = None, refuse: bool = False,
-                 cut_at: str | None = None):
-        self.fixture, self.error, self.refuse, self.cut_at = fixture, error, refuse, cut_at
+                 cut_at: str | None = None, corrupt: str | None = None):
+        self.fixture, self.error, self.refuse, self.cut_at, self.corrupt = fixture, error, refuse, cut_at, corrupt
         self.interruption: BaseException = requests.exceptions.ChunkedEncodingError(
             "Connection broken: IncompleteRead(3300000 bytes read)")
         self.calls: list[dict] = []
@@ -93,10 +93,13 @@ class OpenXLabStandIn:
                 write_truncated(self.fixture / name, Path(output) / name)
                 raise self.interruption
             shutil.copyfile(self.fixture / name, Path(output) / name)
+            if name == self.corrupt:  # bytes damaged on the way, which openxlab has no checksum to notice
+                data = bytearray((Path(output) / name).read_bytes())
+                data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+                (Path(output) / name).write_bytes(bytes(data))
             call["written"].append(name)
         print(f"download model repo:{model_repo} file finished")
         return [os.path.join(output, name) for name in call["written"]]
-
 
 
 
@@ -523,6 +526,22 @@ def test_interrupted_openxlab_download_resumes_without_refetching_verified(monke
     assert SECOND_SHARD in resumed["written"] and FIRST_SHARD not in resumed["written"]
     assert (folder / FIRST_SHARD).stat().st_mtime_ns == first_shard_written
     assert_same_files(folder, CHAT_7B)
+
+
+def test_damaged_openxlab_file_is_removed_and_fetched_again(monkeypatch):
+    sdk = use_openxlab(monkeypatch, OpenXLabStandIn(corrupt=SECOND_SHARD))
+    with pytest.raises(DownloadError) as caught:
+        download_model("internlm-chat-7b", source="openxlab", allow_fallback=False, progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"the files openxlab delivered for internlm-chat-7b failed verification: "
+                              f"{folder_of() / SECOND_SHARD} is truncated or corrupt")
+    assert message.endswith("Damaged files were removed; re-run the same command to fetch them again.")
+    assert not (folder_of() / SECOND_SHARD).exists()
+
+    sdk.corrupt = None
+    download_model("internlm-chat-7b", source="openxlab", allow_fallback=False, progress=False)
+    assert sdk.calls[-1]["written"] == [SECOND_SHARD]
+    assert_same_files(folder_of(), CHAT_7B)
 
 
 def test_files_of_another_source_are_not_trusted_by_openxlab(hub, monkeypatch):

@@ -513,19 +513,13 @@ def discard_damaged_files(folder: Path) -> dict[str, int]:
     return intact
 
 
-def verify_folder(folder: Path) -> dict[str, int]:
-    """Check that ``folder`` holds a complete checkpoint; return every file's size. Raises ModelFolderError.
+def verify_folder(folder: Path) -> None:
+    """Check that ``folder`` holds a complete checkpoint. Raises ModelFolderError.
 
     Complete means: config.json, tokenizer.model and every shard named in the index exist; the shard
     headers read; JSON files parse and the tokenizer loads; the shards hold the bytes the index declares.
     """
-    from .checkpoint import (
-        WEIGHT_INDEXES,
-        read_config,
-        read_json,
-        read_shard_header,
-        weight_files,
-    )
+    from .checkpoint import read_config, read_shard_header, tensor_bytes, weight_files
 
     read_config(folder)
     if not (folder / "tokenizer.model").is_file():
@@ -536,16 +530,11 @@ def verify_folder(folder: Path) -> dict[str, int]:
     for name in local_files(folder):
         if folder / name not in shards:
             check_file(folder / name)
-    for index_name in WEIGHT_INDEXES:
-        if (folder / index_name).is_file():
-            declared = read_json(folder / index_name, "the shard index").get("metadata", {}).get("total_size")
-            held = sum(shard.stat().st_size for shard in shards)
-            if declared and held < declared * MIN_SHARD_FILL:
-                raise ModelFolderError(
-                    f"the shards in {folder} hold {held} bytes but {index_name} declares {declared}; "
-                    "some are truncated."
-                )
-    return local_files(folder)
+    declared, held = tensor_bytes(folder, shards), sum(shard.stat().st_size for shard in shards)
+    if held < declared * MIN_SHARD_FILL:
+        raise ModelFolderError(
+            f"the shards in {folder} hold {held} bytes but the shard index declares {declared}; some are truncated."
+        )
 
 
 def read_record(path: Path) -> dict | None:

@@ -271,6 +271,8 @@ def build_llama(config: LlamaConfig, tensors, device: str, dtype: torch.dtype, n
         model = LlamaForCausalLM(config)
     if device_map is None:
         device_map = balanced_device_map(model, num_gpus) if num_gpus and num_gpus > 1 else {"": device}
+    if config.tie_word_embeddings and "lm_head" in device_map:
+        device_map["lm_head"] = device_map["model.embed_tokens"]  # one tensor serves both, on the first GPU
     stored_inv_freq = load_llama_weights(model, tensors, device_map, dtype, shard_names)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
 import zipfile
@@ -61,22 +62,29 @@ def test_compose_edit_and_save(app, tmp_path):
     url, gallery = app
     client = Client(url, verbose=False)
     updates = write(client, "又见敦煌")
-    status, _, view, section, _, caption, candidates = updates[-1]
+    status, _, view, section, caption, captions, section_text, candidates = updates[-1]
     assert any("▶ **writing**" in update[0] for update in updates[:-1])  # the stage board streamed
     assert status.startswith("✓ writing · ✓ placing · ✓ captioning · ✓ retrieving · ✓ selecting") and "Done" in status
     assert view.startswith("# 又见敦煌") and "](data:image/jpeg;base64," in view
     assert len(candidates["value"]) >= 1 and candidates["value"][0]["caption"].split(" · ")[1].endswith(".png")
     position = section["value"]
-    assert isinstance(position, int) and caption["value"]
+    assert isinstance(position, int) and caption["value"] and section_text["value"] in view
+    assert json.loads(captions)[str(position)] == caption["value"]  # what the page fills in at once
 
     searched = client.predict(position, "sunset at sea 海边日落", "", api_name="/search_again")
-    hits = [item["caption"].split(" · ")[1] for item in searched[6]["value"]]
-    assert hits[0].startswith("大海 sea/") and searched[5]["value"] == "sunset at sea 海边日落"
+    hits = [item["caption"].split(" · ")[1] for item in searched[7]["value"]]
+    assert hits[0].startswith("大海 sea/") and searched[4]["value"] == "sunset at sea 海边日落"
+
+    new_text = "A section rewritten by hand. 手工改写的段落。"
+    edited = client.predict(position, new_text + "\nwith a second line", api_name="/edit_section_text")
+    assert edited[6]["value"] == new_text + " with a second line" and new_text + " with a second line" in edited[2]
+    refused = client.predict(position, "   ", api_name="/edit_section_text")
+    assert "cannot be empty" in refused[0] and refused[2] == edited[2]  # the article is unchanged
 
     deleted = client.predict(position, api_name="/delete_image")
     assert deleted[2].count("](data:") == view.count("](data:") - 1
     added = client.predict(position, "", api_name="/add_image")
-    assert added[2].count("](data:") == view.count("](data:") and added[5]["value"]
+    assert added[2].count("](data:") == view.count("](data:") and added[4]["value"]
 
     sections = len(added[3]["choices"])
     fixed = client.submit(2, *FAST.values(), "", api_name="/insert_fixed_images")
@@ -91,7 +99,7 @@ def test_compose_edit_and_save(app, tmp_path):
         assert links and set(archive.namelist()) == {"article.md", *links}
         assert all(not link.startswith(("/", "data:")) for link in links)
         assert {archive.read(link) for link in links} <= gallery_bytes(gallery)
-    assert markdown.startswith("# 又见敦煌")
+    assert markdown.startswith("# 又见敦煌") and new_text + " with a second line" in markdown  # the edit is saved
 
 
 def test_bad_input_is_answered_with_messages(app, tmp_path):

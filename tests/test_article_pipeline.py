@@ -164,7 +164,12 @@ def test_locations_parse_and_fall_back():
     assert pipeline.choose_positions([4, 0, 2], 6, 2) == ([0, 4], None)  # the model's first two
     positions, note = pipeline.choose_positions([5], 10, 3)
     assert positions == [1, 5, 8] and "1 usable section" in note  # topped up evenly spaced
-    assert pipeline.choose_positions([], 2, 30)[0] == [0, 1]  # never more images than sections
+    positions, note = pipeline.choose_positions([], 2, 30)
+    assert positions == [0, 1]  # never more images than sections, and the note counts what was asked
+    assert note == ("30 images were asked for, but the article has only 2 section(s): 2 image(s) placed. "
+                    "The model named 0 usable section(s) for the 2 image(s); the rest were chosen evenly spaced.")
+    positions, note = pipeline.choose_positions([0], 1, 3)
+    assert positions == [0] and note == "3 images were asked for, but the article has only 1 section(s): 1 image(s) placed."
     assert pipeline.evenly_spaced(10, 3) == [1, 5, 8] and pipeline.evenly_spaced(1, 1) == [0]
 
 
@@ -222,7 +227,7 @@ def test_fixed_number_of_images_without_model_selection(writer, gallery):
     article = Article("又见敦煌", pipeline.split_sections(ARTICLE), str(gallery.root))
     events = list(illustrate(model, gallery, article, ComposeSettings(image_count=3, model_selects_images=False)))
     assert sorted(article.placements) == [0, 2, 4] and model.choices_asked == 0
-    assert article.notes == ["The model named 1 usable section(s) of the 3 asked for; the rest were chosen evenly spaced."]
+    assert article.notes == ["The model named 1 usable section(s) for the 3 image(s); the rest were chosen evenly spaced."]
     assert events[-1].stage == "done" and all(p.chosen == 0 for p in article.placements.values())
 
 

@@ -156,11 +156,16 @@ def test_app_uploads_an_image_and_streams_a_reply(client):
     client.predict({"text": "Describe the colours.", "files": []}, api_name="/add_message")
     chat = client.predict(*QUICK.values(), api_name="/answer")
     assert [m["role"] for m in chat] == ["user", "user", "assistant", "user", "assistant"]
+    second = text_of(chat[-1])
+    assert text_of(chat[2]) == reply and second  # the first reply stays as it was streamed
 
     chat = client.predict(api_name="/regenerate")
-    assert [m["role"] for m in chat][-1] == "user"
+    assert [m["role"] for m in chat] == ["user", "user", "assistant", "user"]
     chat = client.predict(*QUICK.values(), api_name="/answer_again")
-    assert len(chat) == 5 and chat[-1]["role"] == "assistant"
+    assert len(chat) == 5 and text_of(chat[-1]) == second  # a real rerun: greedy writes the same reply again
+    with_sampling = client.predict(api_name="/regenerate") and client.predict(
+        QUICK["max_output_tokens"], 1, 1.0, True, api_name="/answer_again")
+    assert text_of(with_sampling[2]) == reply and len(with_sampling) == 5  # only the last reply was rewritten
 
     chat, box = client.predict(api_name="/clear_history")
     assert chat == [] and box == {"text": "", "files": []}

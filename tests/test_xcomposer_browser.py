@@ -51,6 +51,6 @@ def test_browser_uploads_an_image_and_chats(app_url, output_dir):
         page.screenshot(path=str(output_dir / "xcomposer-chat.png"), full_page=True)
 
         page.get_by_role("button", name="中文").click()
-        page.get_by_role("button", name="🗑️ 清空聊天框").wait_for(timeout=10_000)
-        page.get_by_role("button", name="🗑️ 清空聊天框").click()
+        page.get_by_role("button", name="清空聊天框").wait_for(timeout=10_000)
+        page.get_by_role("button", name="清空聊天框").click()
         chat.get_by_text("What is in the picture?").wait_for(state="detached", timeout=10_000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from internlm_demo.xcomposer.article import (
     illustrate,
     pick_candidate,
     search_again,
+    set_section_text,
     to_markdown,
 )
 from internlm_demo.xcomposer.gallery import GalleryError, GalleryIndex, ensure_demo_gallery, open_gallery
@@ -57,18 +59,20 @@ class ArticleTab:
 
 
 def stage_board(current: str | None = None, step: int = 0, total: int = 0, error: str | None = None,
-                stages: tuple[str, ...] = STAGES) -> str:
+                stages: tuple[str, ...] = STAGES, language: str = LANGUAGES[0]) -> str:
     """The progress of a run: ✓ finished stages, ▶ the current one with its count, ○ those to come; ✗ on failure."""
+    t = labels(language, "article")
     reached = {None: 0, "done": len(stages)}.get(current, stages.index(current) if current in stages else 0)
     marks = []
     for i, stage in enumerate(stages):
+        name = t(f"stage_{stage}")
         if i < reached:
-            marks.append(f"✓ {stage}")
+            marks.append(f"✓ {name}")
         elif i == reached and current in stages:
             count = f" {step + 1}/{total}" if total else ""
-            marks.append(f"{'✗' if error else '▶'} **{stage}{count}**")
+            marks.append(f"{'✗' if error else '▶'} **{name}{count}**")
         else:
-            marks.append(f"○ {stage}")
+            marks.append(f"○ {name}")
     line = " · ".join(marks)
     return f"{line}\n\n✗ {error}" if error else line
 
@@ -98,19 +102,29 @@ def article_view(article: Article) -> str:
     return to_markdown(article, link)
 
 
-def notes_view(article: Article | None) -> str:
+def notes_view(article: Article | None, language: str = LANGUAGES[0]) -> str:
     if article is None or not article.notes:
         return ""
-    return "\n".join(f"- ⚠️ {note}" for note in article.notes)
+    note = labels(language, "article")("note")
+    return "\n".join(f"- **{note}** {text}" for text in article.notes)
 
 
-def section_choices(article: Article) -> list[tuple[str, int]]:
+def section_choices(article: Article, language: str = LANGUAGES[0]) -> list[tuple[str, int]]:
+    mark = labels(language, "article")("image_mark")
     choices = []
     for i, section in enumerate(article.sections):
         text = section.strip()
         short = text[:36] + ("…" if len(text) > 36 else "")
-        choices.append((f"{i + 1}. {'🖼️ ' if i in article.placements else ''}{short}", i))
+        choices.append((f"{i + 1}. {mark + ' ' if i in article.placements else ''}{short}", i))
     return choices
+
+
+def caption_table(article: Article | None) -> str:
+    """Each section's caption as JSON (section index → caption), for the page to fill the caption box at once
+    when a section is chosen, so that nothing arriving later overwrites what the user starts typing."""
+    if article is None:
+        return "{}"
+    return json.dumps({str(i): placement.caption for i, placement in article.placements.items()}, ensure_ascii=False)
 
 
 def candidate_thumbnails(article: Article, position: int) -> list[tuple[Image.Image, str]]:
@@ -131,18 +145,14 @@ def candidate_thumbnails(article: Article, position: int) -> list[tuple[Image.Im
     return shown
 
 
-def editor_updates(article: Article | None, position: int | None = None) -> tuple:
-    """(section dropdown, section text, caption, candidates, add button, delete button, editor accordion)."""
+def section_updates(article: Article | None, position: int | None, language: str = LANGUAGES[0]) -> tuple:
+    """What shows one section in the editor: (section text, candidates, add button, delete button, editor)."""
     if article is None:
         hidden = gr.update(visible=False)
-        return gr.update(choices=[], value=None), "", gr.update(value=""), gr.update(value=[]), hidden, hidden, hidden
-    if position is None or not 0 <= position < len(article.sections):
-        position = min(article.placements, default=0)
+        return gr.update(value=""), gr.update(value=[]), hidden, hidden, hidden
     placement = article.placements.get(position)
     return (
-        gr.update(choices=section_choices(article), value=position),
-        article.sections[position],
-        gr.update(value=placement.caption if placement else ""),
+        gr.update(value=article.sections[position]),
         gr.update(value=candidate_thumbnails(article, position), selected_index=placement.chosen if placement else None),
         gr.update(visible=placement is None),
         gr.update(visible=placement is not None),
@@ -150,11 +160,27 @@ def editor_updates(article: Article | None, position: int | None = None) -> tupl
     )
 
 
-def article_outputs(article: Article | None, status: str, view: str | None = None, position: int | None = None) -> tuple:
+def editor_updates(article: Article | None, position: int | None = None, language: str = LANGUAGES[0]) -> tuple:
+    """(section dropdown, caption, caption table, section text, candidates, add button, delete button, editor)."""
+    if article is None:
+        return (gr.update(choices=[], value=None), gr.update(value=""), "{}", *section_updates(None, None))
+    if position is None or not 0 <= position < len(article.sections):
+        position = min(article.placements, default=0)
+    placement = article.placements.get(position)
+    return (
+        gr.update(choices=section_choices(article, language), value=position),
+        gr.update(value=placement.caption if placement else ""),
+        caption_table(article),
+        *section_updates(article, position, language),
+    )
+
+
+def article_outputs(article: Article | None, status: str, view: str | None = None, position: int | None = None,
+                    language: str = LANGUAGES[0]) -> tuple:
     """Values for the tab's article outputs: state, status, notes, article, the editor, the fixed-count button."""
     if view is None:
         view = article_view(article) if article is not None else ""
-    return (article, status, notes_view(article), view, *editor_updates(article, position),
+    return (article, status, notes_view(article, language), view, *editor_updates(article, position, language),
             gr.update(interactive=article is not None))
 
 
@@ -189,7 +215,9 @@ def index_gallery(tab: ArticleTab, folder: str, language: str = LANGUAGES[0], pr
 
 
 def run_stages(events, article: Article | None, progress, language: str, stages=STAGES):
-    """Turn pipeline events into tab outputs; errors become a message, never a traceback."""
+    """Turn pipeline events into tab outputs, worded in ``language``; errors become a message, never a traceback."""
+    t = labels(language, "article")
+    board = functools.partial(stage_board, stages=stages, language=language)
     current, step, total = None, 0, 0
     try:
         for event in events:
@@ -197,24 +225,25 @@ def run_stages(events, article: Article | None, progress, language: str, stages=
             if event.article is not None:
                 article = event.article
             fraction = (stages.index(current) + (step / total if total else 0)) / len(stages) if current in stages else 1.0
-            progress(fraction, desc=event.message)
+            count = f" {step + 1}/{total}" if total else ""
+            progress(fraction, desc=t(f"stage_{current}") + count if current in stages else "")
             if event.stage == "writing":
                 text = event.text.replace("\n", "\n\n") + CURSOR
-                yield article_outputs(None, stage_board("writing", stages=stages), view=text)
+                yield article_outputs(None, board("writing"), view=text, language=language)
             elif event.stage == "done":
-                board = stage_board("done", stages=stages) + f"\n\n{event.message}"
+                done = t("done", images=len(article.placements), sections=len(article.sections))
                 for note in article.notes:
                     gr.Warning(note)
-                yield article_outputs(article, board)
+                yield article_outputs(article, board("done") + f"\n\n{done}", language=language)
             else:
-                yield article_outputs(article, stage_board(current, step, total, stages=stages))
+                yield article_outputs(article, board(current, step, total), language=language)
     except (ArticleError, GalleryError, ModelFolderError) as error:
         gr.Warning(str(error))
-        yield article_outputs(article, stage_board(current or stages[0], step, total, error=str(error), stages=stages))
+        yield article_outputs(article, board(current or stages[0], step, total, error=str(error)), language=language)
     except RuntimeError as error:  # e.g. CUDA out of memory: say so and keep the app alive
         message = labels(language, "xcomposer")("generation_failed", error=error)
         gr.Warning(message)
-        yield article_outputs(article, stage_board(current or stages[0], step, total, error=message, stages=stages))
+        yield article_outputs(article, board(current or stages[0], step, total, error=message), language=language)
 
 
 def compose_settings(num_beams, repetition_penalty, max_output_tokens, model_selects_images, do_sample,
@@ -244,7 +273,7 @@ def insert_fixed_images(tab: ArticleTab, article: Article | None, image_count: i
     if article is None:
         message = labels(language, "article")("write_first")
         gr.Warning(message)
-        yield article_outputs(None, stage_board(error=message))
+        yield article_outputs(None, stage_board(error=message, language=language), language=language)
         return
     settings = compose_settings(num_beams, repetition_penalty, max_output_tokens, model_selects_images, do_sample,
                                 image_count)
@@ -258,9 +287,11 @@ def insert_fixed_images(tab: ArticleTab, article: Article | None, image_count: i
     yield from run_stages(events(), article, progress, language, stages)
 
 
-def show_section(article: Article | None, position: int | None) -> tuple:
-    """The editor for another section: its text, caption, candidates, add or delete."""
-    return editor_updates(article, None if position is None else int(position))[1:]
+def show_section(article: Article | None, position: int | None, language: str = LANGUAGES[0]) -> tuple:
+    """The editor for another section: its text, candidates, add or delete (its caption is filled by the page)."""
+    if article is None or position is None or not 0 <= int(position) < len(article.sections):
+        return section_updates(None, None)
+    return section_updates(article, int(position), language)
 
 
 def edit_outputs(article: Article | None, position, change, language: str) -> tuple:
@@ -268,13 +299,19 @@ def edit_outputs(article: Article | None, position, change, language: str) -> tu
     t = labels(language, "article")
     if article is None:
         gr.Warning(t("write_first"))
-        return article_outputs(None, "")
+        return article_outputs(None, "", language=language)
     try:
         updated = change(article, int(position))
     except (ArticleError, GalleryError, ModelFolderError) as error:
         gr.Warning(str(error))
-        return article_outputs(article, f"✗ {error}", position=int(position))
-    return article_outputs(updated, t("section_updated", number=int(position) + 1), position=int(position))
+        return article_outputs(article, f"✗ {error}", position=int(position), language=language)
+    return article_outputs(updated, t("section_updated", number=int(position) + 1), position=int(position),
+                           language=language)
+
+
+def edit_section_text(article: Article | None, position: int, text: str, language: str = LANGUAGES[0]) -> tuple:
+    """Put the edited text into the section; the article, its export and later captions use it."""
+    return edit_outputs(article, position, lambda a, p: set_section_text(a, p, text), language)
 
 
 def search_section(tab: ArticleTab, article: Article | None, position: int, caption: str, folder: str,
@@ -291,7 +328,7 @@ def choose_candidate(article: Article | None, position: int, language: str, evt:
 
 def add_section_image(tab: ArticleTab, article: Article | None, position: int, folder: str,
                       language: str = LANGUAGES[0]) -> tuple:
-    """➕: caption the section with the model and place the best unused image."""
+    """Add image: caption the section with the model and place the best unused image."""
     return edit_outputs(article, position,
                         lambda a, p: add_image(XComposerWriter(tab.provider.get()), open_tab_gallery(tab, folder), a, p),
                         language)
@@ -313,13 +350,22 @@ def save_article(article: Article | None, language: str = LANGUAGES[0]) -> str |
         return None
 
 
-def relabel(language: str) -> tuple:
-    """Labels of the tab in ``language``, one update per component of ``article_tab.build_article_tab``'s relabel list."""
+def relabel(language: str, article: Article | None) -> tuple:
+    """Labels of the tab in ``language``, one update per component of ``article_tab.build_article_tab``'s relabel
+    list, then the stage line and the notes."""
     t = labels(language, "article")
-    return (gr.update(label=t("tab")), gr.update(label=t("title")), gr.update(value=t("submit")),
-            gr.update(label=t("image_count")), gr.update(value=t("fixed")), gr.update(label=t("advanced")),
-            gr.update(label=t("beams")), gr.update(label=t("repetition")), gr.update(label=t("max_tokens")),
-            gr.update(label=t("model_selects")), gr.update(label=t("sampling")), gr.update(label=t("gallery")),
-            gr.update(value=t("index")), gr.update(label=t("edit")), gr.update(label=t("section")),
-            gr.update(label=t("caption")), gr.update(value=t("search")), gr.update(label=t("candidates")),
-            gr.update(value=t("add")), gr.update(value=t("delete")), gr.update(value=t("save")), gr.update(label=t("file")))
+    labelled = {"label": ("tab", "title", "image_count", "advanced", "beams", "repetition", "max_tokens", "model_selects",
+                          "sampling", "gallery", "edit", "section", "caption", "section_text", "candidates", "file",
+                          "examples"),
+                "value": ("submit", "fixed", "index", "search", "apply_text", "add", "delete", "save")}
+    updates = {key: gr.update(**{kind: t(key)}) for kind, keys in labelled.items() for key in keys}
+    order = ("tab", "title", "submit", "image_count", "fixed", "advanced", "beams", "repetition", "max_tokens",
+             "model_selects", "sampling", "gallery", "index", "edit", "section", "caption", "search", "section_text",
+             "apply_text", "candidates", "add", "delete", "save", "file", "examples")
+    if article is None:
+        status = stage_board(language=language)
+    else:
+        done = t("done", images=len(article.placements), sections=len(article.sections))
+        status = stage_board("done", language=language) + f"\n\n{done}"
+        updates["section"] = gr.update(label=t("section"), choices=section_choices(article, language))
+    return (*(updates[key] for key in order), status, notes_view(article, language))

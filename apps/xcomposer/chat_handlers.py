@@ -50,7 +50,7 @@ def model_banner(provider: ModelProvider, language: str = LANGUAGES[0]) -> str:
     devices = ", ".join(sorted(set(info.device_map.values())))
     line = f"**{t('model')}:** `{info.model_id}` · {info.dtype} · {devices}"
     if info.is_demo:
-        line += f"\n\n⚠️ **{t('demo_warning')}**"
+        line += f"\n\n**{t('demo_warning')}**"
     return line
 
 
@@ -85,7 +85,7 @@ def add_message(provider: ModelProvider, message: dict | None, session: ChatSess
             image_embeds = model.encode_image(image)
         except (ImageRejectedError, ModelFolderError) as exc:  # shown in the chat; the text stays for a retry
             gr.Warning(str(exc))
-            display.append({"role": "assistant", "content": f"⚠️ {exc}"})
+            display.append({"role": "assistant", "content": f"✗ {exc}"})
             return display, replace(session, display=display), {"text": text, "files": []}
         display.append({"role": "user", "content": {"path": save_preview(image, preview_folder())}})
     if text:
@@ -116,7 +116,7 @@ def answer(
         kept, dropped = model.fit_conversation(session.exchanges, int(max_output_tokens))
     except (ModelFolderError, ContextOverflowError) as exc:
         gr.Warning(str(exc))
-        display = [*session.display, {"role": "assistant", "content": f"⚠️ {exc}"}]
+        display = [*session.display, {"role": "assistant", "content": f"✗ {exc}"}]
         yield display, ChatSession(session.exchanges[:-1], display)
         return
     if dropped:
@@ -138,7 +138,7 @@ def answer(
     except (RuntimeError, ValueError) as exc:  # e.g. CUDA out of memory: report it, keep the app alive
         message = t("generation_failed", error=exc)
         gr.Warning(message)
-        display[-1] = {"role": "assistant", "content": f"⚠️ {message}"}
+        display[-1] = {"role": "assistant", "content": f"✗ {message}"}
         yield display, ChatSession(session.exchanges[:-1], display)
         return
     finally:

@@ -28,7 +28,9 @@ def build_chat_tab(app: AppContext) -> None:
                                                    label=t("repetition_penalty"))
                     do_sample = gr.Checkbox(value=CONVERSATION_DEFAULTS["do_sample"], label=t("do_sample"))
             with gr.Column(scale=6):
-                chatbot = gr.Chatbot(label=t("chatbot"), height=560, elem_id="xcomposer-chatbot")
+                # Grows with the conversation up to most of the window, then scrolls.
+                chatbot = gr.Chatbot(label=t("chatbot"), height="auto", min_height=360, max_height="85vh",
+                                     elem_id="xcomposer-chatbot")
                 message = gr.MultimodalTextbox(file_count="single", sources=["upload"],
                                                placeholder=t("input"), show_label=False, elem_id="xcomposer-input")
                 with gr.Row():

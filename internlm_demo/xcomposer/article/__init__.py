@@ -5,7 +5,7 @@
 """
 
 from .document import STAGES, Article, ArticleError, ComposerModel, ComposeSettings, Placement, StageEvent
-from .editing import add_image, delete_image, pick_candidate, search_again
+from .editing import add_image, delete_image, pick_candidate, search_again, set_section_text
 from .export import export_zip, to_markdown
 from .pipeline import compose, illustrate
 from .writer import XComposerWriter
@@ -26,5 +26,6 @@ __all__ = [
     "illustrate",
     "pick_candidate",
     "search_again",
+    "set_section_text",
     "to_markdown",
 ]

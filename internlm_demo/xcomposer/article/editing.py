@@ -1,4 +1,5 @@
-"""Editing a composed article: search again with a new caption, pick another candidate, add or delete an image.
+"""Editing a composed article: change a section's text, search again with a new caption, pick another candidate,
+add or delete an image.
 
 Each edit returns a changed copy, so that a UI's earlier state stays as it was.
 """
@@ -6,6 +7,7 @@ Each edit returns a changed copy, so that a UI's earlier state stays as it was.
 from __future__ import annotations
 
 import copy
+import re
 
 from ..gallery import GalleryIndex
 from .document import Article, ArticleError, ComposerModel, Placement
@@ -22,6 +24,17 @@ def check_section(article: Article, position: int) -> int:
     if not 0 <= position < len(article.sections):
         raise ArticleError(f"There is no section {position + 1}; the article has {len(article.sections)}.")
     return position
+
+
+def set_section_text(article: Article, position: int, text: str) -> Article:
+    """Replace the text of section ``position``; a section stays one line (line breaks become spaces)."""
+    position = check_section(article, position)
+    text = re.sub(r"\s*\n\s*", " ", text or "").strip()
+    if not text:
+        raise ArticleError(f"Section {position + 1} cannot be empty; type its text (or keep the old one).")
+    article = edited(article)
+    article.sections[position] = text
+    return article
 
 
 def search_again(gallery: GalleryIndex, article: Article, position: int, caption: str) -> Article:

@@ -114,18 +114,22 @@ def choose_positions(parsed: list[int], section_count: int, fixed_count: int | N
         count = fallback_image_count(section_count)
         return evenly_spaced(section_count, count), (
             f"The model's choice of sections did not parse; {count} evenly spaced section(s) were illustrated instead.")
-    wanted = max(1, min(int(fixed_count), section_count))
+    asked = max(1, int(fixed_count))
+    wanted = min(asked, section_count)
+    notes = []
+    if wanted < asked:
+        notes.append(f"{asked} images were asked for, but the article has only {section_count} section(s): "
+                     f"{wanted} image(s) placed.")
     positions = parsed[:wanted]
-    if len(positions) == wanted:
-        return sorted(positions), None
+    if len(positions) < wanted:
+        notes.append(f"The model named {len(positions)} usable section(s) for the {wanted} image(s); "
+                     "the rest were chosen evenly spaced.")
     for position in evenly_spaced(section_count, wanted) + list(range(section_count)):
         if len(positions) == wanted:
             break
         if position not in positions:
             positions.append(position)
-    return sorted(positions), (
-        f"The model named {len(parsed[:wanted])} usable section(s) of the {wanted} asked for; "
-        "the rest were chosen evenly spaced.")
+    return sorted(positions), " ".join(notes) or None
 
 
 def past_captions_text(earlier: list[tuple[int, str]]) -> str:

@@ -9,8 +9,12 @@ VENV=${INTERNLM_DEMO_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
 
-stamp="$VENV/.internlm-demo-installed"
-wanted=$(cat requirements.txt "$@" scripts/install.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+# One stamp per requirement set (run.sh: the runtime's; test.sh: with requirements-dev.txt), each holding the hash
+# of what it installed, so that alternating the two never re-runs pip.
+stamp_of() { echo "$VENV/.internlm-demo-installed$(for file in "$@"; do printf -- '-%s' "${file//\//_}"; done)"; }
+hash_of() { cat requirements.txt "$@" scripts/install.sh pyproject.toml | sha256sum | cut -d' ' -f1; }
+stamp=$(stamp_of "$@")
+wanted=$(hash_of "$@")
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
   exit 0
 fi
@@ -33,3 +37,4 @@ pip install -q --no-deps "openxlab==0.1.3" "lagent==0.2.4" "duckduckgo_search==5
 # The package itself, editable, so `streamlit run apps/...` finds it from any working directory.
 pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || pip install -q --no-deps -e .
 echo "$wanted" > "$stamp"
+[ $# -eq 0 ] || hash_of > "$(stamp_of)"  # the runtime's set came with it

@@ -21,6 +21,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "sandbox_strict: needs the agent sandbox's strict isolation (a root app with "
                             "namespaces and seccomp, as CI has); fails, saying why, where the machine cannot give it")
     config.addinivalue_line("markers", "sandbox_fallback: runs the agent sandbox in its weak fallback as a root app")
+    config.addinivalue_line("markers", "interop: against a real third-party server (llama-cpp-python's, from "
+                            "requirements-interop.txt); opt-in: runs only when -m names it")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Interop tests run only when asked for by name (``pytest -m interop``), never in the default run."""
+    if "interop" in (config.option.markexpr or ""):
+        return
+    kept = [item for item in items if not item.get_closest_marker("interop")]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("interop")])
+        items[:] = kept
 
 
 @pytest.fixture(autouse=True)

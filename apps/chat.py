@@ -24,7 +24,7 @@ from internlm_demo.ui import transcript
 from internlm_demo.ui.clipboard import copy_button_html
 from internlm_demo.ui.i18n import LANGUAGES, labels, turn_list
 from internlm_demo.ui.markdown import display_markdown
-from internlm_demo.ui.model_facts import model_facts
+from internlm_demo.ui.model_facts import model_facts, served_by
 
 # A streaming reply is re-rendered at most this often, whatever the device's speed; a session waiting
 # for a generation slot looks less often, so that many waiting sessions do not slow those generating.
@@ -66,7 +66,7 @@ def load_or_explain(settings: Settings, t):
         st.error(t("load_failed", error=exc))
     except Exception as exc:  # noqa: BLE001 - out of memory, a broken CUDA setup...: a message, not a traceback
         st.error(t("load_failed", error=t("load_unexpected", kind=type(exc).__name__, error=exc)))
-    st.info(t("load_fix"))
+    st.info(t("load_fix_remote", api_base=settings.api_base) if settings.api_base else t("load_fix"))
     st.stop()
 
 
@@ -146,22 +146,30 @@ def sidebar(model, conv: chat.Conversation, language: str) -> None:
 
 
 def generation_controls(model, t) -> chat.ChatParams:
-    """The original demo's sliders and the rest of the settings; values live in session_state."""
+    """The original demo's sliders and the rest of the settings; values live in session_state.
+
+    A setting the backend cannot honour (a remote server without it) is shown disabled, saying why.
+    """
     for name, value in asdict(chat.ChatParams.defaults_for(model)).items():
         st.session_state.setdefault(f"param_{name}", value)
     st.header(t("generation"))
     for name in ("max_length", "max_new_tokens"):
         low, high = chat.param_range(name, model)
+        # the window can shrink (a remote server that said its own): keep the value inside the new range
+        st.session_state[f"param_{name}"] = min(st.session_state[f"param_{name}"], int(high))
         st.slider(t(name), int(low), int(high), step=1, key=f"param_{name}")
-    for name, step in (("top_p", 0.01), ("temperature", 0.01), ("repetition_penalty", 0.005)):
+    unsupported = t("control_unsupported", server=model.info.engine, api_base=model.info.folder)
+    for name, step in (("top_p", 0.01), ("temperature", 0.01), ("repetition_penalty", 0.005), ("top_k", 1)):
         low, high = chat.param_range(name, model)
-        st.slider(t(name), float(low), float(high), step=step, key=f"param_{name}")
-    low, high = chat.param_range("top_k", model)
-    st.slider(t("top_k"), int(low), int(high), step=1, key="param_top_k")
+        kind = int if name == "top_k" else float
+        off = name in model.unsupported_controls
+        st.slider(t(name), kind(low), kind(high), step=step, key=f"param_{name}", disabled=off,
+                  help=unsupported if off else None)
     low, high = chat.param_range("seed", model)
     st.number_input(t("seed"), int(low), int(high), step=1, key="param_seed", placeholder=t("seed_random"))
     if model.family.has_system_prompt:
-        st.text_area(t("system_prompt"), key="param_system_prompt", height=120)
+        st.text_area(t("system_prompt"), key="param_system_prompt", height=120,
+                     placeholder=t("system_prompt_server_default") if served_by(model) else None)
     return current_params(model)
 
 
@@ -187,6 +195,8 @@ def context_meter(meter: chat.ContextMeter, t) -> None:
         st.caption(t("meter_dropped", turns=turn_list(t, meter.dropped_turns)))
     if meter.estimated:
         st.caption(t("meter_estimated"))
+    if meter.assumed:
+        st.caption(t("meter_assumed", window=meter.window))
 
 
 def model_panel(facts: dict, t) -> None:
@@ -211,6 +221,8 @@ def show_messages(conv: chat.Conversation, t) -> None:
             st.markdown(display_markdown(message.content))
             if message.stopped:
                 st.caption(t("stopped_mark"))
+            if message.cut:
+                st.caption(t("cut_mark"))
             if message.role == "assistant" and message.content:
                 st.html(copy_button_html(message.content, t("copy"), t("copied"), t("copy_failed")),
                         unsafe_allow_javascript=True)
@@ -225,6 +237,9 @@ def show_notice(notice: chat.Notice | None, t) -> None:
         st.error(t("overflow_notice", tokens=notice.tokens, window=notice.window))
     elif notice.kind == "error":
         st.error(t("error_notice", error=notice.detail))
+        if notice.partial:
+            st.caption(t("partial_kept"))
+            st.markdown(display_markdown(notice.partial))
     elif notice.kind == "imported":
         st.success(t("imported", model_id=notice.detail))
     elif notice.kind == "import_error":
@@ -254,8 +269,12 @@ def main() -> None:
     st.set_page_config(page_title=labels(LANGUAGES[0], "chat")("title"), page_icon="💬")
     language = st.sidebar.radio(labels(LANGUAGES[0], "chat")("language"), LANGUAGES, horizontal=True, key="language")
     t = labels(language, "chat")
-    st.title(t("title"))
+    title = st.empty()  # named after the served model once a server says which
+    title.title(t("title"))
     model = load_or_explain(parse_settings(t), t)
+    remote = served_by(model) is not None
+    if remote:
+        title.title(t("title_remote", model_id=model.info.model_id))
     if model.info.is_demo:
         st.warning(t("demo_banner", model_id=model.info.model_id), icon=":material/science:")
     elif model.info.is_standin:
@@ -278,7 +297,8 @@ def main() -> None:
         clear_column.button(t("clear"), key="clear", on_click=chat.clear, args=(conv,), icon=":material/delete:")
     if conv.draft is not None:  # a message that was not answered goes back into the message box
         st.session_state.draft, conv.draft = conv.draft, None
-    st.chat_input(t("placeholder"), key="draft", on_submit=on_send, args=(model,), disabled=conv.pending is not None)
+    placeholder = t("placeholder_remote", model_id=model.info.model_id) if remote else t("placeholder")
+    st.chat_input(placeholder, key="draft", on_submit=on_send, args=(model,), disabled=conv.pending is not None)
 
 
 main()

@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 from internlm_demo import GenerationParams, GenerationStats, load_chat_model
 from internlm_demo.models.loading import DEMO_MODEL_ID
 from internlm_demo.serving.remote import RemoteBackendError, RemoteChatModel
+from internlm_demo.ui import conversation as chat
 from tests.conftest import FIXTURES_DIR, REPO, last, reference, streamed
 from tests.fake_openai_servers import fake_server
 from tests.servers import free_port, running_server
@@ -270,6 +271,9 @@ def test_chat_page_with_api_base(long_reply_server, monkeypatch):
     panel = app.sidebar.markdown[-1].value
     assert f"served by {long_reply_server}" in panel and "tokens/s" in panel and "internlm-demo server" in panel
     assert not any("estimate" in caption.value or "assumed" in caption.value for caption in app.sidebar.caption)
+    # Titles name the served model, not InternLM in general.
+    assert app.title[0].value == "Chat with internlm-chat-7b-tiny"
+    assert app.chat_input[0].placeholder == "Message internlm-chat-7b-tiny (Enter to send)"
 
 
 def test_chat_page_with_a_dead_api_base(monkeypatch):
@@ -428,3 +432,69 @@ def test_no_empty_system_prompt_is_sent():
         for meta, roles in (("", ["user"]), (None, ["user"]), ("  ", ["user"]), ("Be brief.", ["system", "user"])):
             remote.chat("hi", [], meta)
             assert [m["role"] for m in fake.bodies[-1]["messages"]] == roles
+
+
+def run_page(api_base: str, monkeypatch, *flags: str) -> AppTest:
+    monkeypatch.setattr(sys, "argv", [APP, "--api-base", api_base, *flags])
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    assert not app.exception
+    return app
+
+
+def send_and_wait(app: AppTest, text: str) -> None:
+    app.chat_input[0].set_value(text).run()
+    deadline = time.monotonic() + 30
+    while app.session_state["conversation"].pending is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+        app.run()
+
+
+def test_page_disables_what_the_server_cannot_do_and_says_the_window_is_assumed(monkeypatch):
+    with fake_server("complete", card={"id": "gpt-x", "object": "model", "owned_by": "openai"}) as fake:
+        app = run_page(fake.api_base, monkeypatch)
+        for name in ("top_k", "repetition_penalty"):
+            slider = app.slider(key=f"param_{name}")
+            assert slider.disabled and f"OpenAI-compatible server at {fake.api_base} has no such setting" in slider.help
+        assert not app.slider(key="param_top_p").disabled
+        captions = [caption.value for caption in app.sidebar.caption]
+        assert any("4096 tokens is assumed" in c and "--api-context-window" in c for c in captions)
+        assert any("estimates" in c for c in captions)
+        send_and_wait(app, "hi")
+        assert app.session_state["conversation"].messages[-1].content == "Hello there, friend."
+        assert "top_k" not in fake.bodies[-1] and "repetition_penalty" not in fake.bodies[-1]
+        assert [m["role"] for m in fake.bodies[-1]["messages"]] == ["user"]  # the empty system prompt is not sent
+
+
+def test_page_learns_the_window_from_an_empty_stream_and_the_next_send_fits(monkeypatch):
+    """Item 1 as a user meets it: the failed reply puts the question back, the meter takes the server's window."""
+    with fake_server("empty", window=1024, **LLAMA_CPP_PYTHON) as fake:
+        app = run_page(fake.api_base, monkeypatch)
+        long_turns = [chat.Message(role, f"{role} {i} " + "word " * 120) for i in range(3) for role in ("user", "assistant")]
+        app.session_state["conversation"].messages.extend(long_turns)
+        app.run()
+        send_and_wait(app, "And now?")
+        conversation = app.session_state["conversation"]
+        assert len(conversation.messages) == 6 and "window is 1024 tokens" in conversation.notice.detail
+        assert app.chat_input[0].value == "And now?"  # the question is back in the message box
+        assert " of 1024 tokens used" in app.sidebar.get("progress")[0].proto.text
+        assert app.slider(key="param_max_length").max == 1024
+        assert not any("assumed" in caption.value for caption in app.sidebar.caption)
+        fake.scenario = "complete"
+        send_and_wait(app, "And now?")
+        assert conversation.messages[-1].content == "Hello there, friend."
+        assert fake.prompt_tokens(fake.bodies[-1]["messages"]) + fake.bodies[-1]["max_tokens"] <= 1024
+
+
+def test_page_keeps_a_cut_reply_marked_and_the_text_before_a_failure(monkeypatch):
+    with fake_server("cut", **LLAMA_CPP_PYTHON) as fake:
+        app = run_page(fake.api_base, monkeypatch)
+        send_and_wait(app, "hi")
+        assert app.session_state["conversation"].messages[-1].cut
+        assert any("cut off" in caption.value for caption in app.main.caption)
+        fake.scenario = "drop"
+        send_and_wait(app, "again")
+        notice = app.session_state["conversation"].notice
+        assert notice.kind == "error" and notice.partial == "Hello there" and "broke off" in notice.detail
+        assert any(markdown.value == "Hello there" for markdown in app.main.markdown)
+        assert app.chat_input[0].value == "again"

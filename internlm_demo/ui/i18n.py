@@ -16,6 +16,7 @@ DEMO_DOWNLOAD_ZH = ("要与书生·浦语对话，请先下载真实模型：`.v
 # The chat page (apps/chat.py). key: (English, 中文)
 CHAT: dict[str, tuple[str, str]] = {
     "title": ("InternLM Chat", "书生·浦语 对话"),
+    "title_remote": ("Chat with {model_id}", "与 {model_id} 对话"),
     "language": ("Language / 语言", "Language / 语言"),
     "demo_banner": (
         "**Demo model.** `{model_id}` is a tiny model with random weights, generated on this machine: "
@@ -36,12 +37,18 @@ CHAT: dict[str, tuple[str, str]] = {
     "load_fix": (
         ("Fix: pass `--model` a folder that holds `config.json`, `tokenizer.model` and the weights, or a model id "
         "downloaded with `.venv/bin/python download.py ID`; without `--model` the app starts without downloaded weights. "
-        "Example: `bash scripts/run.sh chat -- --model internlm2_5-7b-chat`. "
-        "With `--api-base`, start the server first (`bash scripts/run.sh server -- --model ...`, port 23333)."),
+        "Example: `bash scripts/run.sh chat -- --model internlm2_5-7b-chat`."),
         ("解决办法：`--model` 应指向包含 `config.json`、`tokenizer.model` 和权重文件的文件夹，或用 "
         "`.venv/bin/python download.py ID` 下载过的模型 ID；不带 `--model` 时无需下载权重即可启动。"
-        "示例：`bash scripts/run.sh chat -- --model internlm2_5-7b-chat`。"
-        "使用 `--api-base` 时请先启动服务（`bash scripts/run.sh server -- --model ...`，端口 23333）。"),
+        "示例：`bash scripts/run.sh chat -- --model internlm2_5-7b-chat`。"),
+    ),
+    "load_fix_remote": (
+        ("Fix: start an OpenAI-compatible server first — ours (`bash scripts/run.sh server -- --model ...`, port "
+         "23333), LMDeploy's `lmdeploy serve api_server`, vLLM or llama.cpp's server — then pass its address, ending "
+         "in `/v1`, as `--api-base` (now `{api_base}`)."),
+        ("解决办法：先启动一个兼容 OpenAI 的服务——本项目的（`bash scripts/run.sh server -- --model ...`，端口 23333）、"
+         "LMDeploy 的 `lmdeploy serve api_server`、vLLM 或 llama.cpp 的服务——再把以 `/v1` 结尾的地址传给 "
+         "`--api-base`（当前为 `{api_base}`）。"),
     ),
     "load_unexpected": ("{kind}: {error}", "{kind}：{error}"),
     "bad_flags": ("**The command-line flags after `--` were not accepted.** Usage: `{usage}`",
@@ -59,8 +66,17 @@ CHAT: dict[str, tuple[str, str]] = {
     "context": ("Context", "上下文"),
     "meter": ("{used} of {window} tokens used by history + prompt; {reply} left for the reply",
               "历史 + 提示占用 {used} / {window} 个 token；回复最多 {reply} 个"),
-    "meter_estimated": ("Counts are estimates: the remote server's tokenizer is not available here.",
-                        "数值为估算：此处无法使用远程服务的分词器。"),
+    "meter_estimated": ("Counts are generous estimates: the server has no tokenizer endpoint.",
+                        "数值为偏保守的估算：该服务没有分词接口。"),
+    "meter_assumed": (
+        "The window of {window} tokens is assumed: the server does not say its own. If it is smaller, the first "
+        "reply past it fails and the server's own window is used from then on; set it with `--api-context-window` "
+        "(or `INTERNLM_DEMO_API_CONTEXT_WINDOW`).",
+        "{window} 个 token 的窗口是假定值：该服务不公布自己的窗口。若实际更小，第一次超出时回复会失败，之后改用服务自己的窗口；"
+        "可用 `--api-context-window`（或 `INTERNLM_DEMO_API_CONTEXT_WINDOW`）设定。"),
+    "control_unsupported": ("{server} at {api_base} has no such setting, so it is off here.",
+                            "{api_base} 上的 {server} 没有此项设置，因此在此禁用。"),
+    "system_prompt_server_default": ("Empty: the server's default", "留空：使用服务的默认设置"),
     "meter_dropped": ("The next prompt leaves out {turns} to fit.", "下一次提问将省略{turns}以放入上下文。"),
     "turn_one": ("turn {numbers}", "第 {numbers} 轮"),
     "turns_many": ("turns {numbers}", "第 {numbers} 轮"),
@@ -91,6 +107,7 @@ CHAT: dict[str, tuple[str, str]] = {
     "not_yet": ("—", "—"),
     "remote": ("served by {api_base}", "由 {api_base} 提供"),
     "placeholder": ("Message InternLM (Enter to send)", "给书生·浦语发消息（回车发送）"),
+    "placeholder_remote": ("Message {model_id} (Enter to send)", "给 {model_id} 发消息（回车发送）"),
     "stop": ("Stop", "停止"),
     "regenerate": ("Regenerate", "重新生成"),
     "clear": ("Clear", "清空"),
@@ -98,6 +115,9 @@ CHAT: dict[str, tuple[str, str]] = {
     "copied": ("Copied", "已复制"),
     "copy_failed": ("Copy failed: select the text instead", "复制失败：请手动选择文本"),
     "stopped_mark": ("(stopped)", "（已停止）"),
+    "cut_mark": ("(cut off: the server ended this reply without saying why, most likely for another request)",
+                 "（被截断：服务未说明原因就结束了这条回复，多半是为了处理另一个请求）"),
+    "partial_kept": ("What came before the failure:", "失败前已收到的内容："),
     "queued": ("Queued ({ahead} ahead): every generation slot is busy with other sessions.",
                "排队中（前面还有 {ahead} 个）：所有生成槽位都在处理其他会话。"),
     "waiting": ("Waiting for a free generation slot…", "等待空闲的生成槽位…"),

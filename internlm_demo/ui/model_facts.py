@@ -9,9 +9,8 @@ from ..serving.backend import ChatBackend
 def model_facts(model: ChatBackend, stats: GenerationStats | None) -> dict:
     """What the model panel shows: identity, placement, memory per GPU, speed of the last reply."""
     info = model.info
-    remote = not info.device_map
     return {
-        "served_by": str(info.folder) if remote else None,
+        "served_by": served_by(model),
         "model_id": info.model_id,
         "family": info.family,
         "dtype": info.dtype,
@@ -21,6 +20,11 @@ def model_facts(model: ChatBackend, stats: GenerationStats | None) -> dict:
         "tokens_per_s": stats.tokens_per_s if stats else None,
         "time_to_first_token_s": stats.time_to_first_token_s if stats and stats.new_tokens else None,
     }
+
+
+def served_by(model: ChatBackend) -> str | None:
+    """The address of the server that generates, or None for a model in this process."""
+    return None if model.info.device_map else str(model.info.folder)
 
 
 def device_summary(device_map: dict) -> str:

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..errors import ModelFolderError
 from . import registry
-from .checkpoint import iter_tensors, read_config, read_json, tensor_bytes, weight_files
+from .checkpoint import check_config, check_token_ids, iter_tensors, read_config, read_json, tensor_bytes, weight_files
 from .families import Family, family_for
 from .demo import ensure_demo_model
 from .placement import balanced_device_map, dispatch
@@ -24,6 +24,7 @@ from .transformers_compat import ROTARY_MODULE, llama_config, rebuild_rotary, ro
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what a checkpoint may store
 CHAT_DEFAULT_IDS = ("internlm-chat-7b", "internlm2_5-7b-chat")
 DEMO_MODEL_ID = "internlm-demo-tiny"
 # InternLM-20B's "rotary": {"type": "dynamic"} carries no factor; its model card claims 16k on a 4k window.
@@ -94,6 +95,7 @@ def llama_config_for(family: Family, config: dict) -> LlamaConfig:
         elif rotary.get("base"):
             rope["rope_theta"] = float(rotary["base"])
         attention_bias = config.get("qkv_bias", config.get("bias", False))
+        pad = config.get("pad_token_id", 2)  # XComposer's -1 means none
         return llama_config(
             rope,
             vocab_size=config["vocab_size"],
@@ -104,13 +106,13 @@ def llama_config_for(family: Family, config: dict) -> LlamaConfig:
             num_key_value_heads=config.get("num_key_value_heads") or heads,
             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
             max_position_embeddings=config.get("max_position_embeddings", 2048),
-            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
             attention_bias=bool(attention_bias),
             mlp_bias=bool(config.get("mlp_bias", False)) if family.name == "internlm3" else False,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             bos_token_id=config.get("bos_token_id", 1),
             eos_token_id=config.get("eos_token_id", 2),
-            pad_token_id=config.get("pad_token_id", 2),
+            pad_token_id=pad if isinstance(pad, int) and 0 <= pad < config["vocab_size"] else None,
         )
     except KeyError as exc:
         raise ModelFolderError(f"config.json lacks {exc.args[0]!r}; re-download the model's config.json.") from exc
@@ -177,7 +179,20 @@ def fill_parameters(module: nn.Module, tensors, place, shard_names, part: str = 
                 f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(expected[name])}; "
                 f"the weights in {', '.join(shard_names)} do not belong to this config.json."
             )
-        assign_tensor(module, name, place(name, tensor))
+        if tensor.dtype not in WEIGHT_DTYPES:
+            raise ModelFolderError(
+                f"tensor {name} in {', '.join(shard_names)} is stored as {str(tensor.dtype).removeprefix('torch.')}, "
+                "not as floating-point weights; quantized or damaged checkpoints are not supported — use the original "
+                "float16/bfloat16/float32 weights (re-download the model)."
+            )
+        placed = place(name, tensor)
+        if not torch.isfinite(placed).all():
+            raise ModelFolderError(
+                f"tensor {name} in {', '.join(shard_names)} holds NaN or infinite values"
+                f"{' (after conversion to ' + str(placed.dtype).removeprefix('torch.') + ')' if placed.dtype != tensor.dtype else ''}"
+                "; the weights are damaged — re-download the model."
+            )
+        assign_tensor(module, name, placed)
         loaded.add(name)
     missing = sorted(set(expected) - loaded)
     if missing:
@@ -256,8 +271,10 @@ def read_model_folder(folder: Path) -> tuple[dict, Family, ChatTokenizer, dict]:
             f"{folder / 'config.json'} has model_type {model_type!r}, which this loader does not know; "
             "supported: internlm, internlm2, internlm3, llama, smollm2 (XComposer folders open in `python -m apps.xcomposer`)."
         )
+    check_config(config, folder / "config.json")
     generation_path = folder / "generation_config.json"
     generation_config = read_json(generation_path, "generation settings") if generation_path.is_file() else {}
+    check_token_ids(generation_path, "eos_token_id", generation_config.get("eos_token_id"), config["vocab_size"])
     return config, family, tokenizer, generation_config
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import sentencepiece
 from tokenizers import Tokenizer
 
+from .checkpoint import bad_value
+
 
 @dataclass(frozen=True)
 class SpecialTokens:
@@ -127,22 +129,36 @@ class InternLMTokenizer:
 
 
 def read_tokenizer(folder: Path, tokenizer_config: dict) -> InternLMTokenizer:
-    """Build the tokenizer from ``tokenizer.model`` and the ``tokenizer_config.json`` contents."""
+    """Build the tokenizer from ``tokenizer.model`` and the ``tokenizer_config.json`` contents (checked)."""
+    path = folder / "tokenizer_config.json"
+
+    def text_of(key: str, default: str) -> str:
+        value = tokenizer_config.get(key)
+        text = value.get("content") if isinstance(value, dict) else value
+        if text is None:
+            return default
+        if not isinstance(text, str) or not text:
+            raise bad_value(path, key, value, 'a token text such as "<s>" or {"content": "<s>"}')
+        return text
+
+    decoder = tokenizer_config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        raise bad_value(path, "added_tokens_decoder", decoder, 'an object mapping token ids to {"content": TEXT}')
+    for token_id, entry in decoder.items():
+        if not (token_id.isdigit() and isinstance(entry, dict) and isinstance(entry.get("content"), str)):
+            raise bad_value(path, f"added_tokens_decoder[{token_id!r}]", entry,
+                            'an entry {"content": TEXT} under a token id such as "92538"')
+    add_bos = tokenizer_config.get("add_bos_token", True)
+    if not isinstance(add_bos, bool):
+        raise bad_value(path, "add_bos_token", add_bos, "true or false")
     processor = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-
-    def text_of(value, default):
-        if isinstance(value, dict):
-            return value.get("content", default)
-        return value or default
-
-    by_id = {int(i): entry["content"] for i, entry in (tokenizer_config.get("added_tokens_decoder") or {}).items()}
     special = SpecialTokens(
-        bos=text_of(tokenizer_config.get("bos_token"), "<s>"),
-        eos=text_of(tokenizer_config.get("eos_token"), "</s>"),
-        unk=text_of(tokenizer_config.get("unk_token"), "<unk>"),
-        by_id=by_id,
+        bos=text_of("bos_token", "<s>"),
+        eos=text_of("eos_token", "</s>"),
+        unk=text_of("unk_token", "<unk>"),
+        by_id={int(i): entry["content"] for i, entry in decoder.items()},
     )
-    return InternLMTokenizer(processor, special, add_bos=tokenizer_config.get("add_bos_token", True))
+    return InternLMTokenizer(processor, special, add_bos=add_bos)
 
 
 class FastTokenizer:

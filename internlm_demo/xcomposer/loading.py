@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 
 from ..errors import ModelFolderError
 from ..generation.engine import describe_engine, engine_for
-from ..models.checkpoint import iter_tensors, read_config, tensor_bytes, weight_files
+from ..models.checkpoint import check_config, iter_tensors, read_config, tensor_bytes, weight_files
 from ..models.families import INTERNLM
 from ..models.loading import (
     ModelInfo,
@@ -50,6 +50,7 @@ def read_xcomposer_folder(folder: Path) -> tuple[dict, InternLMTokenizer]:
             f"{folder / 'config.json'} has model_type {model_type!r}, not {MODEL_TYPE!r}: this is not an "
             "InternLM-XComposer v1 folder (chat models open in the chat apps; XComposer2 is not supported)."
         )
+    check_config(config, folder / "config.json")
     return config, read_folder_tokenizer(folder)
 
 

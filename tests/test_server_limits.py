@@ -23,11 +23,12 @@ MiB = 1024 * 1024
 
 @contextlib.contextmanager
 def openai_server(**limits):
-    """The server on the embedded demo model; ``limits`` become INTERNLM_DEMO_<NAME> variables."""
+    """The server on the tiny demo model; ``limits`` become INTERNLM_DEMO_<NAME> variables."""
     port = free_port()
     api_base = f"http://127.0.0.1:{port}/v1"
     env = {f"INTERNLM_DEMO_{name.upper()}": str(value) for name, value in limits.items()}
-    command = [sys.executable, "-m", "internlm_demo.serving.openai_server", "--port", str(port)]
+    command = [sys.executable, "-m", "internlm_demo.serving.openai_server", "--port", str(port),
+               "--model", "internlm-demo-tiny"]
     with running_server(command, f"{api_base}/models", env=env):
         yield api_base
 
@@ -122,7 +123,7 @@ def test_nan_temperature_is_400(server):
 def long_request(stream: bool) -> dict:
     """A request the demo model answers with all its 1900 tokens (seconds of work; checked by hand)."""
     return {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 1900,
-            "temperature": 1000.0, "top_p": 1.0, "seed": 2, "stream": stream}
+            "temperature": 1000.0, "top_p": 1.0, "seed": 9, "stream": stream}
 
 
 async def hold_streams(api_base: str, count: int, opened: asyncio.Event, release: asyncio.Event) -> list[int]:
@@ -206,4 +207,4 @@ def test_a_client_that_hangs_up_cancels_its_generation():
         reply = httpx.post(f"{api_base}/chat/completions", timeout=60,
                            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         assert reply.status_code == 200
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 3.0

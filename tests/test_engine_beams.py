@@ -102,3 +102,15 @@ def test_prompt_embeddings_equal_their_token_ids(model):
     from_ids = list(model.engine.generate(ids, params, set()))
     from_embeds = list(model.engine.generate_from_embeddings(embeds, ids, params, set(), GenerationStats()))
     assert from_embeds == from_ids == list(generate_ids(model.llm, ids, params, set()))
+
+
+def test_beams_on_layers_split_into_blocks(model, prompts):
+    """The num_gpus structure with beams: each block reorders its own keys and values (all blocks on the CPU)."""
+    from internlm_demo.generation.engine import FastEngine
+
+    layers = len(model.llm.model.layers)
+    split = FastEngine(model.llm, slots=6, blocks=[("cpu", 1), ("cpu", layers - 1)])
+    parsed = GenerationSettings.from_kwargs(SETTINGS["beam5"], {})
+    ids = {"bos_id": model.tokenizer.bos_id, "eos_id": model.tokenizer.eos_id, "stop_ids": model.stop_ids}
+    expected = Decoder(model.llm, prompts[2], parsed, **ids).run()
+    assert EngineDecoder(split, prompts[2], parsed, **ids).run() == expected

@@ -725,7 +725,8 @@ class FastEngine:
         if request.finished:
             return
         request.finished = True
-        request.stats.finish_reason = reason
+        # a reader that was told to stop may have ended its stream already: it stays "stopped"
+        request.stats.finish_reason = "stopped" if error is None and request.cancelled else reason
         request.stats.duration_s = time.perf_counter() - request.started
         if request.slots:
             for slot in request.slots:
@@ -827,11 +828,16 @@ class FastEngine:
         return request
 
     def stream(self, request: Request) -> Iterator[int]:
-        """The request's ids as they arrive; closing the iterator ends the request."""
+        """The request's ids as they arrive; closing the iterator ends the request.
+
+        Its stop event ends the stream at once, even when the engine has computed further ids already."""
         try:
             while (item := request.tokens.get()) is not END:
                 if isinstance(item, BaseException):
                     raise RuntimeError(f"generation failed: {item}") from item
+                if request.stop is not None and request.stop.is_set():
+                    request.stats.finish_reason = "stopped"
+                    return
                 yield item
         finally:
             request.closed = True

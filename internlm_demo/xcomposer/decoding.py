@@ -240,6 +240,5 @@ class EngineDecoder:
                 yield ids
         finally:
             steps.close()
-        self.output_ids = search.output_ids
         if self.stats.finish_reason == "stop":
             self.score, self.output_ids = search.finish()

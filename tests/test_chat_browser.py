@@ -168,14 +168,15 @@ def test_reload_keeps_the_chat_import_asks_copy_copies_and_a_refused_message_sta
 
 
 def english_labels_left(text: str, table: dict[str, tuple[str, str]]) -> list[str]:
-    """Each English label of ``table`` (its fixed words, around format fields) that ``text`` still shows."""
+    """Each English label of ``table`` (its fixed words around format fields, where they hold a word of four letters
+    or more) that ``text`` still shows."""
     left = []
     for english, chinese in table.values():
         if english == chinese:
             continue
         for words in re.split(r"\{[^}]*\}", english):
             words = words.strip(" .,:;*`()…\n")
-            if re.search(r"[A-Za-z]{2}", words) and re.search(rf"(?<![A-Za-z]){re.escape(words)}(?![A-Za-z])", text):
+            if re.search(r"[A-Za-z]{4}", words) and re.search(rf"(?<![A-Za-z]){re.escape(words)}(?![A-Za-z])", text):
                 left.append(words)
     return left
 

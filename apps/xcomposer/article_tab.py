@@ -59,7 +59,7 @@ def build_article_tab(app: AppContext) -> None:
                     caption = gr.Textbox(label=t("caption"), scale=4, elem_id="article-caption")
                     search = gr.Button(t("search"), scale=1, elem_id="article-search")
                 # Each section's caption, so that choosing a section fills the caption box in the browser at once.
-                captions = gr.Textbox("{}", visible="hidden", elem_id="article-captions")
+                captions = gr.Textbox("{}", visible="hidden", show_label=False, elem_id="article-captions")
                 candidates = gr.Gallery(label=t("candidates"), columns=2, height="auto", allow_preview=False,
                                         elem_id="article-candidates")
                 with gr.Row():

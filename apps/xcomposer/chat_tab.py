@@ -22,8 +22,9 @@ def build_chat_tab(app: AppContext) -> None:
             with gr.Column(scale=3):
                 with gr.Accordion(t("parameters"), open=True) as parameters:
                     max_output_tokens = gr.Slider(16, 1024, value=CONVERSATION_DEFAULTS["max_length"], step=16,
-                                                  label=t("max_output_tokens"))
-                    num_beams = gr.Slider(1, 5, value=CONVERSATION_DEFAULTS["num_beams"], step=1, label=t("num_beams"))
+                                                  label=t("max_output_tokens"), elem_id="xcomposer-max-tokens")
+                    num_beams = gr.Slider(1, 5, value=CONVERSATION_DEFAULTS["num_beams"], step=1, label=t("num_beams"),
+                                          elem_id="xcomposer-beams")
                     repetition_penalty = gr.Slider(1.0, 5.0, value=CONVERSATION_DEFAULTS["repetition_penalty"], step=0.1,
                                                    label=t("repetition_penalty"))
                     do_sample = gr.Checkbox(value=CONVERSATION_DEFAULTS["do_sample"], label=t("do_sample"))
@@ -34,7 +35,7 @@ def build_chat_tab(app: AppContext) -> None:
                 message = gr.MultimodalTextbox(file_count="single", sources=["upload"],
                                                placeholder=t("input"), show_label=False, elem_id="xcomposer-input")
                 with gr.Row():
-                    stop = gr.Button(t("stop"))
+                    stop = gr.Button(t("stop"), elem_id="xcomposer-stop")
                     regenerate = gr.Button(t("regenerate"))
                     clear = gr.Button(t("clear"))
 

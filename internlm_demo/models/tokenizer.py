@@ -15,6 +15,31 @@ from tokenizers import Tokenizer
 from .checkpoint import bad_value
 
 
+# transformers' ``clean_up_tokenization``, in its order: no space before . ? ! , and English contractions.
+CLEAN_UP_RULES = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                  (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+# Original slow tokenizers whose ``convert_tokens_to_string`` always ends with that clean-up (a missing
+# tokenizer_class means InternLM v1's); InternLM3's Llama-style tokenizer does not.
+ALWAYS_CLEANS_UP = (None, "InternLMTokenizer", "InternLM2Tokenizer", "InternLMXComposerTokenizer")
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: ``"Hello , it 's"`` → ``"Hello, it's"``."""
+    for before, after in CLEAN_UP_RULES:
+        text = text.replace(before, after)
+    return text
+
+
+def settled_text(text: str) -> str:
+    """The part of a partial decode that more tokens cannot change: an ending that could still grow into a
+    clean-up pattern (``" "``, ``" n"``, ``" '"``, ...) is held back until the next token or the end."""
+    for length in range(min(len(text), 3), 0, -1):
+        ending = text[-length:]
+        if any(before.startswith(ending) and before != ending for before, _ in CLEAN_UP_RULES):
+            return text[:-length]
+    return text
+
+
 @dataclass(frozen=True)
 class SpecialTokens:
     """Markers that are matched as whole strings before sentencepiece sees the text."""
@@ -30,13 +55,17 @@ class InternLMTokenizer:
 
     Text is split on the special-token strings, each piece in between goes through
     sentencepiece unchanged, and BOS is prepended by default. Decoding reproduces the
-    original's join of special tokens (a space before a special token that follows text).
+    original's join of special tokens (a space before a special token that follows text) and
+    transformers' clean-up of spaces before punctuation (``clean_up_passes`` times).
     """
 
-    def __init__(self, processor: sentencepiece.SentencePieceProcessor, special: SpecialTokens, add_bos: bool = True):
+    def __init__(self, processor: sentencepiece.SentencePieceProcessor, special: SpecialTokens, add_bos: bool = True,
+                 clean_up_passes: int = 1):
         self.sp = processor
         self.special = special
         self.add_bos = add_bos
+        # 1: the original convert_tokens_to_string's clean-up; 2: decode's too (clean_up_tokenization_spaces).
+        self.clean_up_passes = clean_up_passes
         self._id_to_special: dict[int, str] = dict(special.by_id)
         for text in (special.bos, special.eos, special.unk):
             self._id_to_special.setdefault(processor.piece_to_id(text), text)
@@ -125,7 +154,10 @@ class InternLMTokenizer:
             pending = []
             previous_was_special = True
         out.append(self.sp.decode(pending))
-        return "".join(out)
+        text = "".join(out)
+        for _ in range(self.clean_up_passes):
+            text = clean_up_tokenization(text)
+        return text
 
 
 def read_tokenizer(folder: Path, tokenizer_config: dict) -> InternLMTokenizer:
@@ -148,9 +180,12 @@ def read_tokenizer(folder: Path, tokenizer_config: dict) -> InternLMTokenizer:
         if not (token_id.isdigit() and isinstance(entry, dict) and isinstance(entry.get("content"), str)):
             raise bad_value(path, f"added_tokens_decoder[{token_id!r}]", entry,
                             'an entry {"content": TEXT} under a token id such as "92538"')
-    add_bos = tokenizer_config.get("add_bos_token", True)
-    if not isinstance(add_bos, bool):
-        raise bad_value(path, "add_bos_token", add_bos, "true or false")
+    flags = {key: tokenizer_config.get(key, default) for key, default in
+             (("add_bos_token", True), ("clean_up_tokenization_spaces", False))}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise bad_value(path, key, value, "true or false")
+    tokenizer_class = tokenizer_config.get("tokenizer_class")
     processor = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     special = SpecialTokens(
         bos=text_of("bos_token", "<s>"),
@@ -158,7 +193,8 @@ def read_tokenizer(folder: Path, tokenizer_config: dict) -> InternLMTokenizer:
         unk=text_of("unk_token", "<unk>"),
         by_id={int(i): entry["content"] for i, entry in decoder.items()},
     )
-    return InternLMTokenizer(processor, special, add_bos=add_bos)
+    clean_up_passes = (tokenizer_class in ALWAYS_CLEANS_UP) + flags["clean_up_tokenization_spaces"]
+    return InternLMTokenizer(processor, special, add_bos=flags["add_bos_token"], clean_up_passes=clean_up_passes)
 
 
 class FastTokenizer:

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..errors import ContextOverflowError, ModelFolderError, PortInUseError
 from ..generation.params import GenerationStats
+from ..models.tokenizer import settled_text
 from ..settings import Settings
 from .chat_model import Budget, ChatModel, History
 from .limits import BodySizeLimit, GenerationSlots, RequestError, error_body, wait_for_disconnect
@@ -312,11 +313,15 @@ async def stream_events(progress: Progress, stats: GenerationStats, completion_i
 
     sent = ""
     yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    text = ""
     async for text in progress.texts():
-        # A stop word cut can make the text shrink for a moment; only growth is news.
-        if text.startswith(sent) and len(text) > len(sent):
-            yield event([{"index": 0, "delta": {"content": text[len(sent):]}, "finish_reason": None}])
-            sent = text
+        # Deltas cannot be taken back: while generating, only the settled part goes out (a later "." may
+        # remove the space before it); a stop word cut can make the text shrink for a moment.
+        if (shown := settled_text(text)).startswith(sent) and len(shown) > len(sent):
+            yield event([{"index": 0, "delta": {"content": shown[len(sent):]}, "finish_reason": None}])
+            sent = shown
+    if text.startswith(sent) and len(text) > len(sent):  # the held-back ending of the final text
+        yield event([{"index": 0, "delta": {"content": text[len(sent):]}, "finish_reason": None}])
     if progress.error is not None:
         yield f"data: {json.dumps({'error': {'message': progress.error, 'type': 'server_error', 'code': 500}})}\n\n"
     else:

@@ -23,7 +23,8 @@ class Settings:
     num_gpus: int | None = None
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None → GPU when there is one
     dtype: str | None = None  # "float16", "bfloat16", "float32"; None → float16 on GPU, float32 on CPU
-    engine: str = field(default="auto", metadata={"choices": ("auto", "fast", "simple")})  # auto/fast: the engine; simple: off
+    # auto/fast: the batched engine (CPU and GPUs alike); simple: transformers, one generation at a time
+    engine: str = field(default="auto", metadata={"choices": ("auto", "fast", "simple")})
     host: str = "127.0.0.1"
     port: int = 6006
     api_base: str | None = None  # an OpenAI-compatible server to use instead of a local model

@@ -96,7 +96,9 @@ def test_none_is_the_labelled_standin_until_internlm_is_downloaded(default_model
     monkeypatch.setenv("INTERNLM_DEMO_MODELS", str(tmp_path))
     downloaded = tmp_path / STANDS_IN_FOR
     shutil.copytree(FIXTURES_DIR / "internlm2-chat-7b-tiny", downloaded)
-    (downloaded / registry.COMPLETE_MARKER).touch()
+    files = {path.name: {"size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
+             for path in downloaded.iterdir()}
+    (downloaded / registry.COMPLETE_MARKER).write_text(json.dumps({"files": files}))  # as download.py records it
     real = load_chat_model(None, progress=False)
     assert (real.info.model_id, real.info.is_standin, real.info.stands_in_for) == (STANDS_IN_FOR, False, "")
 

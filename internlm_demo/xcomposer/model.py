@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,7 @@ from .prompts import (
     interleaved_segments,
     parse_selection,
     select_image_text,
+    until_turn_marker,
 )
 
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -175,8 +177,8 @@ class XComposer:
         )
 
     def response_text(self, output_ids: Sequence[int]) -> str:
-        """The original ``decode_text``: special tokens skipped, cut at EOA."""
-        return self.tokenizer.decode(output_ids, skip_special_tokens=True).split(EOA)[0]
+        """The original ``decode_text`` (special tokens skipped, cut at EOA), also cut at an EOH the model wrote."""
+        return until_turn_marker(self.tokenizer.decode(output_ids, skip_special_tokens=True))
 
     def generate(self, text: str, image: ImageInput | None = None, **generate_kwargs) -> str:
         """The original ``model.generate``: one question, optionally about an image, no history."""
@@ -228,13 +230,17 @@ class XComposer:
         ending early when the newest id is one of ``break_ids`` or when ``stop`` is set."""
         decoder = self.decoder(self.embed(segments), defaults=defaults, stop=stop, **generate_kwargs)
         shown = None
-        for ids in decoder.steps():
-            if ids[-1] in break_ids:
-                return
-            text = self.tokenizer.decode(ids[1:], skip_special_tokens=True)
-            if text != shown and not text.endswith("\ufffd"):
-                shown = text
-                yield text
+        with contextlib.closing(decoder.steps()) as steps:
+            for ids in steps:
+                if ids[-1] in break_ids:
+                    return
+                written = self.tokenizer.decode(ids[1:], skip_special_tokens=True)
+                text = until_turn_marker(written)
+                if text != shown and not text.endswith("\ufffd"):
+                    shown = text
+                    yield text
+                if text != written:
+                    return  # the reply ended with the marker; the rest would be a new turn
 
     @property
     def conversation_break_ids(self) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ image embeddings (tensors of shape ``(1, positions, hidden)``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ META_INSTRUCTION = (
 # End of human / end of assistant. XComposer's tokenizer names pieces 103027/103028 this way.
 EOH = "<TOKENS_UNUSED_0>"
 EOA = "<TOKENS_UNUSED_1>"
+TURN_MARKERS = re.compile(f"{re.escape(EOH)}|{re.escape(EOA)}")
 USER = " <|User|>:"
 BOT = " <|Bot|>:"
 ANSWER_CUE = f"\n{EOH}{BOT}"
@@ -168,3 +170,9 @@ def parse_selection(answer: str, candidate_count: int = len(SELECT_LETTERS)) -> 
     letter = answer[1] if answer[0] == " " and len(answer) > 1 else answer[0]
     index = SELECT_LETTERS.find(letter)
     return index if 0 <= index < candidate_count else None
+
+
+def until_turn_marker(text: str) -> str:
+    """``text`` up to the first EOH/EOA a model wrote into it: beam search stops only when every beam ends in
+    a stop id, so the best one can hold a marker mid-reply; what follows it belongs to no reply."""
+    return TURN_MARKERS.split(text, maxsplit=1)[0]

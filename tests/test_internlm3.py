@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, InternLM3Config
 
-from internlm_demo import load_chat_model
+from internlm_demo import GenerationStats, load_chat_model
 from tests.conftest import FIXTURES_DIR
 
 TINY_INTERNLM3 = {
@@ -62,11 +62,22 @@ def test_internlm3_logits_match_transformers(internlm3_folder):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_internlm3_chats(internlm3_folder):
-    folder, _ = internlm3_folder
+def test_internlm3_chats_as_transformers_generates(internlm3_folder):
+    folder, reference = internlm3_folder
     model = load_chat_model(folder, device="cpu", dtype="float32", progress=False)
     prompt = model.build_prompt("Hi", [])
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-    response, history = model.chat("Hi", [], do_sample=False, max_new_tokens=8)
-    assert history == [("Hi", response)]
     assert model.tokenizer.token_id("<|im_end|>") in model.stop_ids
+    # The oracle: transformers' own InternLM3 greedy-decoding the same prompt ids.
+    ids = model.tokenizer.encode(prompt)
+    with torch.inference_mode():
+        generated = reference.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, num_beams=1,
+                                       eos_token_id=sorted(model.stop_ids), pad_token_id=2)[0, len(ids):].tolist()
+    expected_ids = [token for token in generated if token not in model.stop_ids]
+    stats = GenerationStats()
+    for _ in model.stream_chat("Hi", [], stats=stats, do_sample=False, max_new_tokens=8):
+        pass
+    assert stats.output_ids == expected_ids and len(expected_ids) > 0
+    response, history = model.chat("Hi", [], do_sample=False, max_new_tokens=8)
+    assert response == model.tokenizer.decode(expected_ids, skip_special_tokens=True).split("<|im_end|>")[0]
+    assert history == [("Hi", response)]

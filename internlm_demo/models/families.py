@@ -79,7 +79,8 @@ INTERNLM3 = Family(
 )
 
 # The stand-in model (see models/standin.py): ChatML as in its own chat template, whose default system
-# prompt this is; its model card recommends temperature 0.2 and top-p 0.9.
+# prompt this is; its model card recommends temperature 0.2 and top-p 0.9. A 135M model that starts to
+# repeat itself seldom stops, so replies are capped at 512 tokens.
 SMOLLM2 = Family(
     name="smollm2",
     model_types=("smollm2",),
@@ -89,7 +90,7 @@ SMOLLM2 = Family(
     stop_words=INTERNLM2.stop_words,
     default_meta_instruction="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
     web_demo_temperature=0.2,
-    chat_defaults={"max_new_tokens": 1024, "do_sample": True, "temperature": 0.2, "top_p": 0.9},
+    chat_defaults={"max_new_tokens": 512, "do_sample": True, "temperature": 0.2, "top_p": 0.9},
 )
 
 FAMILIES = (INTERNLM, INTERNLM2, INTERNLM3, SMOLLM2)

@@ -1,10 +1,16 @@
-"""Triton kernels for one decode step at batch 1, with the rounding steps of the transformers Llama.
+"""Triton kernels for one decode step over B rows, with the rounding steps of the transformers Llama.
 
-Each kernel does what a few torch ops do in ``engine.TorchDecodeKernels`` (the reference the tests
-check them against), in one launch: RMSNorm fused into the matrix-vector product that follows it;
-bias, SiLU gate, residual add, or RoPE plus the KV-cache store fused into its epilogue; and a
-split-sequence attention that reads only the cache positions in use (its length comes from a device
-tensor, so one CUDA graph serves every length).
+Row b of every input belongs to cache slot b. Each kernel does what a few torch ops do in the torch
+reference (the tests check them against it), in one launch: RMSNorm fused into the matrix product that
+follows it; bias, SiLU gate, residual add, or RoPE plus the KV-cache store fused into its epilogue; a
+split-sequence attention that reads only the cache positions each row uses (lengths come from a device
+tensor, so one CUDA graph serves every length); and a per-row sampler whose noise is a function of the
+row's (seed, step) alone.
+
+Batch 1 runs matrix-vector kernels (CUDA cores, every weight read once). Two rows or more run one
+kernel that reads each weight tile once for every row: the rows are padded to ``ROWS`` and multiplied on
+the tensor cores. Its block shape depends on the weight shape only, never on B, so a row's result is the
+same in every batch of 2..ROWS rows (and in larger batches, which repeat the kernel per ROWS rows).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-# (BLOCK_N, BLOCK_K, num_warps, unroll) per weight shape (rows, columns): the fastest of
+# Batch 1: (BLOCK_N, BLOCK_K, num_warps, unroll) per weight shape (rows, columns): the fastest of
 # bench/decode.py --sweep on an H200 (q/k/v timed as the fused RoPE kernel). unroll=1 unrolls the
 # K loop, so every load of a program is issued up front. Other shapes use DEFAULT_GEMV_CONFIG.
 DEFAULT_GEMV_CONFIG = (4, 1024, 4, 0)
@@ -31,6 +37,12 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (5120, 13824): (4, 1024, 4, 1),
     (103168, 5120): (16, 512, 4, 0),
 }
+# Two rows or more: (BLOCK_N, BLOCK_K, num_warps, num_stages) per weight shape, one entry for every batch
+# size (so a row's result does not depend on B). BLOCK_N >= 16: the tensor cores' smallest tile.
+ROWS = 16
+GEMV_FOR_ONE_ROW = True
+DEFAULT_ROWS_CONFIG = (32, 256, 4, 3)
+ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 SAMPLER_BLOCK = 16384  # one program walks the vocabulary in chunks this large
 
 
@@ -109,14 +121,113 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, res_ptr, out_ptr, n_out, eps,
 
 
 @triton.jit
+def _rows_rstd(x_ptr, batch, batch_ok, eps, k_dim: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """1 / RMS of each row of x [B, k_dim] (rows past B give 1 / sqrt(eps), never used)."""
+    squares = tl.zeros([ROWS, BLOCK_K], dtype=tl.float32)
+    for start in range(0, k_dim, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        xs = tl.load(x_ptr + batch[:, None] * k_dim + cols[None, :], mask=batch_ok[:, None] & (cols < k_dim)[None, :],
+                     other=0.0).to(tl.float32)
+        squares += xs * xs
+    return tl.rsqrt(tl.sum(squares, axis=1) / k_dim + eps)
+
+
+@triton.jit
+def _rows_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, batch, batch_ok, cols, acc, acc_up, rstd, up_offset,
+                k_dim: tl.constexpr, HAS_NORM: tl.constexpr, GATED: tl.constexpr):
+    """Accumulate one BLOCK_K slice of x [ROWS, BLOCK_K] (normalized first) times W[rows]^T on the tensor cores
+    (float32 in full precision, not TF32)."""
+    dtype = x_ptr.dtype.element_ty
+    PRECISION: tl.constexpr = "ieee" if dtype == tl.float32 else "tf32"
+    col_ok = cols < k_dim
+    xs = tl.load(x_ptr + batch[:, None] * k_dim + cols[None, :], mask=batch_ok[:, None] & col_ok[None, :], other=0.0)
+    if HAS_NORM:
+        norm_w = tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        xs = (norm_w[None, :] * (xs.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32)).to(dtype)
+    w_offsets = rows[:, None] * k_dim + cols[None, :]
+    w_mask = row_ok[:, None] & col_ok[None, :]
+    w = tl.load(w_ptr + w_offsets, mask=w_mask, other=0.0)
+    acc = tl.dot(xs, tl.trans(w), acc, input_precision=PRECISION)
+    if GATED:
+        w_up = tl.load(w_ptr + up_offset * k_dim + w_offsets, mask=w_mask, other=0.0)
+        acc_up = tl.dot(xs, tl.trans(w_up), acc_up, input_precision=PRECISION)
+    return acc, acc_up
+
+
+@triton.jit
+def _rows_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, res_ptr, out_ptr, n_batch, n_out, eps, up_offset,
+                 k_dim: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                 GATED: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out [B, n_out] = epilogue(RMSNorm(x) @ W^T): ROWS rows of x against BLOCK_N rows of W per program."""
+    dtype = out_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_out
+    batch = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    batch_ok = batch < n_batch
+    rstd = tl.full([ROWS], 1.0, dtype=tl.float32)
+    if HAS_NORM:
+        rstd = _rows_rstd(x_ptr, batch, batch_ok, eps, k_dim, ROWS, BLOCK_K)
+    acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    for start in range(0, k_dim, BLOCK_K):
+        acc, acc_up = _rows_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, batch, batch_ok, start + tl.arange(0, BLOCK_K),
+                                  acc, acc_up, rstd, up_offset, k_dim, HAS_NORM, GATED)
+    y = acc
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+    y = y.to(dtype)
+    if GATED:
+        up = acc_up
+        if HAS_BIAS:
+            up += tl.load(bias_ptr + up_offset + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+        gate = y.to(tl.float32)
+        activated = (gate / (1.0 + tl.exp(-gate))).to(dtype)
+        y = (activated.to(tl.float32) * up.to(dtype).to(tl.float32)).to(dtype)
+    offsets = batch[:, None] * n_out + rows[None, :]
+    mask = batch_ok[:, None] & row_ok[None, :]
+    if HAS_RESIDUAL:
+        residual = tl.load(res_ptr + offsets, mask=mask, other=0.0)
+        y = (residual.to(tl.float32) + y.to(tl.float32)).to(dtype)
+    tl.store(out_ptr + offsets, y, mask=mask)
+
+
+@triton.jit
+def _rope_store(low, high, dims, position, head, target_q, k_base, v_base, cos_ptr, sin_ptr, mask,
+                HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """RoPE on a q or k head (dimensions j and j + HEAD_DIM/2 in low/high), then store it: q to target_q,
+    k and v into the cache at ``position`` (pointers to position 0 of the row's slot and head)."""
+    dtype = target_q.dtype.element_ty
+    HALF: tl.constexpr = HEAD_DIM // 2
+    if head < HEADS + KV_HEADS:
+        # x * cos + rotate_half(x) * sin, rounding after each op as the float16 torch code does
+        cos_low = tl.load(cos_ptr + position * HEAD_DIM + dims, mask=mask, other=0.0).to(tl.float32)
+        cos_high = tl.load(cos_ptr + position * HEAD_DIM + HALF + dims, mask=mask, other=0.0).to(tl.float32)
+        sin_low = tl.load(sin_ptr + position * HEAD_DIM + dims, mask=mask, other=0.0).to(tl.float32)
+        sin_high = tl.load(sin_ptr + position * HEAD_DIM + HALF + dims, mask=mask, other=0.0).to(tl.float32)
+        a = low.to(tl.float32)
+        b = high.to(tl.float32)
+        out_low = ((a * cos_low).to(dtype).to(tl.float32) + (-b * sin_low).to(dtype).to(tl.float32)).to(dtype)
+        out_high = ((b * cos_high).to(dtype).to(tl.float32) + (a * sin_high).to(dtype).to(tl.float32)).to(dtype)
+        if head < HEADS:
+            target = target_q
+        else:
+            target = k_base + position * HEAD_DIM
+    else:
+        out_low = low
+        out_high = high
+        target = v_base + position * HEAD_DIM
+    tl.store(target + dims, out_low, mask=mask)
+    tl.store(target + HALF + dims, out_high, mask=mask)
+
+
+@triton.jit
 def _qkv_rope_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
                      eps, cache_head_stride, k_dim: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                      HEAD_DIM: tl.constexpr, PAIRS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
                      UNROLL: tl.constexpr, BLOCK_K: tl.constexpr):
-    """q/k/v = RMSNorm(x) @ W^T (+ bias) with RoPE on q and k in the epilogue; q goes to q_ptr, k and v
-    into the cache at the current position. A program owns PAIRS dimension pairs (j, j + HEAD_DIM/2) of
-    one head, the two halves that rotate_half mixes."""
-    dtype = q_ptr.dtype.element_ty
+    """Batch 1: q/k/v = RMSNorm(x) @ W^T (+ bias) with RoPE on q and k in the epilogue; q goes to q_ptr, k
+    and v into slot 0 of the cache at the row's position. A program owns PAIRS dimension pairs
+    (j, j + HEAD_DIM/2) of one head, the two halves that rotate_half mixes."""
     HALF: tl.constexpr = HEAD_DIM // 2
     program = tl.program_id(0)
     head = program // (HALF // PAIRS)
@@ -143,50 +254,69 @@ def _qkv_rope_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, cos_ptr, sin_ptr, pos_ptr
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows).to(tl.float32)
-    low, high = tl.split(tl.reshape(y.to(dtype), [PAIRS, 2]))  # dimensions j and j + HALF
+    low, high = tl.split(tl.reshape(y.to(q_ptr.dtype.element_ty), [PAIRS, 2]))  # dimensions j and j + HALF
     dims = first + tl.arange(0, PAIRS)
     position = tl.load(pos_ptr)
-    if head < HEADS + KV_HEADS:
-        # x * cos + rotate_half(x) * sin, rounding after each op as the float16 torch code does
-        cos_low = tl.load(cos_ptr + position * HEAD_DIM + dims).to(tl.float32)
-        cos_high = tl.load(cos_ptr + position * HEAD_DIM + HALF + dims).to(tl.float32)
-        sin_low = tl.load(sin_ptr + position * HEAD_DIM + dims).to(tl.float32)
-        sin_high = tl.load(sin_ptr + position * HEAD_DIM + HALF + dims).to(tl.float32)
-        a = low.to(tl.float32)
-        b = high.to(tl.float32)
-        out_low = ((a * cos_low).to(dtype).to(tl.float32) + (-b * sin_low).to(dtype).to(tl.float32)).to(dtype)
-        out_high = ((b * cos_high).to(dtype).to(tl.float32) + (a * sin_high).to(dtype).to(tl.float32)).to(dtype)
-        if head < HEADS:
-            target = q_ptr + head * HEAD_DIM
-        else:
-            target = k_cache_ptr + (head - HEADS) * cache_head_stride + position * HEAD_DIM
-    else:
-        out_low = low
-        out_high = high
-        target = v_cache_ptr + (head - HEADS - KV_HEADS) * cache_head_stride + position * HEAD_DIM
-    tl.store(target + dims, out_low)
-    tl.store(target + HALF + dims, out_high)
+    kv_head = tl.where(head < HEADS + KV_HEADS, head - HEADS, head - HEADS - KV_HEADS)
+    _rope_store(low, high, dims, position, head, q_ptr + head * HEAD_DIM, k_cache_ptr + kv_head * cache_head_stride,
+                v_cache_ptr + kv_head * cache_head_stride, cos_ptr, sin_ptr, dims >= 0, HEADS, KV_HEADS, HEAD_DIM)
+
+
+@triton.jit
+def _qkv_rope_rows_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr,
+                          v_cache_ptr, n_batch, eps, cache_slot_stride, cache_head_stride, k_dim: tl.constexpr,
+                          HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PAIRS: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Two rows or more: the q/k/v + RoPE + cache store of ``_qkv_rope_kernel`` for ROWS rows per program,
+    on the tensor cores; row b writes slot b of the cache at its own position."""
+    dtype = q_ptr.dtype.element_ty
+    HALF: tl.constexpr = HEAD_DIM // 2
+    program = tl.program_id(0)
+    head = program // (HALF // PAIRS)
+    first = (program % (HALF // PAIRS)) * PAIRS
+    index = tl.arange(0, 2 * PAIRS)
+    rows = head * HEAD_DIM + first + index // 2 + (index % 2) * HALF  # interleaved: j, j + HALF, j + 1, ...
+    row_ok = rows >= 0
+    batch = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    batch_ok = batch < n_batch
+    rstd = _rows_rstd(x_ptr, batch, batch_ok, eps, k_dim, ROWS, BLOCK_K)
+    acc = tl.zeros([ROWS, 2 * PAIRS], dtype=tl.float32)
+    for start in range(0, k_dim, BLOCK_K):
+        acc, _ = _rows_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, batch, batch_ok, start + tl.arange(0, BLOCK_K),
+                             acc, acc, rstd, 0, k_dim, True, False)
+    y = acc
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rows).to(tl.float32)[None, :]
+    low, high = tl.split(tl.reshape(y.to(dtype), [ROWS, PAIRS, 2]))  # [ROWS, PAIRS]: dimensions j and j + HALF
+    dims = (first + tl.arange(0, PAIRS))[None, :]
+    position = tl.load(pos_ptr + batch, mask=batch_ok, other=0)[:, None]
+    kv_head = tl.where(head < HEADS + KV_HEADS, head - HEADS, head - HEADS - KV_HEADS)
+    cache_offset = batch[:, None].to(tl.int64) * cache_slot_stride + kv_head * cache_head_stride
+    _rope_store(low, high, dims, position, head, q_ptr + batch[:, None] * (HEADS * HEAD_DIM) + head * HEAD_DIM,
+                k_cache_ptr + cache_offset, v_cache_ptr + cache_offset, cos_ptr, sin_ptr,
+                batch_ok[:, None] & (dims >= 0), HEADS, KV_HEADS, HEAD_DIM)
 
 
 @triton.jit
 def _attention_partial_mha_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out_ptr, part_lse_ptr,
-                                  scale, cache_head_stride, num_splits, CHUNK: tl.constexpr,
-                                  HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
-    """One head's attention over one CHUNK of cache positions (multi-head attention: one query per head)."""
+                                  scale, cache_slot_stride, cache_head_stride, num_splits, HEADS: tl.constexpr,
+                                  CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One row's head over one CHUNK of its cache positions (multi-head attention: one query per head)."""
     head = tl.program_id(0)
     split = tl.program_id(1)
-    length = tl.load(pos_ptr) + 1
+    row = tl.program_id(2)
+    length = tl.load(pos_ptr + row) + 1
     start = split * CHUNK
     if start < length:  # splits past the length do nothing; the reduction skips them
         end = tl.minimum(start + CHUNK, length)
         dims = tl.arange(0, HEAD_DIM)
-        q = tl.load(q_ptr + head * HEAD_DIM + dims).to(tl.float32) * scale
+        q = tl.load(q_ptr + (row * HEADS + head) * HEAD_DIM + dims).to(tl.float32) * scale
         best = tl.full([1], float("-inf"), dtype=tl.float32)
         total = tl.zeros([1], dtype=tl.float32)
         acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
         steps = tl.arange(0, BLOCK_T)
-        k_base = k_cache_ptr + head * cache_head_stride
-        v_base = v_cache_ptr + head * cache_head_stride
+        k_base = k_cache_ptr + row.to(tl.int64) * cache_slot_stride + head * cache_head_stride
+        v_base = v_cache_ptr + row.to(tl.int64) * cache_slot_stride + head * cache_head_stride
         for block in range(0, CHUNK, BLOCK_T):
             t = start + block + steps
             t_ok = t < end
@@ -199,20 +329,21 @@ def _attention_partial_mha_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part
             acc = acc * rescale + tl.sum(values.to(tl.float32) * weights[:, None], axis=0)
             total = total * rescale + tl.sum(weights, axis=0)
             best = new_best
-        part = head * num_splits + split
+        part = (row * HEADS + head) * num_splits + split
         tl.store(part_out_ptr + part * HEAD_DIM + dims, acc / total)
         tl.store(part_lse_ptr + part + tl.arange(0, 1), best + tl.log(total))
 
 
 @triton.jit
 def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out_ptr, part_lse_ptr,
-                              scale, cache_head_stride, num_splits, CHUNK: tl.constexpr,
-                              GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                              BLOCK_T: tl.constexpr):
-    """The GROUP query heads of one KV head over one CHUNK of cache positions (grouped-query attention)."""
+                              scale, cache_slot_stride, cache_head_stride, num_splits, HEADS: tl.constexpr,
+                              CHUNK: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                              HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The GROUP query heads of one KV head of one row over one CHUNK of its positions (grouped-query)."""
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
-    length = tl.load(pos_ptr) + 1
+    row = tl.program_id(2)
+    length = tl.load(pos_ptr + row) + 1
     start = split * CHUNK
     if start < length:  # splits past the length do nothing; the reduction skips them
         end = tl.minimum(start + CHUNK, length)
@@ -220,14 +351,15 @@ def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out
         dims = tl.arange(0, HEAD_DIM)
         heads = kv_head * GROUP + groups
         group_ok = groups < GROUP
-        q = tl.load(q_ptr + heads[:, None] * HEAD_DIM + dims[None, :], mask=group_ok[:, None], other=0.0)
+        q = tl.load(q_ptr + (row * HEADS + heads[:, None]) * HEAD_DIM + dims[None, :], mask=group_ok[:, None],
+                    other=0.0)
         q = q.to(tl.float32) * scale
         best = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
         total = tl.zeros([GROUP_PAD], dtype=tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
         steps = tl.arange(0, BLOCK_T)
-        k_base = k_cache_ptr + kv_head * cache_head_stride
-        v_base = v_cache_ptr + kv_head * cache_head_stride
+        k_base = k_cache_ptr + row.to(tl.int64) * cache_slot_stride + kv_head * cache_head_stride
+        v_base = v_cache_ptr + row.to(tl.int64) * cache_slot_stride + kv_head * cache_head_stride
         for block in range(0, CHUNK, BLOCK_T):
             t = start + block + steps
             t_ok = t < end
@@ -241,199 +373,281 @@ def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out
             acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * values.to(tl.float32)[None, :, :], axis=1)
             total = total * rescale + tl.sum(weights, axis=1)
             best = new_best
-        part = heads * num_splits + split
+        part = (row * HEADS + heads) * num_splits + split
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc / total[:, None],
                  mask=group_ok[:, None])
         tl.store(part_lse_ptr + part, best + tl.log(total), mask=group_ok)
 
 
 @triton.jit
-def _attention_reduce_kernel(part_out_ptr, part_lse_ptr, pos_ptr, out_ptr, chunk, num_splits,
+def _attention_reduce_kernel(part_out_ptr, part_lse_ptr, pos_ptr, out_ptr, chunk, num_splits, HEADS: tl.constexpr,
                              SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
     head = tl.program_id(0)
-    length = tl.load(pos_ptr) + 1
+    row = tl.program_id(1)
+    length = tl.load(pos_ptr + row) + 1
     active = (length + chunk - 1) // chunk
     splits = tl.arange(0, SPLITS_PAD)
     dims = tl.arange(0, HEAD_DIM)
     split_ok = splits < active
-    lse = tl.load(part_lse_ptr + head * num_splits + splits, mask=split_ok, other=float("-inf"))
+    part = (row * HEADS + head) * num_splits
+    lse = tl.load(part_lse_ptr + part + splits, mask=split_ok, other=float("-inf"))
     weights = tl.where(split_ok, tl.exp(lse - tl.max(lse, axis=0)), 0.0)
-    parts = tl.load(part_out_ptr + (head * num_splits + splits[:, None]) * HEAD_DIM + dims[None, :],
-                    mask=split_ok[:, None], other=0.0)
+    parts = tl.load(part_out_ptr + (part + splits[:, None]) * HEAD_DIM + dims[None, :], mask=split_ok[:, None],
+                    other=0.0)
     out = tl.sum(parts * weights[:, None], axis=0) / tl.sum(weights, axis=0)
-    tl.store(out_ptr + head * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + (row * HEADS + head) * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _penalized(logits_ptr, seen_ptr, penalty, ids, ok, PENALIZE: tl.constexpr):
+    scores = tl.load(logits_ptr + ids, mask=ok, other=float("-inf")).to(tl.float32)
+    if PENALIZE:
+        seen = tl.load(seen_ptr + ids, mask=ok, other=0) != 0
+        scores = tl.where(seen, tl.where(scores < 0, scores * penalty, scores / penalty), scores)
+    return scores
 
 
 @triton.jit
 def _greedy_kernel(logits_ptr, seen_ptr, penalty_ptr, token_ptr, VOCAB: tl.constexpr, PENALIZE: tl.constexpr,
                    BLOCK: tl.constexpr):
-    """argmax of the (repetition-penalized) logits into token; the id is marked seen. One program."""
+    """argmax of one row's (repetition-penalized) logits into token[row]; the id is marked seen."""
+    row = tl.program_id(0)
+    logits_ptr += row.to(tl.int64) * VOCAB
+    seen_ptr += row.to(tl.int64) * VOCAB
+    penalty = tl.load(penalty_ptr + row)
     best_value = tl.full([1], float("-inf"), dtype=tl.float32)
     best_index = tl.zeros([1], dtype=tl.int64)
     for start in range(0, VOCAB, BLOCK):
         ids = start + tl.arange(0, BLOCK)
-        scores = tl.load(logits_ptr + ids, mask=ids < VOCAB, other=float("-inf")).to(tl.float32)
-        if PENALIZE:
-            penalty = tl.load(penalty_ptr)
-            seen = tl.load(seen_ptr + ids, mask=ids < VOCAB, other=0) != 0
-            scores = tl.where(seen, tl.where(scores < 0, scores * penalty, scores / penalty), scores)
+        scores = _penalized(logits_ptr, seen_ptr, penalty, ids, ids < VOCAB, PENALIZE)
         value, index = tl.max(scores, axis=0, return_indices=True, return_indices_tie_break_left=True)
         better = value > best_value  # strictly: the first maximum wins, as torch.argmax
         best_index = tl.where(better, start + index, best_index)
         best_value = tl.where(better, value, best_value)
-    tl.store(token_ptr + tl.arange(0, 1), best_index)
+    tl.store(token_ptr + row + tl.arange(0, 1), best_index)
     tl.store(seen_ptr + best_index, tl.full([1], 1, dtype=tl.int1))
 
 
 @triton.jit
-def _scores_kernel(logits_ptr, seen_ptr, penalty_ptr, temperature_ptr, out_ptr, VOCAB: tl.constexpr,
-                   PENALIZE: tl.constexpr, BLOCK: tl.constexpr):
-    """float32 scores for sampling: repetition penalty, then temperature."""
+def _scores_kernel(logits_ptr, seen_ptr, penalty_ptr, out_ptr, VOCAB: tl.constexpr, PENALIZE: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """float32 scores of one row for sampling, repetition penalty applied."""
+    row = tl.program_id(1)
     ids = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = ids < VOCAB
-    scores = tl.load(logits_ptr + ids, mask=ok, other=0.0).to(tl.float32)
-    if PENALIZE:
-        penalty = tl.load(penalty_ptr)
-        seen = tl.load(seen_ptr + ids, mask=ok, other=0) != 0
-        scores = tl.where(seen, tl.where(scores < 0, scores * penalty, scores / penalty), scores)
-    tl.store(out_ptr + ids, scores / tl.load(temperature_ptr), mask=ok)
+    scores = _penalized(logits_ptr + row.to(tl.int64) * VOCAB, seen_ptr + row.to(tl.int64) * VOCAB,
+                        tl.load(penalty_ptr + row), ids, ok, PENALIZE)
+    tl.store(out_ptr + row.to(tl.int64) * VOCAB + ids, scores, mask=ok)
 
 
 @triton.jit
-def _sample_sorted_kernel(sorted_ptr, order_ptr, noise_ptr, top_k_ptr, top_p_ptr, token_ptr, seen_ptr,
-                          VOCAB: tl.constexpr, BLOCK: tl.constexpr):
-    """Top-k, top-p and the draw over scores sorted in descending order (``sampling.filtered_probs`` rules);
-    noise is Exp(1) per sorted position. The drawn id goes to token and is marked seen. One program."""
+def _exponential_noise(seed, step, columns):
+    """Exp(1) noise of ``columns`` for one row: splitmix64 of a (seed, step, column) counter, bit for bit
+    the uniforms of ``torch_kernels.exponential_noise``."""
+    x = (seed.to(tl.uint64) * 0x9E3779B97F4A7C15 + step.to(tl.uint64)) * 0xBF58476D1CE4E5B9
+    x = x + columns.to(tl.uint64) * 0x9E3779B97F4A7C15
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB
+    x = x ^ (x >> 31)
+    uniform = ((x >> 40).to(tl.float32) + 0.5) * (2.0 ** -24)
+    return -tl.log(uniform)
+
+
+@triton.jit
+def _sample_sorted_kernel(sorted_ptr, order_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, step_ptr,
+                          token_ptr, seen_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+    """One row: temperature, top-k, top-p and the draw over its scores sorted in descending order
+    (``sampling.filtered_probs`` rules); temperature <= 0 takes the first of the sorted ids (greedy).
+    The Exp(1) noise at sorted position j is ``torch_kernels.exponential_noise``'s column j, so a row's draw depends on its
+    (seed, step) and scores only, and equals the torch reference's. The id goes to token[row], marked seen."""
     CHUNKS: tl.constexpr = (VOCAB + BLOCK - 1) // BLOCK
+    row = tl.program_id(0)
+    sorted_ptr += row.to(tl.int64) * VOCAB
+    order_ptr += row.to(tl.int64) * VOCAB
     offsets = tl.arange(0, BLOCK)
-    top = tl.load(sorted_ptr)
-    k = tl.load(top_k_ptr)
-    k = tl.where(k > 0, tl.minimum(k, VOCAB), VOCAB)
-    kth = tl.load(sorted_ptr + k - 1)
-    weights = tl.zeros([BLOCK], dtype=tl.float32)
-    for chunk in range(CHUNKS):
-        ids = chunk * BLOCK + offsets
-        scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
-        weights += tl.where(scores >= kth, tl.exp(scores - top), 0.0)
-    mass = tl.sum(weights, axis=0)
-    # From the smallest score up, the tokens whose cumulative probability stays <= 1 - top_p are dropped:
-    # that mass only grows toward the top, so the kept tokens are the first `kept` in sorted order.
-    limit = 1.0 - tl.load(top_p_ptr)
-    kept = tl.zeros([1], dtype=tl.int32)
-    carry = tl.zeros([1], dtype=tl.float32)
-    for step in range(CHUNKS):
-        ids = (CHUNKS - 1 - step) * BLOCK + offsets
-        scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
-        probs = tl.where(scores >= kth, tl.exp(scores - top), 0.0) / mass
-        from_smallest = tl.cumsum(probs, axis=0, reverse=True) + carry
-        kept += tl.sum(((from_smallest > limit) & (ids < VOCAB)).to(tl.int32), axis=0)
-        carry += tl.sum(probs, axis=0)
-    kept = tl.maximum(kept, 1)  # the most likely token is never dropped
-    best_value = tl.full([1], -1.0, dtype=tl.float32)
-    best_index = tl.zeros([1], dtype=tl.int32)
-    for chunk in range(CHUNKS):
-        ids = chunk * BLOCK + offsets
-        scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
-        noise = tl.load(noise_ptr + ids, mask=ids < VOCAB, other=1.0)
-        race = tl.where(ids < kept, tl.exp(scores - top) / noise, -1.0)  # argmax p/E draws with probability p
-        value, index = tl.max(race, axis=0, return_indices=True, return_indices_tie_break_left=True)
-        better = value > best_value
-        best_index = tl.where(better, chunk * BLOCK + index, best_index)
-        best_value = tl.where(better, value, best_value)
+    temperature = tl.load(temperature_ptr + row)
+    if temperature > 0:
+        inverse = 1.0 / temperature
+        top = tl.load(sorted_ptr)
+        k = tl.load(top_k_ptr + row)
+        k = tl.where(k > 0, tl.minimum(k, VOCAB), VOCAB)
+        kth = tl.load(sorted_ptr + k - 1)
+        weights = tl.zeros([BLOCK], dtype=tl.float32)
+        for chunk in range(CHUNKS):
+            ids = chunk * BLOCK + offsets
+            scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
+            weights += tl.where(scores >= kth, tl.exp((scores - top) * inverse), 0.0)
+        mass = tl.sum(weights, axis=0)
+        # From the smallest score up, the tokens whose cumulative probability stays <= 1 - top_p are dropped:
+        # that mass only grows toward the top, so the kept tokens are the first `kept` in sorted order.
+        limit = 1.0 - tl.load(top_p_ptr + row)
+        kept = tl.zeros([1], dtype=tl.int32)
+        carry = tl.zeros([1], dtype=tl.float32)
+        for step in range(CHUNKS):
+            ids = (CHUNKS - 1 - step) * BLOCK + offsets
+            scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
+            probs = tl.where(scores >= kth, tl.exp((scores - top) * inverse), 0.0) / mass
+            from_smallest = tl.cumsum(probs, axis=0, reverse=True) + carry
+            kept += tl.sum(((from_smallest > limit) & (ids < VOCAB)).to(tl.int32), axis=0)
+            carry += tl.sum(probs, axis=0)
+        kept = tl.maximum(kept, 1)  # the most likely token is never dropped
+        seed = tl.load(seed_ptr + row)
+        step = tl.load(step_ptr + row)
+        best_value = tl.full([1], -1.0, dtype=tl.float32)
+        best_index = tl.zeros([1], dtype=tl.int32)
+        for chunk in range(CHUNKS):
+            ids = chunk * BLOCK + offsets
+            in_use = ids < kept
+            scores = tl.load(sorted_ptr + ids, mask=in_use, other=float("-inf"))
+            noise = _exponential_noise(seed, step, ids)
+            race = tl.where(in_use, tl.exp((scores - top) * inverse) / noise, -1.0)  # argmax p/E draws with p
+            value, index = tl.max(race, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            better = value > best_value
+            best_index = tl.where(better, chunk * BLOCK + index, best_index)
+            best_value = tl.where(better, value, best_value)
+    else:
+        best_index = tl.zeros([1], dtype=tl.int32)
     token = tl.load(order_ptr + best_index)
-    tl.store(token_ptr + tl.arange(0, 1), token)
-    tl.store(seen_ptr + token, tl.full([1], 1, dtype=tl.int1))
+    tl.store(token_ptr + row + tl.arange(0, 1), token)
+    tl.store(seen_ptr + row.to(tl.int64) * VOCAB + token, tl.full([1], 1, dtype=tl.int1))
 
 
 def gemv_config(rows: int, cols: int) -> tuple[int, int, int, int]:
+    """Batch 1's (BLOCK_N, BLOCK_K, num_warps, unroll) for a weight of this shape."""
     return GEMV_CONFIGS.get((rows, cols), DEFAULT_GEMV_CONFIG)
 
 
+def rows_config(rows: int, cols: int) -> tuple[int, int, int, int]:
+    """The (BLOCK_N, BLOCK_K, num_warps, num_stages) of two rows or more for a weight of this shape."""
+    return ROWS_CONFIGS.get((rows, cols), DEFAULT_ROWS_CONFIG)
+
+
 class TritonDecodeKernels:
-    """The decode-step operations of ``engine.TorchDecodeKernels`` as single Triton launches (one row)."""
+    """The decode-step operations of the torch reference as Triton launches, for B rows (row b ↔ slot b).
+
+    ``configs``/``rows_configs`` override the block shapes of the tables above per weight shape (the
+    sweep and the tests use them); ``gemv_for_one_row``: batch 1 on the matrix-vector kernels (else on
+    the batched kernel, so that a row's result is the same at every batch size).
+    """
 
     name = "triton"
 
-    def __init__(self, configs: dict[tuple[int, int], tuple[int, int, int, int]] | None = None):
-        self.configs = configs
+    def __init__(self, configs: dict | None = None, rows_configs: dict | None = None,
+                 gemv_for_one_row: bool = GEMV_FOR_ONE_ROW):
+        self.configs = configs or {}
+        self.rows_configs = rows_configs or {}
+        self.gemv_for_one_row = gemv_for_one_row
+
+    def _gemv_rows(self, batch: int) -> bool:
+        return batch == 1 and self.gemv_for_one_row
+
+    def _config(self, rows: int, cols: int, batch: int) -> tuple[int, int, int, int]:
+        if self._gemv_rows(batch):
+            return self.configs.get((rows, cols)) or gemv_config(rows, cols)
+        return self.rows_configs.get((rows, cols)) or rows_config(rows, cols)
 
     def _gemv(self, x, weight, bias, out, norm_weight=None, eps=0.0, residual=None, gated=False):
+        """out = epilogue(RMSNorm(x) @ W^T) for x [B, K]; ``out`` [B, N] may be ``residual`` itself."""
         rows, cols = weight.shape
+        batch = x.shape[0]
         n_out = rows // 2 if gated else rows
-        block_n, block_k, warps, unroll = (self.configs or {}).get((rows, cols)) or gemv_config(rows, cols)
-        _gemv_kernel[(triton.cdiv(n_out, block_n),)](
-            x, weight, bias if bias is not None else weight, norm_weight if norm_weight is not None else x,
-            residual if residual is not None else out, out, n_out, eps, n_out, cols,
-            HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None,
-            GATED=gated, EVEN_K=cols % block_k == 0, EVEN_N=n_out % block_n == 0, UNROLL=bool(unroll),
-            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=1,
-        )
+        block_n, block_k, warps, fourth = self._config(rows, cols, batch)
+        pointers = (x, weight, bias if bias is not None else weight, norm_weight if norm_weight is not None else x,
+                    residual if residual is not None else out, out)
+        flags = dict(HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None,
+                     GATED=gated)
+        if self._gemv_rows(batch):
+            _gemv_kernel[(triton.cdiv(n_out, block_n),)](
+                *pointers, n_out, eps, n_out, cols, **flags, EVEN_K=cols % block_k == 0,
+                EVEN_N=n_out % block_n == 0, UNROLL=bool(fourth), BLOCK_N=block_n, BLOCK_K=block_k,
+                num_warps=warps, num_stages=1,
+            )
+        else:
+            _rows_kernel[(triton.cdiv(n_out, block_n), triton.cdiv(batch, ROWS))](
+                *pointers, batch, n_out, eps, n_out, cols, **flags, ROWS=ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+                num_warps=warps, num_stages=fourth,
+            )
         return out
 
     def norm_linear(self, x, norm_weight, eps, weight, bias):
-        out = torch.empty((1, weight.shape[0]), dtype=x.dtype, device=x.device)
+        out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
         return self._gemv(x, weight, bias, out, norm_weight, eps)
 
     def norm_gated_linear(self, x, norm_weight, eps, weight, bias):
-        out = torch.empty((1, weight.shape[0] // 2), dtype=x.dtype, device=x.device)
+        out = torch.empty((x.shape[0], weight.shape[0] // 2), dtype=x.dtype, device=x.device)
         return self._gemv(x, weight, bias, out, norm_weight, eps, gated=True)
 
     def linear_add(self, x, weight, bias, residual):
         self._gemv(x, weight, bias, residual, residual=residual)
 
     def norm_linear_rope_store(self, x, norm_weight, eps, weight, bias, cos_table, sin_table, k_cache, v_cache,
-                               position, heads, kv_heads):
+                               positions, heads, kv_heads):
         rows, cols = weight.shape
-        head_dim = k_cache.shape[-1]
-        block_n, block_k, warps, unroll = (self.configs or {}).get((rows, cols)) or gemv_config(rows, cols)
-        pairs = max(1, min(block_n // 2, head_dim // 2))
-        q = torch.empty((1, heads, head_dim), dtype=x.dtype, device=x.device)
-        _qkv_rope_kernel[(rows // (2 * pairs),)](
-            x, weight, bias if bias is not None else weight, norm_weight, cos_table, sin_table, position, q,
-            k_cache, v_cache, eps, k_cache.stride(1), cols, HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim,
-            PAIRS=pairs, HAS_BIAS=bias is not None, EVEN_K=cols % block_k == 0, UNROLL=bool(unroll),
-            BLOCK_K=block_k, num_warps=warps, num_stages=1,
-        )
+        batch, head_dim = x.shape[0], k_cache.shape[-1]
+        block_n, block_k, warps, fourth = self._config(rows, cols, batch)
+        q = torch.empty((batch, heads, head_dim), dtype=x.dtype, device=x.device)
+        common = (x, weight, bias if bias is not None else weight, norm_weight, cos_table, sin_table, positions, q,
+                  k_cache, v_cache)
+        if self._gemv_rows(batch):
+            pairs = max(1, min(block_n // 2, head_dim // 2))
+            _qkv_rope_kernel[(rows // (2 * pairs),)](
+                *common, eps, k_cache.stride(1), cols, HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim,
+                PAIRS=pairs, HAS_BIAS=bias is not None, EVEN_K=cols % block_k == 0, UNROLL=bool(fourth),
+                BLOCK_K=block_k, num_warps=warps, num_stages=1,
+            )
+        else:
+            pairs = max(8, min(block_n // 2, head_dim // 2))
+            _qkv_rope_rows_kernel[(rows // (2 * pairs), triton.cdiv(batch, ROWS))](
+                *common, batch, eps, k_cache.stride(0), k_cache.stride(1), cols, HEADS=heads, KV_HEADS=kv_heads,
+                HEAD_DIM=head_dim, PAIRS=pairs, HAS_BIAS=bias is not None, ROWS=ROWS, BLOCK_K=block_k,
+                num_warps=warps, num_stages=fourth,
+            )
         return q
 
-    def choose(self, logits, seen, penalty, temperature, top_k, top_p, noise, token, sample: bool, penalize: bool):
-        """Pick the next id on the device into ``token`` (greedy, or a draw with ``noise``); mark it seen."""
-        vocab = logits.shape[-1]
+    def choose(self, logits, seen, penalty, temperature, top_k, top_p, seed, step, token, sample: bool,
+               penalize: bool):
+        """Pick each row's next id on the device into ``token`` and mark it seen: greedy when not ``sample``
+        (or where the row's temperature is <= 0), else a draw with the row's (seed, step) noise."""
+        batch, vocab = logits.shape
         if not sample:
-            _greedy_kernel[(1,)](logits, seen, penalty, token, VOCAB=vocab, PENALIZE=penalize, BLOCK=SAMPLER_BLOCK,
-                                 num_warps=16)
+            _greedy_kernel[(batch,)](logits, seen, penalty, token, VOCAB=vocab, PENALIZE=penalize,
+                                     BLOCK=SAMPLER_BLOCK, num_warps=16)
             return
-        scores = torch.empty((1, vocab), dtype=torch.float32, device=logits.device)
-        _scores_kernel[(triton.cdiv(vocab, 4096),)](logits, seen, penalty, temperature, scores, VOCAB=vocab,
-                                                    PENALIZE=penalize, BLOCK=4096, num_warps=8)
-        ordered, order = scores.sort(dim=-1, descending=True)
-        _sample_sorted_kernel[(1,)](ordered, order, noise, top_k, top_p, token, seen, VOCAB=vocab,
-                                    BLOCK=SAMPLER_BLOCK, num_warps=16)
+        scores = torch.empty((batch, vocab), dtype=torch.float32, device=logits.device)
+        _scores_kernel[(triton.cdiv(vocab, 4096), batch)](logits, seen, penalty, scores, VOCAB=vocab,
+                                                          PENALIZE=penalize, BLOCK=4096, num_warps=8)
+        ordered, order = scores.sort(dim=-1, descending=True, stable=True)
+        _sample_sorted_kernel[(batch,)](ordered, order, temperature, top_k, top_p, seed, step, token, seen,
+                                        VOCAB=vocab, BLOCK=SAMPLER_BLOCK, num_warps=16)
 
-    def attention(self, q, k_cache, v_cache, position, scale):
-        _, heads, head_dim = q.shape
+    def attention(self, q, k_cache, v_cache, positions, scale):
+        """Row b's query over slot b's cache positions 0..positions[b]: [B, H * D]."""
+        batch, heads, head_dim = q.shape
         kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]
         group = heads // kv_heads
         group_pad = triton.next_power_of_2(group)
         # Up to 64 splits of at least 128 positions: enough programs to fill the GPU at any length
-        # (256-position splits measured slower at a 1k context: fewer programs per head).
+        # (256-position splits measured slower at a 1k context: fewer programs per head). The split
+        # depends on the capacity only, so a row's result does not depend on the batch.
         chunk = max(128, triton.next_power_of_2(triton.cdiv(capacity, 64)))
         splits = triton.cdiv(capacity, chunk)
-        part_out = torch.empty((heads, splits, head_dim), dtype=torch.float32, device=q.device)
-        part_lse = torch.empty((heads, splits), dtype=torch.float32, device=q.device)
+        part_out = torch.empty((batch, heads, splits, head_dim), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((batch, heads, splits), dtype=torch.float32, device=q.device)
+        strides = (k_cache.stride(0), k_cache.stride(1))
         if group == 1:
-            _attention_partial_mha_kernel[(heads, splits)](
-                q, k_cache, v_cache, position, part_out, part_lse, scale, k_cache.stride(1), splits, CHUNK=chunk,
-                HEAD_DIM=head_dim, BLOCK_T=64, num_warps=4,
+            _attention_partial_mha_kernel[(heads, splits, batch)](
+                q, k_cache, v_cache, positions, part_out, part_lse, scale, *strides, splits, HEADS=heads,
+                CHUNK=chunk, HEAD_DIM=head_dim, BLOCK_T=64, num_warps=4,
             )
         else:
-            _attention_partial_kernel[(kv_heads, splits)](
-                q, k_cache, v_cache, position, part_out, part_lse, scale, k_cache.stride(1), splits, CHUNK=chunk,
-                GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_T=max(16, 64 // group_pad), num_warps=4,
+            _attention_partial_kernel[(kv_heads, splits, batch)](
+                q, k_cache, v_cache, positions, part_out, part_lse, scale, *strides, splits, HEADS=heads,
+                CHUNK=chunk, GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_T=max(16, 64 // group_pad),
+                num_warps=4,
             )
-        out = torch.empty((1, heads * head_dim), dtype=q.dtype, device=q.device)
-        _attention_reduce_kernel[(heads,)](
-            part_out, part_lse, position, out, chunk, splits,
+        out = torch.empty((batch, heads * head_dim), dtype=q.dtype, device=q.device)
+        _attention_reduce_kernel[(heads, batch)](
+            part_out, part_lse, positions, out, chunk, splits, HEADS=heads,
             SPLITS_PAD=triton.next_power_of_2(splits), HEAD_DIM=head_dim, num_warps=4,
         )
         return out

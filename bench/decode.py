@@ -1,15 +1,16 @@
-"""Decode speed at batch 1 with InternLM-chat-7B / 20B shapes: the HBM roofline and every generation mode, one run.
+"""Decode speed of every InternLM family's shapes: the HBM roofline and every generation mode, one run.
 
-Saves random weights in the real shapes in the original on-disk format (sharded pytorch_model-*.bin with
-their index, float16, v1's per-layer rotary inv_freq buffers), loads them through ``load_chat_model``,
+Saves random weights in the real shapes in the family's original on-disk format (v1: sharded
+pytorch_model-*.bin, float16, per-layer rotary inv_freq buffers; InternLM2/2.5: safetensors with fused
+wqkv, bfloat16; InternLM3: Llama-named safetensors, bfloat16), loads them through ``load_chat_model``,
 measures HBM read bandwidth in the same process, then times each mode and prints a table
 (mode, tok/s, ratio to the roofline, time to first token for a 1,024-token prompt, peak memory);
 the same figures go to a JSON file.
 
     python bench/decode.py --model 7b --out bench-7b.json
-    python bench/decode.py --model 20b --modes simple,engine,chat --out bench-20b.json
-    python bench/decode.py --model tiny --device cpu --workdir /tmp/bench   # dry run on the CPU
-    python bench/decode.py --sweep            # time the GEMV kernel configurations per weight shape
+    python bench/decode.py --model internlm2-7b --dtype bfloat16 --modes engine,chat,streams,server --tokens 256
+    python bench/decode.py --model tiny2 --device cpu --modes engine,chat,streams --streams 2 --stream-tokens 8
+    python bench/step.py --sweep --rates        # the kernels alone: block-shape sweeps, step rates per bucket
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,76 +41,139 @@ from internlm_demo.generation.simple import generate_ids
 from internlm_demo.serving.chat_model import ChatModel
 
 GIB = 1024**3
+# Each family's shapes and on-disk format, from the original repositories' config.json (README says how
+# each was checked). "format": v1 = sharded pytorch_model-*.bin (float16, per-layer rotary inv_freq
+# buffers where the original has them); v2 = InternLM2's safetensors with fused wqkv (bfloat16);
+# v3 = InternLM3's Llama-named safetensors (bfloat16).
 SHAPES = {
-    # internlm-chat-7b: config.json of the original repository
-    "7b": {"hidden": 4096, "layers": 32, "heads": 32, "intermediate": 11008, "vocab": 103168, "bias": True,
-           "max_position": 2048, "rotary_buffers": True},
-    # internlm-chat-20b (config.json of the original repository: bias false, 60 layers, 4k window)
-    "20b": {"hidden": 5120, "layers": 60, "heads": 40, "intermediate": 13824, "vocab": 103168, "bias": False,
-            "max_position": 4096, "rotary_buffers": False},
-    "tiny": {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 128, "vocab": 103168, "bias": True,
-             "max_position": 2048, "rotary_buffers": True},
+    "7b": {"format": "v1", "hidden": 4096, "layers": 32, "heads": 32, "kv_heads": 32, "intermediate": 11008,
+           "vocab": 103168, "bias": True, "max_position": 2048, "rotary_buffers": True},
+    "20b": {"format": "v1", "hidden": 5120, "layers": 60, "heads": 40, "kv_heads": 40, "intermediate": 13824,
+            "vocab": 103168, "bias": False, "max_position": 4096, "rotary_buffers": False},
+    "internlm2-7b": {"format": "v2", "hidden": 4096, "layers": 32, "heads": 32, "kv_heads": 8, "intermediate": 14336,
+                     "vocab": 92544, "bias": False, "max_position": 32768, "rope_theta": 1000000,
+                     "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+    "internlm2-20b": {"format": "v2", "hidden": 6144, "layers": 48, "heads": 48, "kv_heads": 8,
+                      "intermediate": 16384, "vocab": 92544, "bias": False, "max_position": 32768,
+                      "rope_theta": 1000000, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+    "internlm3-8b": {"format": "v3", "hidden": 4096, "layers": 48, "heads": 32, "kv_heads": 2, "intermediate": 10240,
+                     "vocab": 128512, "bias": False, "max_position": 32768, "rope_theta": 50000000,
+                     "rope_scaling": {"rope_type": "dynamic", "factor": 6.0}},
+    "tiny": {"format": "v1", "hidden": 64, "layers": 2, "heads": 4, "kv_heads": 4, "intermediate": 128,
+             "vocab": 103168, "bias": True, "max_position": 2048, "rotary_buffers": True},
+    "tiny2": {"format": "v2", "hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128,
+              "vocab": 92544, "bias": False, "max_position": 2048, "rope_theta": 1000000,
+              "rope_scaling": {"type": "dynamic", "factor": 2.0}},
 }
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
-TOKENIZER_SOURCES = (REPO.parent / "shared" / "fixtures" / "internlm-chat-7b-tiny", REPO / ".device" / "bench-assets")
+FIXTURES = REPO.parent / "shared" / "fixtures"
+# The real tokenizers: v1's for v1 shapes; InternLM2's for v2 and v3 (v3's own is not in the fixtures:
+# its 128,512-entry head then reaches ids the tokenizer lacks, so v3 runs the engine on ids only).
+TOKENIZER_SOURCES = {
+    "v1": (FIXTURES / "internlm-chat-7b-tiny", REPO / ".device" / "bench-assets"),
+    "v2": (FIXTURES / "internlm2-chat-7b-tiny", REPO / ".device" / "bench-assets-v2"),
+}
+TOKENIZER_SOURCES["v3"] = TOKENIZER_SOURCES["v2"]
 SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.02}
-ALL_MODES = ("hf", "simple", "engine", "chat", "equality", "memory", "streams", "first_reply", "profile")
+ALL_MODES = ("hf", "simple", "engine", "chat", "equality", "memory", "streams", "server", "first_reply", "profile")
+IDS_ONLY_MODES = ("engine", "equality", "memory", "profile")  # what runs without a matching tokenizer
+
+
+def tokenizer_folder(shape: dict) -> Path | None:
+    return next((p for p in TOKENIZER_SOURCES[shape["format"]] if (p / "tokenizer.model").is_file()), None)
 
 
 # ---- the checkpoint -------------------------------------------------------------------------------
 
 
 def original_tensors(shape: dict):
-    """(name, shape, kind) of every tensor in an original InternLM v1 checkpoint, in file order."""
+    """(name, shape, kind) of every tensor of the family's original checkpoint, in file order."""
     h, i, v = shape["hidden"], shape["intermediate"], shape["vocab"]
-    yield "model.embed_tokens.weight", (v, h), "matrix"
+    d, heads, kv_heads = h // shape["heads"], shape["heads"], shape["kv_heads"]
+    fmt = shape["format"]
+    yield ("model.tok_embeddings.weight" if fmt == "v2" else "model.embed_tokens.weight"), (v, h), "matrix"
     for layer in range(shape["layers"]):
+        if fmt == "v2":
+            prefix = f"model.layers.{layer}."
+            yield f"{prefix}attention.wqkv.weight", ((heads + 2 * kv_heads) * d, h), "matrix"
+            yield f"{prefix}attention.wo.weight", (h, heads * d), "matrix"
+            yield f"{prefix}feed_forward.w1.weight", (i, h), "matrix"
+            yield f"{prefix}feed_forward.w3.weight", (i, h), "matrix"
+            yield f"{prefix}feed_forward.w2.weight", (h, i), "matrix"
+            yield f"{prefix}attention_norm.weight", (h,), "norm"
+            yield f"{prefix}ffn_norm.weight", (h,), "norm"
+            continue
         prefix = f"model.layers.{layer}."
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            yield f"{prefix}self_attn.{proj}.weight", (h, h), "matrix"
+        for proj, rows in (("q_proj", heads * d), ("k_proj", kv_heads * d), ("v_proj", kv_heads * d), ("o_proj", h)):
+            yield f"{prefix}self_attn.{proj}.weight", (rows, heads * d if proj == "o_proj" else h), "matrix"
             if shape["bias"]:
-                yield f"{prefix}self_attn.{proj}.bias", (h,), "bias"
-        if shape["rotary_buffers"]:
-            yield f"{prefix}self_attn.rotary_emb.inv_freq", (h // shape["heads"] // 2,), "inv_freq"
+                yield f"{prefix}self_attn.{proj}.bias", (rows,), "bias"
+        if shape.get("rotary_buffers"):
+            yield f"{prefix}self_attn.rotary_emb.inv_freq", (d // 2,), "inv_freq"
         yield f"{prefix}mlp.gate_proj.weight", (i, h), "matrix"
         yield f"{prefix}mlp.down_proj.weight", (h, i), "matrix"
         yield f"{prefix}mlp.up_proj.weight", (i, h), "matrix"
         yield f"{prefix}input_layernorm.weight", (h,), "norm"
         yield f"{prefix}post_attention_layernorm.weight", (h,), "norm"
     yield "model.norm.weight", (h,), "norm"
-    yield "lm_head.weight", (v, h), "matrix"
+    yield ("output.weight" if fmt == "v2" else "lm_head.weight"), (v, h), "matrix"
 
 
-def random_tensor(size, kind: str, head_dim: int, device) -> torch.Tensor:
+def random_tensor(size, kind: str, head_dim: int, dtype, device) -> torch.Tensor:
     if kind == "inv_freq":
-        return (1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)).half()
-    values = torch.randn(size, device=device, dtype=torch.float16)
+        return (1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)).to(dtype)
+    values = torch.randn(size, device=device, dtype=dtype)
     if kind == "norm":
         return (1 + 0.1 * values).cpu()
     return (0.02 * values).cpu()
 
 
+def original_config(shape: dict) -> dict:
+    """The family's config.json, with the keys its original repository has."""
+    common = {"bias": shape["bias"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+              "hidden_size": shape["hidden"], "initializer_range": 0.02, "intermediate_size": shape["intermediate"],
+              "max_position_embeddings": shape["max_position"], "num_attention_heads": shape["heads"],
+              "num_hidden_layers": shape["layers"], "tie_word_embeddings": False, "use_cache": True,
+              "vocab_size": shape["vocab"]}
+    if shape["format"] == "v1":
+        return {"architectures": ["InternLMForCausalLM"],
+                "auto_map": {"AutoConfig": "configuration_internlm.InternLMConfig",
+                             "AutoModel": "modeling_internlm.InternLMForCausalLM",
+                             "AutoModelForCausalLM": "modeling_internlm.InternLMForCausalLM"},
+                **common, "model_type": "internlm", "pad_token_id": 0, "rms_norm_eps": 1e-06,
+                "torch_dtype": "float16", "transformers_version": "4.33.2"}
+    if shape["format"] == "v2":
+        return {"architectures": ["InternLM2ForCausalLM"], "attn_implementation": "eager",
+                "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
+                             "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+                             "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
+                **common, "model_type": "internlm2", "num_key_value_heads": shape["kv_heads"], "pad_token_id": 2,
+                "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": shape["rope_scaling"],
+                "rope_theta": shape["rope_theta"], "torch_dtype": "bfloat16", "transformers_version": "4.41.0"}
+    return {"architectures": ["InternLM3ForCausalLM"],
+            "auto_map": {"AutoConfig": "configuration_internlm3.InternLM3Config",
+                         "AutoModel": "modeling_internlm3.InternLM3Model",
+                         "AutoModelForCausalLM": "modeling_internlm3.InternLM3ForCausalLM"},
+            **common, "head_dim": shape["hidden"] // shape["heads"], "model_type": "internlm3",
+            "num_key_value_heads": shape["kv_heads"], "pad_token_id": 2, "qkv_bias": False, "rms_norm_eps": 1e-05,
+            "rope_scaling": shape["rope_scaling"], "rope_theta": shape["rope_theta"], "torch_dtype": "bfloat16",
+            "transformers_version": "4.47.1"}
+
+
 def save_checkpoint(folder: Path, shape: dict, device, shard_bytes: int, tokenizer_from: Path) -> float:
-    """Write config, tokenizer and random float16 shards as the original repositories lay them out; seconds."""
+    """Write config, tokenizer and random shards as the family's original repository lays them out; seconds."""
+    from safetensors.torch import save_file
+
     began = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     head_dim = shape["hidden"] // shape["heads"]
-    config = {
-        "architectures": ["InternLMForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_internlm.InternLMConfig",
-                     "AutoModel": "modeling_internlm.InternLMForCausalLM",
-                     "AutoModelForCausalLM": "modeling_internlm.InternLMForCausalLM"},
-        "bias": shape["bias"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
-        "hidden_size": shape["hidden"], "initializer_range": 0.02, "intermediate_size": shape["intermediate"],
-        "max_position_embeddings": shape["max_position"], "model_type": "internlm",
-        "num_attention_heads": shape["heads"], "num_hidden_layers": shape["layers"], "pad_token_id": 0,
-        "rms_norm_eps": 1e-06, "tie_word_embeddings": False, "torch_dtype": "float16",
-        "transformers_version": "4.33.2", "use_cache": True, "vocab_size": shape["vocab"],
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "config.json").write_text(json.dumps(original_config(shape), indent=2))
     for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_from / name, folder / name)
+        if (tokenizer_from / name).is_file():
+            shutil.copy(tokenizer_from / name, folder / name)
     torch.manual_seed(0)
+    safetensors = shape["format"] != "v1"
+    dtype = torch.bfloat16 if safetensors else torch.float16
     specs = list(original_tensors(shape))
     groups, current, size = [], [], 0
     for spec in specs:
@@ -121,13 +186,18 @@ def save_checkpoint(folder: Path, shape: dict, device, shard_bytes: int, tokeniz
     groups.append(current)
     weight_map, total = {}, 0
     for number, group in enumerate(groups, start=1):
-        shard = f"pytorch_model-{number:05d}-of-{len(groups):05d}.bin"
-        state = {name: random_tensor(size, kind, head_dim, device) for name, size, kind in group}
-        torch.save(state, folder / shard)
+        shard = (f"model-{number:05d}-of-{len(groups):05d}.safetensors" if safetensors
+                 else f"pytorch_model-{number:05d}-of-{len(groups):05d}.bin")
+        state = {name: random_tensor(size, kind, head_dim, dtype, device) for name, size, kind in group}
+        if safetensors:
+            save_file(state, folder / shard, metadata={"format": "pt"})
+        else:
+            torch.save(state, folder / shard)
         total += sum(t.numel() * t.element_size() for t in state.values())
         weight_map.update({name: shard for name in state})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
+    index_name = "model.safetensors.index.json" if safetensors else "pytorch_model.bin.index.json"
+    (folder / index_name).write_text(json.dumps(index, indent=2))
     return time.perf_counter() - began
 
 
@@ -271,7 +341,7 @@ def mode_simple(model, short_ids, long_ids, tokens: int, device) -> dict:
 
 
 def mode_engine(engine: FastEngine, short_ids, long_ids, tokens: int, device) -> list[dict]:
-    """The engine's raw greedy stream, its graph replay rate with no host reads, and at 1k context."""
+    """The engine's raw greedy stream, the same with sampling (ids only), and greedy after a 1k prompt."""
     params = GenerationParams(do_sample=False, max_new_tokens=tokens)
     drain(engine.generate(short_ids, GenerationParams(do_sample=False, max_new_tokens=8), set()))
     reset_peak(device)
@@ -284,8 +354,10 @@ def mode_engine(engine: FastEngine, short_ids, long_ids, tokens: int, device) ->
         ttfts.append(first.time_to_first_token_s)
     rows = [{"mode": "engine_greedy", "tokens": stats.new_tokens, "tok_s": stats.tokens_per_s,
              "ttft_1024_ms": 1000 * statistics.median(ttfts), "peak_gib": peak_gib(device)}]
-    rows.append({"mode": "engine_graph_replay_only", "tokens": tokens,
-                 "tok_s": engine.decode_only_tokens_per_s(tokens), "ttft_1024_ms": None, "peak_gib": None})
+    sampled = GenerationStats()
+    drain(engine.generate(short_ids, GenerationParams(max_new_tokens=tokens, seed=1, **SAMPLING), set(), sampled))
+    rows.append({"mode": "engine_sampling_ids", "tokens": sampled.new_tokens, "tok_s": sampled.tokens_per_s,
+                 "ttft_1024_ms": None, "peak_gib": None, "sampling": SAMPLING})
     long_stats = GenerationStats()
     drain(engine.generate(long_ids, GenerationParams(do_sample=False, max_new_tokens=tokens), set(), long_stats))
     rows.append({"mode": "engine_greedy_after_1024_prompt", "tokens": long_stats.new_tokens,
@@ -339,7 +411,8 @@ def memory_at_2k(engine: FastEngine, long_ids, device) -> dict:
 
 
 def concurrent_streams(chat: ChatModel, streams: int, tokens: int) -> dict:
-    """``streams`` threads chatting at once through one ChatModel: aggregate rate and queue order."""
+    """``streams`` users chatting at once through one ChatModel, arriving 20 ms apart: the aggregate rate,
+    each stream's decode rate and each newcomer's time to first text while the others decode."""
     barrier = threading.Barrier(streams)
     records = [None] * streams
 
@@ -353,8 +426,10 @@ def concurrent_streams(chat: ChatModel, streams: int, tokens: int) -> dict:
         first = None
         for _ in chunks:
             first = first or time.perf_counter()
-        records[index] = {"stream": index, "arrived": arrived, "first_text": first, "done": time.perf_counter(),
-                          "tokens": stats.new_tokens, "decode_tok_s": stats.tokens_per_s}
+        done = time.perf_counter()
+        records[index] = {"stream": index, "arrived": arrived, "first_text": first, "done": done,
+                          "ttft_ms": 1000 * (first - arrived) if first else None, "tokens": stats.new_tokens,
+                          "decode_tok_s": stats.tokens_per_s}
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
     for thread in threads:
@@ -366,12 +441,54 @@ def concurrent_streams(chat: ChatModel, streams: int, tokens: int) -> dict:
     for record in records:
         for key in ("arrived", "first_text", "done"):
             record[key] = round(record[key] - began, 4) if record[key] is not None else None
-    by_arrival = [r["stream"] for r in sorted(records, key=lambda r: r["arrived"])]
-    by_finish = [r["stream"] for r in sorted(records, key=lambda r: r["done"])]
-    return {"streams": streams, "tokens_each": tokens, "batched": False,
-            "aggregate_tok_s": sum(r["tokens"] for r in records) / (ended - began),
-            "served_in_arrival_order": by_arrival == by_finish, "arrival_order": by_arrival,
-            "finish_order": by_finish, "per_stream": records}
+    ttfts = [r["ttft_ms"] for r in records if r["ttft_ms"] is not None]
+    return {"streams": streams, "tokens_each": tokens, "aggregate_tok_s": sum(r["tokens"] for r in records) / (ended - began),
+            "min_stream_tok_s": min(r["decode_tok_s"] for r in records),
+            "median_stream_tok_s": statistics.median(r["decode_tok_s"] for r in records),
+            "max_ttft_ms": max(ttfts), "median_ttft_ms": statistics.median(ttfts), "wall_s": ended - began,
+            "per_stream": records}
+
+
+def server_streams(chat: ChatModel, requests: int, tokens: int) -> dict:
+    """``requests`` concurrent chat completions through the OpenAI-compatible server on 127.0.0.1."""
+    import httpx
+    import uvicorn
+
+    from internlm_demo.serving.openai_server import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(chat), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    while not server.started:
+        time.sleep(0.05)
+    body = {"max_tokens": tokens, "temperature": SAMPLING["temperature"], "top_p": SAMPLING["top_p"],
+            "top_k": SAMPLING["top_k"], "repetition_penalty": SAMPLING["repetition_penalty"]}
+    records = [None] * requests
+
+    def client(index: int) -> None:
+        began = time.perf_counter()
+        reply = httpx.post(url, json={**body, "seed": index, "messages": [
+            {"role": "user", "content": f"request {index}: tell me a story"}]}, timeout=600).json()
+        records[index] = {"seconds": time.perf_counter() - began, "tokens": reply["usage"]["completion_tokens"]}
+
+    try:
+        httpx.post(url, json={**body, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}, timeout=600)
+        began = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(requests)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - began
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return {"requests": requests, "max_tokens": tokens, "aggregate_tok_s": sum(r["tokens"] for r in records) / wall,
+            "wall_s": wall, "per_request": records}
 
 
 def first_reply(folder: Path, triton_cache: Path) -> dict:
@@ -402,177 +519,23 @@ def first_reply_child(folder: str) -> None:
                                        "after_imports_s": time.perf_counter() - began}), flush=True)
 
 
-# ---- GEMV configurations --------------------------------------------------------------------------
+# ---- profile -------------------------------------------------------------------------------------
 
 
-# (BLOCK_N, BLOCK_K, num_warps, unroll)
-SWEEP_CONFIGS = [(4, 1024, 4, 0), (4, 1024, 4, 1), (32, 256, 4, 0), (32, 256, 4, 1), (16, 512, 4, 0),
-                 (16, 512, 4, 1), (8, 512, 4, 1), (2, 2048, 4, 1), (1, 4096, 4, 0), (4, 2048, 8, 1),
-                 (2, 1024, 2, 1), (8, 1024, 8, 1)]
-
-
-# around the winners of the full sweep, for the q/k/v (fused with RoPE) and o shapes
-FOCUSED_SWEEP_CONFIGS = [(2, 2048, 4, 1), (4, 1024, 4, 1), (4, 2048, 4, 1), (8, 1024, 4, 1), (8, 512, 4, 1),
-                         (16, 512, 4, 0), (32, 256, 4, 0), (2, 1024, 2, 1), (2, 4096, 8, 1), (1, 2048, 2, 1),
-                         (2, 512, 1, 1), (8, 2048, 8, 1)]
-
-
-def best_configs(sweep_files: list[Path]) -> dict:
-    """The fastest configuration per weight shape; a later --sweep file overrides earlier ones for its shapes."""
-    chosen = {}
-    for path in sweep_files:
-        best: dict[tuple[int, int], tuple[float, tuple]] = {}
-        for row in json.loads(path.read_text())["gemv_sweep"]:
-            for key, value in row.items():
-                if key.startswith("(") and isinstance(value, float):
-                    shape = tuple(row["shape"])
-                    if value > best.get(shape, (0.0, None))[0]:
-                        best[shape] = (value, tuple(int(v) for v in key.strip("()").split(",")))
-        chosen.update({shape: config for shape, (_, config) in best.items()})
-    return chosen
-
-
-def sweep_gemv(device, out: Path | None = None, only: set[str] | None = None,
-               configs: list[tuple] = SWEEP_CONFIGS) -> list[dict]:
-    """Bandwidth of each GEMV configuration on the decode step's weight shapes (weights rotated past L2).
-
-    ``only`` limits it to entries such as "7b:qkv"; q/k/v is timed as the fused RMSNorm+GEMV+RoPE kernel.
-    """
-    from internlm_demo.generation.triton_kernels import TritonDecodeKernels
-
-    rows = []
-    for model_name in ("7b", "20b"):
-        s = SHAPES[model_name]
-        h, i, v = s["hidden"], s["intermediate"], s["vocab"]
-        heads, head_dim = s["heads"], s["hidden"] // s["heads"]
-        table = torch.randn(64, head_dim, device=device, dtype=torch.float16)
-        caches = [torch.zeros(1, heads, 64, head_dim, device=device, dtype=torch.float16) for _ in range(2)]
-        position = torch.tensor([5], device=device)
-        for label, (n, k), kind in (("qkv", (3 * h, h), "rope"), ("o", (h, h), "residual"),
-                                    ("gate_up", (2 * i, h), "gated"), ("down", (h, i), "residual"),
-                                    ("lm_head", (v, h), "norm")):
-            if only and f"{model_name}:{label}" not in only:
-                continue
-            copies = max(2, math.ceil(512 * 2**20 / (n * k * 2)))
-            weights = [0.02 * torch.randn(n, k, device=device, dtype=torch.float16) for _ in range(copies)]
-            x = torch.randn(1, k, device=device, dtype=torch.float16)
-            norm = torch.ones(k, device=device, dtype=torch.float16)
-            residual = torch.zeros(1, n, device=device, dtype=torch.float16)
-            row = {"model": model_name, "weight": label, "shape": [n, k]}
-
-            def cublas(weights=weights, x=x):
-                for w in weights:
-                    torch.nn.functional.linear(x, w)
-            row["cublas_GBps"] = n * k * 2 * copies / graph_time(cublas) / 1e9
-            for config in configs:
-                kernels = TritonDecodeKernels({(n, k): config})
-
-                def run(kernels=kernels, weights=weights, x=x, norm=norm, residual=residual, kind=kind, table=table,
-                        caches=caches, position=position, heads=heads):
-                    for w in weights:
-                        if kind == "rope":
-                            kernels.norm_linear_rope_store(x, norm, 1e-6, w, None, table, table, *caches, position,
-                                                           heads, heads)
-                        elif kind == "norm":
-                            kernels.norm_linear(x, norm, 1e-6, w, None)
-                        elif kind == "gated":
-                            kernels.norm_gated_linear(x, norm, 1e-6, w, None)
-                        else:
-                            kernels.linear_add(x, w, None, residual)
-                try:
-                    row[str(config)] = n * k * 2 * copies / graph_time(run) / 1e9
-                except Exception as exc:  # noqa: BLE001 - a configuration the compiler rejects is reported
-                    row[str(config)] = f"failed: {str(exc).splitlines()[0][:80]}"
-            rows.append(row)
-            del weights
-            if out:  # written after every shape, so a run cut short still leaves its results
-                out.write_text(json.dumps({"gemv_sweep": rows}, indent=2))
-            timings = {k: v for k, v in row.items() if k.startswith("(") and isinstance(v, float)}
-            best = max(timings, key=timings.get) if timings else None
-            print(f"{model_name} {label} {n}x{k}: cuBLAS {row['cublas_GBps']:.0f} GB/s, best {best} "
-                  f"{timings.get(best, 0):.0f} GB/s; " + " ".join(f"{c}={v:.0f}" for c, v in timings.items()), flush=True)
-    return rows
-
-
-def graph_time(fn, replays: int = 20) -> float:
-    """Seconds per call of ``fn`` captured in a CUDA graph (after a warm-up that compiles kernels)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1000 / replays
-
-
-# ---- kernel self-test at real shapes --------------------------------------------------------------
-
-
-def kernel_check(engine: FastEngine) -> dict:
-    """Each Triton operation against the torch reference on this model's real layer-0 tensors."""
-    from internlm_demo.generation.engine import TorchDecodeKernels
-
-    if engine.kernels.name != "triton":
-        return {"skipped": "the engine runs torch kernels"}
-    torch_ops, triton_ops = TorchDecodeKernels(), engine.kernels
-    w, device, dtype = engine.layers[0], engine.device, engine.dtype
-    hidden = w.qkv.shape[1]
-
-    def relative(a, b):
-        return float((a.float() - b.float()).norm() / b.float().norm())
-    x = torch.randn(1, hidden, device=device, dtype=dtype)
-    report = {}
-    with torch.inference_mode():
-        report["norm_linear"] = relative(triton_ops.norm_linear(x, w.input_norm, engine.eps, w.qkv, w.qkv_bias),
-                                         torch_ops.norm_linear(x, w.input_norm, engine.eps, w.qkv, w.qkv_bias))
-        report["norm_gated_linear"] = relative(
-            triton_ops.norm_gated_linear(x, w.post_norm, engine.eps, w.gate_up, w.gate_up_bias),
-            torch_ops.norm_gated_linear(x, w.post_norm, engine.eps, w.gate_up, w.gate_up_bias))
-        a, b = x.clone(), x.clone()
-        wide = torch.randn(1, w.down.shape[1], device=device, dtype=dtype)
-        triton_ops.linear_add(wide, w.down, w.down_bias, a)
-        torch_ops.linear_add(wide, w.down, w.down_bias, b)
-        report["linear_add"] = relative(a, b)
-        position = torch.tensor([777], device=device)
-        caches = [torch.randn(1, engine.kv_heads, 1024, engine.head_dim, device=device, dtype=dtype) for _ in range(2)]
-        copies = [c.clone() for c in caches]
-        args = (x, w.input_norm, engine.eps, w.qkv, w.qkv_bias, engine.cos_table, engine.sin_table)
-        q1 = triton_ops.norm_linear_rope_store(*args, *caches, position, engine.heads, engine.kv_heads)
-        q2 = torch_ops.norm_linear_rope_store(*args, *copies, position, engine.heads, engine.kv_heads)
-        report["norm_linear_rope_store"] = relative(q1, q2)
-        report["kv_store"] = max(relative(c[0, :, 777], d[0, :, 777]) for c, d in zip(caches, copies))
-        report["attention"] = relative(triton_ops.attention(q1, *caches, position, engine.scale),
-                                       torch_ops.attention(q1.float(), caches[0].float(), caches[1].float(),
-                                                           position, engine.scale))
-    return report
-
-
-def profile_decode(engine: FastEngine, steps: int = 5) -> str:
-    """Per-kernel GPU time of the decode step (run eagerly: the same kernels the graph replays)."""
+def profile_decode(engine: FastEngine, prompt_ids, steps: int = 32) -> str:
+    """GPU time per kernel while the engine decodes ``steps`` greedy tokens of one request."""
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode():
-        engine._start([1, 2, 3], GenerationParams(do_sample=False, max_new_tokens=steps + 2), False)
-        engine._decode_step(False)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        drain(engine.generate(prompt_ids, GenerationParams(do_sample=False, max_new_tokens=steps), set()))
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                engine._decode_step(False)
-            torch.cuda.synchronize()
     events = prof.key_averages()
     key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in rows)
-    lines = [f"decode step, {steps} eager steps: {total / steps / 1000:.3f} ms of kernel time per step"]
+    lines = [f"{steps} greedy tokens (prefill included): {total / steps / 1000:.3f} ms of kernel time per token"]
     for event in rows[:14]:
-        lines.append(f"{getattr(event, key) / steps:9.1f} us/step {event.count // steps:4d}x  {event.key[:90]}")
+        lines.append(f"{getattr(event, key) / steps:9.1f} us/token {event.count / steps:6.1f}x  {event.key[:90]}")
     return "\n".join(lines)
 
 
@@ -593,9 +556,9 @@ def print_table(result: dict) -> None:
         if key in result:
             shown = {k: v for k, v in result[key].items() if k not in ("plain", "engine", "per_stream")}
             print(f"{key}: {json.dumps(shown)}")
-    if "streams" in result:
-        shown = {k: v for k, v in result["streams"].items() if k != "per_stream"}
-        print(f"streams: {json.dumps(shown)}")
+    for key in sorted(k for k in result if k.startswith(("streams_", "server_"))):
+        shown = {k: v for k, v in result[key].items() if k not in ("per_stream", "per_request")}
+        print(f"{key}: {json.dumps(shown)}")
     if "profile" in result:
         print(result["profile"])
 
@@ -611,10 +574,10 @@ def main(argv=None) -> None:
     parser.add_argument("--simple-tokens", type=int, default=64)
     parser.add_argument("--hf-tokens", type=int, default=32)
     parser.add_argument("--shard-gib", type=float, default=2.0)
-    parser.add_argument("--sweep", action="store_true", help="only time the GEMV configurations")
-    parser.add_argument("--sweep-only", default="", help="e.g. 7b:qkv,7b:o (default: every shape)")
-    parser.add_argument("--gemv-configs", type=Path, nargs="*", default=[],
-                        help="--sweep JSON files: use the fastest configuration per shape instead of the built-in table")
+    parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16", help="dtype the model loads in")
+    parser.add_argument("--streams", default="8,16", help="concurrent stream_chat sessions, per streams run")
+    parser.add_argument("--stream-tokens", type=int, default=256)
+    parser.add_argument("--keep-checkpoint", action="store_true", help="leave the random checkpoint in --workdir")
     parser.add_argument("--first-reply-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.first_reply_child:
@@ -623,28 +586,22 @@ def main(argv=None) -> None:
     device = args.device
     result = {"date": date.today().isoformat(), "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
-    if args.sweep:
-        only = set(args.sweep_only.split(",")) if args.sweep_only else None
-        sweep_gemv(device, args.out, only, SWEEP_CONFIGS if only is None else FOCUSED_SWEEP_CONFIGS)
-        return
     import transformers
-    if args.gemv_configs:
-        from internlm_demo.generation import triton_kernels as decode_kernels
-        decode_kernels.GEMV_CONFIGS.update(best_configs([p for p in args.gemv_configs if p.is_file()]))
-        result["gemv_configs"] = {f"{n}x{k}": c for (n, k), c in decode_kernels.GEMV_CONFIGS.items()}
-        print("GEMV configurations:", result["gemv_configs"], flush=True)
     modes = set(args.modes.split(","))
     shape = SHAPES[args.model]
-    tokenizer_from = next((p for p in TOKENIZER_SOURCES if (p / "tokenizer.model").is_file()), None)
+    if shape["format"] == "v3":  # InternLM2's tokenizer lacks the ids of v3's larger head
+        modes &= set(IDS_ONLY_MODES)
+    tokenizer_from = tokenizer_folder(shape)
     if tokenizer_from is None:
-        sys.exit(f"no tokenizer.model in {' or '.join(map(str, TOKENIZER_SOURCES))}")
-    folder = args.workdir / f"internlm-chat-{args.model}-random"
-    result.update(model=args.model, shape=shape, transformers=transformers.__version__, folder=str(folder))
+        sys.exit(f"no tokenizer.model in {' or '.join(map(str, TOKENIZER_SOURCES[shape['format']]))}")
+    folder = args.workdir / f"{args.model}-random"
+    result.update(model=args.model, dtype=args.dtype, shape=shape, transformers=transformers.__version__,
+                  folder=str(folder), modes_run=sorted(modes))
     result["save_s"] = save_checkpoint(folder, shape, device, int(args.shard_gib * GIB), tokenizer_from)
     result["roofline"] = {"bandwidth": read_bandwidth(device)}
     reset_peak(device)
     began = time.perf_counter()
-    chat = load_chat_model(folder, device=device, dtype="float16", engine="fast", progress=False)
+    chat = load_chat_model(folder, device=device, dtype=args.dtype, engine="fast", progress=False)
     result["load_with_engine_s"] = time.perf_counter() - began
     result["load_peak_gib"] = peak_gib(device)
     engine = chat.engine
@@ -652,9 +609,9 @@ def main(argv=None) -> None:
     total = weight_bytes(chat.model)
     result["roofline"].update(read_bandwidth_Bps=read_bps, weight_bytes=total, ceiling_tok_s=read_bps / total,
                               decode_read_bytes=total - chat.model.model.embed_tokens.weight.numel() * 2)
-    result["engine"] = {"kernels": engine.kernels.name, "graphs": bool(engine._graphs), "capacity": engine.capacity}
-    result["kernel_check"] = kernel_check(engine)
-    print(json.dumps({k: result[k] for k in ("roofline", "engine", "kernel_check", "load_with_engine_s")}), flush=True)
+    result["engine"] = {"kernels": engine.kernels.name, "graphs": len(engine._graphs), "slots": engine.slots,
+                        "capacity": engine.capacity}
+    print(json.dumps({k: result[k] for k in ("roofline", "engine", "load_with_engine_s")}), flush=True)
     long_query = query_of_length(chat, 1024)
     long_ids = chat.tokenizer.encode(chat.build_prompt(long_query))
     short_query = "Tell me about the history of the Shanghai AI Laboratory."
@@ -674,6 +631,13 @@ def main(argv=None) -> None:
         rows.append(mode_chat(chat, short_query, long_query, args.tokens, device))
         print(json.dumps(rows[-1]), flush=True)
     result["modes"] = rows
+
+    def save() -> None:
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2))
+
+    save()
+
     def record(key: str, measure) -> None:
         """Run one measurement; a failure is recorded in the results instead of ending the run."""
         try:
@@ -685,21 +649,26 @@ def main(argv=None) -> None:
     if "equality" in modes:
         record("equality", lambda: greedy_equality(chat, engine, short_ids, 64))
         if engine.kernels.name == "triton":  # the same engine on torch ops (cuBLAS), for comparison
-            record("equality_torch_kernels",
-                   lambda: greedy_equality(chat, FastEngine(chat.model, kernels="torch"), short_ids, 64))
+            record("equality_torch_kernels", lambda: greedy_equality(
+                chat, FastEngine(chat.model, kernels="torch", slots=1, capacity=256), short_ids, 64))
     if "profile" in modes and torch.device(device).type == "cuda":
-        record("profile", lambda: profile_decode(engine))
+        record("profile", lambda: profile_decode(engine, short_ids))
     if "memory" in modes:
         record("memory_2k", lambda: memory_at_2k(engine, long_ids, device))
     if "streams" in modes:
-        record("streams", lambda: concurrent_streams(chat, 8, 128))
+        for count in (int(n) for n in args.streams.split(",") if n):
+            record(f"streams_{count}", lambda count=count: concurrent_streams(chat, count, args.stream_tokens))
+            save()
+    if "server" in modes:
+        record("server_8", lambda: server_streams(chat, 8, args.stream_tokens))
     if "first_reply" in modes:
         cache = Path(tempfile.mkdtemp(prefix="triton-cache-"))
         record("first_reply_cold", lambda: first_reply(folder, cache))
         record("first_reply_warm", lambda: first_reply(folder, cache))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+    save()
     print_table(result)
+    if not args.keep_checkpoint:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from decode import SHAPES, TOKENIZER_SOURCES, save_checkpoint
+from decode import SHAPES, save_checkpoint, tokenizer_folder
 
 from internlm_demo import GenerationParams, GenerationStats, load_chat_model
 from internlm_demo.generation.simple import generate_ids
@@ -158,8 +158,8 @@ def main(argv=None) -> None:
     if max(gpu_counts) > gpu_count():
         raise SystemExit(f"asked for {max(gpu_counts)} GPUs, torch sees {gpu_count()}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="internlm-multi-gpu-"))
-    tokenizer_from = next(path for path in (args.fixtures / "internlm-chat-7b-tiny", *TOKENIZER_SOURCES)
-                          if (path / "tokenizer.model").is_file())
+    tokenizer_from = next(path for path in (args.fixtures / "internlm-chat-7b-tiny", tokenizer_folder(SHAPES[args.model]))
+                          if path and (path / "tokenizer.model").is_file())
     folder = workdir / f"internlm-chat-{args.model}-shapes"
     if not (folder / "pytorch_model.bin.index.json").is_file():
         seconds = save_checkpoint(folder, SHAPES[args.model], "cuda", 4 * GIB, tokenizer_from)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from datetime import date
@@ -74,7 +75,7 @@ def graph_time(fn, replays: int = 20) -> float:
 
 
 def time_shape(kernels: TritonDecodeKernels, role: str, weights: list[torch.Tensor], batch: int, shape: dict,
-               dtype) -> float:
+               dtype, warm_only: bool = False) -> float:
     """Seconds per pass over ``weights`` (copies rotated past L2) of the role's kernel at ``batch`` rows."""
     n, k = weights[0].shape
     device = weights[0].device
@@ -96,11 +97,15 @@ def time_shape(kernels: TritonDecodeKernels, role: str, weights: list[torch.Tens
                 kernels.norm_gated_linear(x, norm, 1e-6, w, None)
             else:
                 kernels.linear_add(x, w, None, residual)
+    if warm_only:  # compile (into Triton's disk cache) without timing
+        run()
+        return 1.0
     return graph_time(run)
 
 
-def sweep(dtype, out: Path | None, families=FAMILIES) -> list[dict]:
-    """GB/s of every batch-1 and every batched block shape on each distinct weight shape."""
+def sweep(dtype, out: Path | None, families=FAMILIES, warm_only: bool = False) -> list[dict]:
+    """GB/s of every batch-1 and every batched block shape on each distinct weight shape (batch-1 shapes
+    that ``GEMV_CONFIGS`` already holds are not swept again)."""
     rows, done = [], set()
     for family in families:
         shape = SHAPES[family]
@@ -112,12 +117,11 @@ def sweep(dtype, out: Path | None, families=FAMILIES) -> list[dict]:
             weights = [0.02 * torch.randn(n, k, device="cuda", dtype=dtype) for _ in range(copies)]
             nbytes = n * k * 2 * copies
             row = {"family": family, "role": role, "shape": [n, k], "gemv": {}, "rows": {}}
-            cublas = graph_time(lambda: [torch.nn.functional.linear(weights[0][:1, :1].new_zeros(1, k), w)
-                                         for w in weights])
-            row["cublas_b1_GBps"] = nbytes / cublas / 1e9
-            for config in GEMV_SWEEP:
+            row["cublas_b1_GBps"] = nbytes / cublas_time(weights) / 1e9
+            for config in GEMV_SWEEP if (n, k) not in triton_kernels.GEMV_CONFIGS else []:
                 try:
-                    seconds = time_shape(TritonDecodeKernels({(n, k): config}), role, weights, 1, shape, dtype)
+                    seconds = time_shape(TritonDecodeKernels({(n, k): config}), role, weights, 1, shape, dtype,
+                                         warm_only)
                     row["gemv"][str(config)] = nbytes / seconds / 1e9
                 except Exception as exc:  # noqa: BLE001 - a configuration the compiler rejects is reported
                     row["gemv"][str(config)] = f"failed: {str(exc).splitlines()[0][:80]}"
@@ -125,19 +129,27 @@ def sweep(dtype, out: Path | None, families=FAMILIES) -> list[dict]:
                 for batch in SWEEP_BUCKETS:
                     try:
                         kernels = TritonDecodeKernels(rows_configs={(n, k): config}, gemv_for_one_row=False)
-                        seconds = time_shape(kernels, role, weights, batch, shape, dtype)
+                        seconds = time_shape(kernels, role, weights, batch, shape, dtype, warm_only)
                         row["rows"][f"{config}@{batch}"] = nbytes / seconds / 1e9
                     except Exception as exc:  # noqa: BLE001
                         row["rows"][f"{config}@{batch}"] = f"failed: {str(exc).splitlines()[0][:80]}"
             rows.append(row)
+            if warm_only:
+                continue
             best_gemv, best_rows = choose(row)
             print(f"{family} {role} {n}x{k}: cuBLAS b1 {row['cublas_b1_GBps']:.0f} GB/s; batch 1 {best_gemv} "
                   f"{row['gemv'].get(str(best_gemv), 0):.0f}; rows {best_rows} "
                   + " ".join(f"@{b}={row['rows'].get(f'{best_rows}@{b}', 0):.0f}" for b in SWEEP_BUCKETS), flush=True)
-            del weights
+            weights = None  # freed before the next shape's copies
             if out:
                 out.write_text(json.dumps({"dtype": str(dtype), "sweep": rows}, indent=2))
     return rows
+
+
+def cublas_time(weights: list[torch.Tensor]) -> float:
+    """Seconds for torch's own one-row linear over ``weights`` (the cuBLAS reference)."""
+    x = weights[0].new_zeros(1, weights[0].shape[1]).normal_()
+    return graph_time(lambda: [torch.nn.functional.linear(x, w) for w in weights])
 
 
 def choose(row: dict) -> tuple[tuple, tuple]:
@@ -182,7 +194,7 @@ class RandomModel:
 
     def __init__(self, shape: dict, dtype, slots: int, capacity: int):
         self.shape, self.dtype = shape, dtype
-        h, i, d = shape["hidden"], shape["intermediate"], head_dim(shape)
+        h, d = shape["hidden"], head_dim(shape)
         self.heads, self.kv_heads = shape["heads"], shape.get("kv_heads", shape["heads"])
         roles = weight_shapes(shape)
 
@@ -256,7 +268,7 @@ def step_rates(family: str, dtype, read_bps: float, context: int, capacity: int,
                                         "ratio": limit_s / seconds}
             print(f"{family} {result['dtype']} B={label:>9}: {1000 * seconds:.3f} ms/step, {batch / seconds:7.1f} tok/s, "
                   f"{limit_s / seconds:.3f} of the memory-bound step", flush=True)
-    del model
+    model.layers = model.k = model.v = None
     torch.cuda.empty_cache()
     return result
 
@@ -272,9 +284,18 @@ def main(argv=None) -> None:
     parser.add_argument("--context", type=int, default=256, help="cached positions per row during the step")
     parser.add_argument("--capacity", type=int, default=2049, help="positions per cache slot")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--warm-only", action="store_true", help="only compile the sweep's kernels (a child run)")
     args = parser.parse_args(argv)
     families = args.families.split(",")
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    if args.warm_only:
+        sweep(dtypes[0], None, families, warm_only=True)
+        return
+    if args.sweep:  # compile every configuration first, one process per family, so the timed sweep is quick
+        children = [subprocess.Popen([sys.executable, __file__, "--warm-only", "--families", family,
+                                      "--dtypes", args.dtypes.split(",")[0]]) for family in families]
+        for child in children:
+            child.wait()
     result = {"date": date.today().isoformat(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     bandwidth = read_bandwidth("cuda")
     result["read_bandwidth"] = bandwidth

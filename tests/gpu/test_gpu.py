@@ -73,8 +73,11 @@ def test_kernels_at_real_shapes(family, dtype):
             triton_ops.linear_add(attended, o, None, summed_t)
             torch_ops.linear_add(attended, o, None, summed_r)
             assert relative(summed_t, summed_r) < TOLERANCE[dtype]
-            assert relative(triton_ops.norm_gated_linear(x, norm, 1e-5, gate_up, None),
-                            torch_ops.norm_gated_linear(x, norm, 1e-5, gate_up, None)) < TOLERANCE[dtype]
+            hidden_t = triton_ops.norm_gated_linear(x, norm, 1e-5, gate_up, None)
+            assert relative(hidden_t, torch_ops.norm_gated_linear(x, norm, 1e-5, gate_up, None)) < TOLERANCE[dtype]
+            triton_ops.linear_add(hidden_t, down, None, summed_t)
+            torch_ops.linear_add(hidden_t, down, None, summed_r)
+            assert relative(summed_t, summed_r) < TOLERANCE[dtype]
             assert relative(triton_ops.norm_linear(x, norm, 1e-5, lm_head, None),
                             torch_ops.norm_linear(x, norm, 1e-5, lm_head, None)) < TOLERANCE[dtype]
 

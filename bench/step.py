@@ -36,8 +36,8 @@ SAMPLING = dict(penalty=1.02, temperature=0.8, top_k=40, top_p=0.8)
 # Batch 1: (BLOCK_N, BLOCK_K, num_warps, unroll); two rows or more: (BLOCK_N, BLOCK_K, num_warps, num_stages)
 GEMV_SWEEP = [(1, 2048, 2, 1), (2, 2048, 4, 1), (4, 2048, 4, 1), (4, 1024, 4, 0), (2, 1024, 2, 1), (8, 1024, 8, 1),
               (16, 512, 4, 0), (4, 2048, 8, 1)]
-ROWS_SWEEP = [(16, 256, 4, 3), (16, 512, 4, 3), (32, 256, 4, 3), (32, 128, 4, 4), (64, 128, 4, 3), (64, 64, 4, 4),
-              (32, 512, 8, 3), (16, 128, 2, 4)]
+ROWS_SWEEP = [(32, 256, 4, 3), (64, 128, 4, 4), (64, 256, 4, 3), (128, 128, 4, 3), (128, 64, 4, 4),
+              (64, 512, 4, 2), (32, 512, 4, 3), (128, 256, 8, 3)]
 SWEEP_BUCKETS = (1, 4, 16)  # 1: the batched kernel for one row, against the GEMV
 
 
@@ -251,9 +251,10 @@ class RandomModel:
                        p["top_p"][:batch], self.seed[:batch], self.step[:batch], self.token[:batch], sample, True)
 
 
-def step_rates(family: str, dtype, read_bps: float, context: int, capacity: int, replays: int = 30) -> dict:
+def step_rates(family: str, dtype, read_bps: float, context: int, capacity: int | None, replays: int = 30) -> dict:
     """Decode-step time per bucket, with ``context`` cached positions per row (sampling and penalty on)."""
     shape = SHAPES[family]
+    capacity = capacity or min(max(shape["max_position"], 2048), 8192) + 1
     model = RandomModel(shape, dtype, max(BUCKETS), capacity)
     limit_s = model.weight_bytes / read_bps
     result = {"family": family, "dtype": str(dtype).removeprefix("torch."), "context": context, "capacity": capacity,
@@ -282,7 +283,8 @@ def main(argv=None) -> None:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--dtypes", default="float16,bfloat16")
     parser.add_argument("--context", type=int, default=256, help="cached positions per row during the step")
-    parser.add_argument("--capacity", type=int, default=2049, help="positions per cache slot")
+    parser.add_argument("--capacity", type=int, default=None,
+                        help="positions per cache slot (default: the engine's, the window within 2,048..8,192, plus 1)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--warm-only", action="store_true", help="only compile the sweep's kernels (a child run)")
     args = parser.parse_args(argv)

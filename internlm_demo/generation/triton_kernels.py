@@ -36,6 +36,20 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (27648, 5120): (2, 1024, 2, 1),
     (5120, 13824): (4, 1024, 4, 1),
     (103168, 5120): (16, 512, 4, 0),
+    # InternLM2/2.5-7B (q/k/v 32+2*8 heads), InternLM2-20B (48+2*8), InternLM3-8B (32+2*2): bench/step.py --sweep
+    (6144, 4096): (4, 2048, 4, 1),
+    (28672, 4096): (2, 2048, 4, 1),
+    (4096, 14336): (4, 1024, 4, 0),
+    (92544, 4096): (4, 2048, 4, 1),
+    (8192, 6144): (4, 2048, 4, 1),
+    (6144, 6144): (4, 2048, 4, 1),
+    (32768, 6144): (4, 1024, 4, 0),
+    (6144, 16384): (2, 2048, 4, 1),
+    (92544, 6144): (4, 2048, 4, 1),
+    (4608, 4096): (2, 2048, 4, 1),
+    (20480, 4096): (2, 2048, 4, 1),
+    (4096, 10240): (4, 1024, 4, 0),
+    (128512, 4096): (4, 2048, 4, 1),
 }
 # Two rows or more: (BLOCK_N, BLOCK_K, num_warps, num_stages) per weight shape, one entry for every batch
 # size (so a row's result does not depend on B). BLOCK_N >= 16: the tensor cores' smallest tile.
@@ -43,6 +57,7 @@ ROWS = 16
 GEMV_FOR_ONE_ROW = True
 DEFAULT_ROWS_CONFIG = (32, 256, 4, 3)
 ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+ATTENTION_CHUNK = 64  # cache positions per attention program
 SAMPLER_BLOCK = 16384  # one program walks the vocabulary in chunks this large
 
 
@@ -121,63 +136,66 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, res_ptr, out_ptr, n_out, eps,
 
 
 @triton.jit
-def _rows_rstd(x_ptr, batch, batch_ok, eps, k_dim: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """1 / RMS of each row of x [B, k_dim] (rows past B give 1 / sqrt(eps), never used)."""
-    squares = tl.zeros([ROWS, BLOCK_K], dtype=tl.float32)
+def _rms_norm_rows_kernel(x_ptr, norm_ptr, out_ptr, eps, k_dim: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[row] = RMSNorm(x[row]), rounded as LlamaRMSNorm rounds: the batched kernels read it once."""
+    dtype = out_ptr.dtype.element_ty
+    row = tl.program_id(0).to(tl.int64)
+    offsets = tl.arange(0, BLOCK_K)
+    squares = tl.zeros([BLOCK_K], dtype=tl.float32)
     for start in range(0, k_dim, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        xs = tl.load(x_ptr + batch[:, None] * k_dim + cols[None, :], mask=batch_ok[:, None] & (cols < k_dim)[None, :],
-                     other=0.0).to(tl.float32)
+        cols = start + offsets
+        xs = tl.load(x_ptr + row * k_dim + cols, mask=cols < k_dim, other=0.0).to(tl.float32)
         squares += xs * xs
-    return tl.rsqrt(tl.sum(squares, axis=1) / k_dim + eps)
+    rstd = tl.rsqrt(tl.sum(squares, axis=0) / k_dim + eps)
+    for start in range(0, k_dim, BLOCK_K):
+        cols = start + offsets
+        xs = tl.load(x_ptr + row * k_dim + cols, mask=cols < k_dim, other=0.0).to(tl.float32)
+        norm_w = tl.load(norm_ptr + cols, mask=cols < k_dim, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * k_dim + cols, (norm_w * (xs * rstd).to(dtype).to(tl.float32)).to(dtype),
+                 mask=cols < k_dim)
 
 
 @triton.jit
-def _rows_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, batch, batch_ok, cols, acc, acc_up, rstd, up_offset,
-                k_dim: tl.constexpr, HAS_NORM: tl.constexpr, GATED: tl.constexpr):
-    """Accumulate one BLOCK_K slice of x [ROWS, BLOCK_K] (normalized first) times W[rows]^T on the tensor cores
-    (float32 in full precision, not TF32)."""
+def _rows_block(x_ptr, w_ptr, rows, row_ok, batch, batch_ok, cols, acc, acc_up, up_offset, k_dim: tl.constexpr,
+                GATED: tl.constexpr):
+    """Accumulate one BLOCK_K slice of W[rows] @ x^T ([BLOCK_N, ROWS]) on the tensor cores: the weight
+    rows are the matrix unit's long side (float32 in full precision, not TF32)."""
     dtype = x_ptr.dtype.element_ty
     PRECISION: tl.constexpr = "ieee" if dtype == tl.float32 else "tf32"
     col_ok = cols < k_dim
     xs = tl.load(x_ptr + batch[:, None] * k_dim + cols[None, :], mask=batch_ok[:, None] & col_ok[None, :], other=0.0)
-    if HAS_NORM:
-        norm_w = tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        xs = (norm_w[None, :] * (xs.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32)).to(dtype)
+    xt = tl.trans(xs)
     w_offsets = rows[:, None] * k_dim + cols[None, :]
     w_mask = row_ok[:, None] & col_ok[None, :]
     w = tl.load(w_ptr + w_offsets, mask=w_mask, other=0.0)
-    acc = tl.dot(xs, tl.trans(w), acc, input_precision=PRECISION)
+    acc = tl.dot(w, xt, acc, input_precision=PRECISION)
     if GATED:
         w_up = tl.load(w_ptr + up_offset * k_dim + w_offsets, mask=w_mask, other=0.0)
-        acc_up = tl.dot(xs, tl.trans(w_up), acc_up, input_precision=PRECISION)
+        acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
     return acc, acc_up
 
 
 @triton.jit
-def _rows_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, res_ptr, out_ptr, n_batch, n_out, eps, up_offset,
-                 k_dim: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                 GATED: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out [B, n_out] = epilogue(RMSNorm(x) @ W^T): ROWS rows of x against BLOCK_N rows of W per program."""
+def _rows_kernel(x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, n_batch, n_out, up_offset, k_dim: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr, ROWS: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out [B, n_out] = epilogue(x @ W^T): ROWS rows of x against BLOCK_N rows of W per program."""
     dtype = out_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_out
     batch = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     batch_ok = batch < n_batch
-    rstd = tl.full([ROWS], 1.0, dtype=tl.float32)
-    if HAS_NORM:
-        rstd = _rows_rstd(x_ptr, batch, batch_ok, eps, k_dim, ROWS, BLOCK_K)
-    acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
-    acc_up = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, ROWS], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_N, ROWS], dtype=tl.float32)
     for start in range(0, k_dim, BLOCK_K):
-        acc, acc_up = _rows_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, batch, batch_ok, start + tl.arange(0, BLOCK_K),
-                                  acc, acc_up, rstd, up_offset, k_dim, HAS_NORM, GATED)
-    y = acc
+        acc, acc_up = _rows_block(x_ptr, w_ptr, rows, row_ok, batch, batch_ok, start + tl.arange(0, BLOCK_K), acc,
+                                  acc_up, up_offset, k_dim, GATED)
+    y = tl.trans(acc)  # [ROWS, BLOCK_N]
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
     y = y.to(dtype)
     if GATED:
-        up = acc_up
+        up = tl.trans(acc_up)
         if HAS_BIAS:
             up += tl.load(bias_ptr + up_offset + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
         gate = y.to(tl.float32)
@@ -263,12 +281,12 @@ def _qkv_rope_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, cos_ptr, sin_ptr, pos_ptr
 
 
 @triton.jit
-def _qkv_rope_rows_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr,
-                          v_cache_ptr, n_batch, eps, cache_slot_stride, cache_head_stride, k_dim: tl.constexpr,
-                          HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PAIRS: tl.constexpr,
-                          HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Two rows or more: the q/k/v + RoPE + cache store of ``_qkv_rope_kernel`` for ROWS rows per program,
-    on the tensor cores; row b writes slot b of the cache at its own position."""
+def _qkv_rope_rows_kernel(x_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
+                          n_batch, cache_slot_stride, cache_head_stride, k_dim: tl.constexpr, HEADS: tl.constexpr,
+                          KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PAIRS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Two rows or more: the q/k/v + RoPE + cache store of ``_qkv_rope_kernel`` for ROWS rows (normalized
+    already) per program, on the tensor cores; row b writes slot b of the cache at its own position."""
     dtype = q_ptr.dtype.element_ty
     HALF: tl.constexpr = HEAD_DIM // 2
     program = tl.program_id(0)
@@ -279,12 +297,11 @@ def _qkv_rope_rows_kernel(x_ptr, w_ptr, bias_ptr, norm_ptr, cos_ptr, sin_ptr, po
     row_ok = rows >= 0
     batch = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     batch_ok = batch < n_batch
-    rstd = _rows_rstd(x_ptr, batch, batch_ok, eps, k_dim, ROWS, BLOCK_K)
-    acc = tl.zeros([ROWS, 2 * PAIRS], dtype=tl.float32)
+    acc = tl.zeros([2 * PAIRS, ROWS], dtype=tl.float32)
     for start in range(0, k_dim, BLOCK_K):
-        acc, _ = _rows_block(x_ptr, w_ptr, norm_ptr, rows, row_ok, batch, batch_ok, start + tl.arange(0, BLOCK_K),
-                             acc, acc, rstd, 0, k_dim, True, False)
-    y = acc
+        acc, _ = _rows_block(x_ptr, w_ptr, rows, row_ok, batch, batch_ok, start + tl.arange(0, BLOCK_K), acc, acc,
+                             0, k_dim, False)
+    y = tl.trans(acc)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows).to(tl.float32)[None, :]
     low, high = tl.split(tl.reshape(y.to(dtype), [ROWS, PAIRS, 2]))  # [ROWS, PAIRS]: dimensions j and j + HALF
@@ -337,26 +354,28 @@ def _attention_partial_mha_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part
 @triton.jit
 def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out_ptr, part_lse_ptr,
                               scale, cache_slot_stride, cache_head_stride, num_splits, HEADS: tl.constexpr,
-                              CHUNK: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                              CHUNK: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr, SUB_PAD: tl.constexpr,
                               HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
-    """The GROUP query heads of one KV head of one row over one CHUNK of its positions (grouped-query)."""
-    kv_head = tl.program_id(0)
+    """SUB of the GROUP query heads of one KV head of one row over one CHUNK of its positions
+    (grouped-query attention; several programs share a KV head when its group is large)."""
+    program = tl.program_id(0)
+    kv_head = program // (GROUP // SUB)
     split = tl.program_id(1)
     row = tl.program_id(2)
     length = tl.load(pos_ptr + row) + 1
     start = split * CHUNK
     if start < length:  # splits past the length do nothing; the reduction skips them
         end = tl.minimum(start + CHUNK, length)
-        groups = tl.arange(0, GROUP_PAD)
+        groups = tl.arange(0, SUB_PAD)
         dims = tl.arange(0, HEAD_DIM)
-        heads = kv_head * GROUP + groups
-        group_ok = groups < GROUP
+        heads = kv_head * GROUP + (program % (GROUP // SUB)) * SUB + groups
+        group_ok = groups < SUB
         q = tl.load(q_ptr + (row * HEADS + heads[:, None]) * HEAD_DIM + dims[None, :], mask=group_ok[:, None],
                     other=0.0)
         q = q.to(tl.float32) * scale
-        best = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
-        total = tl.zeros([GROUP_PAD], dtype=tl.float32)
-        acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
+        best = tl.full([SUB_PAD], float("-inf"), dtype=tl.float32)
+        total = tl.zeros([SUB_PAD], dtype=tl.float32)
+        acc = tl.zeros([SUB_PAD, HEAD_DIM], dtype=tl.float32)
         steps = tl.arange(0, BLOCK_T)
         k_base = k_cache_ptr + row.to(tl.int64) * cache_slot_stride + kv_head * cache_head_stride
         v_base = v_cache_ptr + row.to(tl.int64) * cache_slot_stride + kv_head * cache_head_stride
@@ -381,20 +400,31 @@ def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out
 
 @triton.jit
 def _attention_reduce_kernel(part_out_ptr, part_lse_ptr, pos_ptr, out_ptr, chunk, num_splits, HEADS: tl.constexpr,
-                             SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+                             SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+    """One row's head: the splits' partial results combined by their log-sum-exp weights."""
     head = tl.program_id(0)
     row = tl.program_id(1)
     length = tl.load(pos_ptr + row) + 1
     active = (length + chunk - 1) // chunk
-    splits = tl.arange(0, SPLITS_PAD)
     dims = tl.arange(0, HEAD_DIM)
-    split_ok = splits < active
     part = (row * HEADS + head) * num_splits
-    lse = tl.load(part_lse_ptr + part + splits, mask=split_ok, other=float("-inf"))
-    weights = tl.where(split_ok, tl.exp(lse - tl.max(lse, axis=0)), 0.0)
-    parts = tl.load(part_out_ptr + (part + splits[:, None]) * HEAD_DIM + dims[None, :], mask=split_ok[:, None],
-                    other=0.0)
-    out = tl.sum(parts * weights[:, None], axis=0) / tl.sum(weights, axis=0)
+    best = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+    for first in range(0, SPLITS_PAD, BLOCK_S):
+        splits = first + tl.arange(0, BLOCK_S)
+        best = tl.maximum(best, tl.load(part_lse_ptr + part + splits, mask=splits < active, other=float("-inf")))
+    top = tl.max(best, axis=0)
+    total = tl.zeros([BLOCK_S], dtype=tl.float32)
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for first in range(0, SPLITS_PAD, BLOCK_S):
+        splits = first + tl.arange(0, BLOCK_S)
+        split_ok = splits < active
+        lse = tl.load(part_lse_ptr + part + splits, mask=split_ok, other=float("-inf"))
+        weights = tl.where(split_ok, tl.exp(lse - top), 0.0)
+        parts = tl.load(part_out_ptr + (part + splits[:, None]) * HEAD_DIM + dims[None, :], mask=split_ok[:, None],
+                        other=0.0)
+        acc += tl.sum(parts * weights[:, None], axis=0)
+        total += weights
+    out = acc / tl.sum(total, axis=0)
     tl.store(out_ptr + (row * HEADS + head) * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
 
 
@@ -552,21 +582,31 @@ class TritonDecodeKernels:
         batch = x.shape[0]
         n_out = rows // 2 if gated else rows
         block_n, block_k, warps, fourth = self._config(rows, cols, batch)
-        pointers = (x, weight, bias if bias is not None else weight, norm_weight if norm_weight is not None else x,
-                    residual if residual is not None else out, out)
-        flags = dict(HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None, HAS_RESIDUAL=residual is not None,
-                     GATED=gated)
+        bias_arg = bias if bias is not None else weight
+        residual_arg = residual if residual is not None else out
         if self._gemv_rows(batch):
             _gemv_kernel[(triton.cdiv(n_out, block_n),)](
-                *pointers, n_out, eps, n_out, cols, **flags, EVEN_K=cols % block_k == 0,
+                x, weight, bias_arg, norm_weight if norm_weight is not None else x, residual_arg, out, n_out, eps,
+                n_out, cols, HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None,
+                HAS_RESIDUAL=residual is not None, GATED=gated, EVEN_K=cols % block_k == 0,
                 EVEN_N=n_out % block_n == 0, UNROLL=bool(fourth), BLOCK_N=block_n, BLOCK_K=block_k,
                 num_warps=warps, num_stages=1,
             )
         else:
+            if norm_weight is not None:
+                x = self._normalized(x, norm_weight, eps)
             _rows_kernel[(triton.cdiv(n_out, block_n), triton.cdiv(batch, ROWS))](
-                *pointers, batch, n_out, eps, n_out, cols, **flags, ROWS=ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+                x, weight, bias_arg, residual_arg, out, batch, n_out, n_out, cols, HAS_BIAS=bias is not None,
+                HAS_RESIDUAL=residual is not None, GATED=gated, ROWS=ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
                 num_warps=warps, num_stages=fourth,
             )
+        return out
+
+    @staticmethod
+    def _normalized(x, norm_weight, eps):
+        """RMSNorm of each row of x, once, for the batched kernels."""
+        out = torch.empty_like(x)
+        _rms_norm_rows_kernel[(x.shape[0],)](x, norm_weight, out, eps, x.shape[1], BLOCK_K=1024, num_warps=4)
         return out
 
     def norm_linear(self, x, norm_weight, eps, weight, bias):
@@ -586,21 +626,21 @@ class TritonDecodeKernels:
         batch, head_dim = x.shape[0], k_cache.shape[-1]
         block_n, block_k, warps, fourth = self._config(rows, cols, batch)
         q = torch.empty((batch, heads, head_dim), dtype=x.dtype, device=x.device)
-        common = (x, weight, bias if bias is not None else weight, norm_weight, cos_table, sin_table, positions, q,
-                  k_cache, v_cache)
         if self._gemv_rows(batch):
             pairs = max(1, min(block_n // 2, head_dim // 2))
             _qkv_rope_kernel[(rows // (2 * pairs),)](
-                *common, eps, k_cache.stride(1), cols, HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim,
+                x, weight, bias if bias is not None else weight, norm_weight, cos_table, sin_table, positions, q,
+                k_cache, v_cache, eps, k_cache.stride(1), cols, HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim,
                 PAIRS=pairs, HAS_BIAS=bias is not None, EVEN_K=cols % block_k == 0, UNROLL=bool(fourth),
                 BLOCK_K=block_k, num_warps=warps, num_stages=1,
             )
         else:
             pairs = max(8, min(block_n // 2, head_dim // 2))
             _qkv_rope_rows_kernel[(rows // (2 * pairs), triton.cdiv(batch, ROWS))](
-                *common, batch, eps, k_cache.stride(0), k_cache.stride(1), cols, HEADS=heads, KV_HEADS=kv_heads,
-                HEAD_DIM=head_dim, PAIRS=pairs, HAS_BIAS=bias is not None, ROWS=ROWS, BLOCK_K=block_k,
-                num_warps=warps, num_stages=fourth,
+                self._normalized(x, norm_weight, eps), weight, bias if bias is not None else weight, cos_table,
+                sin_table, positions, q, k_cache, v_cache, batch, k_cache.stride(0), k_cache.stride(1), cols,
+                HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, PAIRS=pairs, HAS_BIAS=bias is not None, ROWS=ROWS,
+                BLOCK_K=block_k, num_warps=warps, num_stages=fourth,
             )
         return q
 
@@ -625,29 +665,28 @@ class TritonDecodeKernels:
         batch, heads, head_dim = q.shape
         kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]
         group = heads // kv_heads
-        group_pad = triton.next_power_of_2(group)
-        # Up to 64 splits of at least 128 positions: enough programs to fill the GPU at any length
-        # (256-position splits measured slower at a 1k context: fewer programs per head). The split
-        # depends on the capacity only, so a row's result does not depend on the batch.
-        chunk = max(128, triton.next_power_of_2(triton.cdiv(capacity, 64)))
-        splits = triton.cdiv(capacity, chunk)
+        # Splits of CHUNK positions, and at most 4 query heads per program, keep every program short and
+        # give a short context enough programs, whatever the grouping (1, 4, 6 or 16 heads per KV head).
+        # The split depends on the capacity only, so a row's result does not depend on the batch.
+        splits = triton.cdiv(capacity, ATTENTION_CHUNK)
         part_out = torch.empty((batch, heads, splits, head_dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((batch, heads, splits), dtype=torch.float32, device=q.device)
         strides = (k_cache.stride(0), k_cache.stride(1))
         if group == 1:
             _attention_partial_mha_kernel[(heads, splits, batch)](
                 q, k_cache, v_cache, positions, part_out, part_lse, scale, *strides, splits, HEADS=heads,
-                CHUNK=chunk, HEAD_DIM=head_dim, BLOCK_T=64, num_warps=4,
+                CHUNK=ATTENTION_CHUNK, HEAD_DIM=head_dim, BLOCK_T=ATTENTION_CHUNK, num_warps=4,
             )
         else:
-            _attention_partial_kernel[(kv_heads, splits, batch)](
+            sub = next(size for size in (4, 3, 2, 1) if group % size == 0)
+            _attention_partial_kernel[(heads // sub, splits, batch)](
                 q, k_cache, v_cache, positions, part_out, part_lse, scale, *strides, splits, HEADS=heads,
-                CHUNK=chunk, GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_T=max(16, 64 // group_pad),
-                num_warps=4,
+                CHUNK=ATTENTION_CHUNK, GROUP=group, SUB=sub, SUB_PAD=triton.next_power_of_2(sub), HEAD_DIM=head_dim,
+                BLOCK_T=32, num_warps=4,
             )
         out = torch.empty((batch, heads * head_dim), dtype=q.dtype, device=q.device)
         _attention_reduce_kernel[(heads, batch)](
-            part_out, part_lse, positions, out, chunk, splits, HEADS=heads,
-            SPLITS_PAD=triton.next_power_of_2(splits), HEAD_DIM=head_dim, num_warps=4,
+            part_out, part_lse, positions, out, ATTENTION_CHUNK, splits, HEADS=heads,
+            SPLITS_PAD=triton.cdiv(splits, 16) * 16, HEAD_DIM=head_dim, BLOCK_S=16, num_warps=4,
         )
         return out

@@ -578,6 +578,8 @@ def main(argv=None) -> None:
     parser.add_argument("--streams", default="8,16", help="concurrent stream_chat sessions, per streams run")
     parser.add_argument("--stream-tokens", type=int, default=256)
     parser.add_argument("--keep-checkpoint", action="store_true", help="leave the random checkpoint in --workdir")
+    parser.add_argument("--kernel-sweep", type=Path, default=None,
+                        help="a bench/step.py sweep JSON whose choices replace the kernels' built-in block shapes")
     parser.add_argument("--first-reply-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.first_reply_child:
@@ -587,6 +589,9 @@ def main(argv=None) -> None:
     result = {"date": date.today().isoformat(), "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
     import transformers
+    if args.kernel_sweep:
+        from step import apply_sweep
+        result["kernel_sweep"] = apply_sweep(json.loads(args.kernel_sweep.read_text())["sweep"])
     modes = set(args.modes.split(","))
     shape = SHAPES[args.model]
     if shape["format"] == "v3":  # InternLM2's tokenizer lacks the ids of v3's larger head

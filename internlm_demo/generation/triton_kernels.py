@@ -56,7 +56,33 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
 ROWS = 16
 GEMV_FOR_ONE_ROW = True
 DEFAULT_ROWS_CONFIG = (32, 256, 4, 3)
-ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+# The best worst case over 4 and 16 rows of bench/step.py --sweep on an H200 (results/step2-sweep.json); the
+# order follows the batch-1 table: InternLM-7B, InternLM-20B, InternLM2/2.5-7B, InternLM2-20B, InternLM3-8B.
+ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (12288, 4096): (64, 128, 4, 4),
+    (4096, 4096): (32, 512, 4, 3),
+    (22016, 4096): (32, 512, 4, 3),
+    (4096, 11008): (32, 512, 4, 3),
+    (103168, 4096): (64, 128, 4, 4),
+    (15360, 5120): (128, 256, 8, 3),
+    (5120, 5120): (64, 256, 4, 3),
+    (27648, 5120): (128, 128, 4, 3),
+    (5120, 13824): (64, 256, 4, 3),
+    (103168, 5120): (64, 128, 4, 4),
+    (6144, 4096): (64, 256, 4, 3),
+    (28672, 4096): (32, 256, 4, 3),
+    (4096, 14336): (32, 512, 4, 3),
+    (92544, 4096): (128, 128, 4, 3),
+    (8192, 6144): (64, 256, 4, 3),
+    (6144, 6144): (64, 256, 4, 3),
+    (32768, 6144): (32, 256, 4, 3),
+    (6144, 16384): (32, 512, 4, 3),
+    (92544, 6144): (128, 128, 4, 3),
+    (4608, 4096): (64, 256, 4, 3),
+    (20480, 4096): (32, 512, 4, 3),
+    (4096, 10240): (32, 512, 4, 3),
+    (128512, 4096): (128, 128, 4, 3),
+}
 ATTENTION_CHUNK = 64  # cache positions per attention program
 SAMPLER_BLOCK = 16384  # one program walks the vocabulary in chunks this large
 
@@ -437,7 +463,18 @@ def _penalized(logits_ptr, seen_ptr, penalty, ids, ok, PENALIZE: tl.constexpr):
     return scores
 
 
-@triton.jit
+# The engine picks a newcomer's first id on a one-row slice at its slot: specialized on alignment, every
+# alignment of those pointers would compile another variant of the kernel while other streams wait.
+ROW_SLICE_ARGS = ["logits_ptr", "seen_ptr", "penalty_ptr", "temperature_ptr", "top_k_ptr", "top_p_ptr", "seed_ptr",
+                  "step_ptr", "token_ptr", "sorted_ptr", "order_ptr", "out_ptr"]
+
+
+def _row_slice_jit(fn):
+    names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+    return triton.jit(fn, do_not_specialize_on_alignment=[name for name in names if name in ROW_SLICE_ARGS])
+
+
+@_row_slice_jit
 def _greedy_kernel(logits_ptr, seen_ptr, penalty_ptr, token_ptr, VOCAB: tl.constexpr, PENALIZE: tl.constexpr,
                    BLOCK: tl.constexpr):
     """argmax of one row's (repetition-penalized) logits into token[row]; the id is marked seen."""
@@ -458,7 +495,7 @@ def _greedy_kernel(logits_ptr, seen_ptr, penalty_ptr, token_ptr, VOCAB: tl.const
     tl.store(seen_ptr + best_index, tl.full([1], 1, dtype=tl.int1))
 
 
-@triton.jit
+@_row_slice_jit
 def _scores_kernel(logits_ptr, seen_ptr, penalty_ptr, out_ptr, VOCAB: tl.constexpr, PENALIZE: tl.constexpr,
                    BLOCK: tl.constexpr):
     """float32 scores of one row for sampling, repetition penalty applied."""
@@ -483,7 +520,7 @@ def _exponential_noise(seed, step, columns):
     return -tl.log(uniform)
 
 
-@triton.jit
+@_row_slice_jit
 def _sample_sorted_kernel(sorted_ptr, order_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, step_ptr,
                           token_ptr, seen_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
     """One row: temperature, top-k, top-p and the draw over its scores sorted in descending order

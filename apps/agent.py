@@ -9,8 +9,6 @@ INTERNLM_DEMO_AGENT_SCRIPT) replays canned model outputs instead of a model, whi
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ from internlm_demo.agent.protocol import CHINESE, ENGLISH, Departures, protocol_
 from internlm_demo.agent.sandbox import MINIMUM_LEVEL, WEAK, PythonInterpreter, probe_isolation
 from internlm_demo.agent.scripted import ScriptedModel, ScriptError
 from internlm_demo.agent.session import AgentConversation
+from internlm_demo.errors import SettingsError
 from internlm_demo.settings import Settings
 from internlm_demo.ui.i18n import LANGUAGES, labels
 
@@ -50,12 +49,10 @@ def load_model(settings: Settings) -> ChatModelCompletion:
 
 def read_settings(t) -> Settings:
     """Settings from the command line (after ``--``) and the environment; bad flags stop the page with a message."""
-    usage = io.StringIO()
     try:
-        with contextlib.redirect_stderr(usage), contextlib.redirect_stdout(usage):
-            return Settings.parse(sys.argv[1:], prog="bash scripts/run.sh agent --", app="agent")
-    except SystemExit:
-        st.error(t("bad_flags", usage=usage.getvalue().strip()))
+        return Settings.read(sys.argv[1:], prog="bash scripts/run.sh agent --", app="agent")
+    except SettingsError as exc:
+        st.error(t("bad_flags", usage=str(exc).strip()))
         st.stop()
 
 

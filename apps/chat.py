@@ -8,8 +8,6 @@ the page and wires it to internlm_demo.ui (conversation: the handlers and the st
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 from dataclasses import asdict
 
@@ -18,6 +16,7 @@ import streamlit as st
 from internlm_demo import ModelFolderError
 from internlm_demo.serving.backend import open_backend
 from internlm_demo.serving.remote import RemoteBackendError
+from internlm_demo.errors import SettingsError
 from internlm_demo.settings import Settings
 from internlm_demo.ui import conversation as chat
 from internlm_demo.ui import transcript
@@ -47,13 +46,11 @@ def conversations() -> chat.ConversationStore:
 
 def parse_settings(t) -> Settings:
     """The flags after ``--``; wrong ones (or ``--help``) show argparse's words on the page."""
-    said = io.StringIO()
     try:
-        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
-            return Settings.parse(sys.argv[1:], prog=USAGE.split(" -- ")[0] + " --", app="chat")
-    except SystemExit:
+        return Settings.read(sys.argv[1:], prog=USAGE.split(" -- ")[0] + " --", app="chat")
+    except SettingsError as exc:
         st.error(t("bad_flags", usage=USAGE))
-        st.code(said.getvalue().strip(), language=None, wrap_lines=True)
+        st.code(str(exc).strip(), language=None, wrap_lines=True)
         st.stop()
 
 

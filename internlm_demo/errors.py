@@ -11,3 +11,12 @@ class ContextOverflowError(ValueError):
 
 class PortInUseError(OSError):
     """An app's address is taken (or not on this machine); the message names the flag and variable that change it."""
+
+
+class SettingsError(Exception):
+    """Flags or environment variables an app cannot start with; the message is argparse's usage and error
+    (or the help text, with ``status`` 0)."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status

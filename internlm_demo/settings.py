@@ -6,9 +6,10 @@ import argparse
 import errno
 import os
 import socket
+import sys
 from dataclasses import dataclass, field, fields
 
-from .errors import PortInUseError
+from .errors import PortInUseError, SettingsError
 
 # Each app's own port, so that they can run side by side; chat keeps the tutorial's 6006 (the port it forwards),
 # the server LMDeploy api_server's 23333, so that --api-base URLs stay interchangeable.
@@ -36,33 +37,54 @@ class Settings:
     agent_script: str | None = None  # JSON of canned model outputs the agent app replays instead of a model
     allow_weak_sandbox: bool = False  # agent app: run model code even below the sandbox's minimum isolation level
     # The OpenAI-compatible server's limits: larger bodies get 413, a full queue 429, a longer wait 503.
-    max_body_bytes: int = 2 * 1024 * 1024
-    max_concurrent_requests: int = 16  # requests generating at once
-    max_queued_requests: int = 64  # requests waiting for one of those places
-    queue_timeout_s: int = 600  # how long a request may wait
+    max_body_bytes: int = field(default=2 * 1024 * 1024, metadata={"min": 1})
+    max_concurrent_requests: int = field(default=16, metadata={"min": 1})  # requests generating at once
+    max_queued_requests: int = field(default=64, metadata={"min": 0})  # requests waiting for one of those places
+    queue_timeout_s: int = field(default=600, metadata={"min": 1})  # how long a request may wait
 
     @classmethod
     def parse(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None, prog: str | None = None,
               defaults: dict | None = None, app: str | None = None) -> Settings:
+        """``read``, for a command line: bad flags print argparse's words and exit, ``--help`` prints the help."""
+        try:
+            return cls.read(argv, environ, prog, defaults, app)
+        except SettingsError as exc:
+            print(exc, file=sys.stderr if exc.status else sys.stdout, end="")
+            sys.exit(exc.status)
+
+    @classmethod
+    def read(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None, prog: str | None = None,
+             defaults: dict | None = None, app: str | None = None) -> Settings:
         """Flags win over environment variables, which win over ``defaults``, then ``app``'s port
-        (a key of APP_PORTS), then the field defaults."""
+        (a key of APP_PORTS), then the field defaults. Bad values (or ``--help``) raise SettingsError with
+        argparse's words; nothing is printed, so a page can show them without touching ``sys.stdout``."""
         environ = os.environ if environ is None else environ
         defaults = {"port": APP_PORTS[app], **(defaults or {})} if app else defaults or {}
-        parser = argparse.ArgumentParser(prog=prog, description=cls.__doc__)
+        parser = QuietParser(prog=prog, description=cls.__doc__)
         for option in fields(cls):
             flag = "--" + option.name.replace("_", "-")
-            env_value = environ.get(f"INTERNLM_DEMO_{option.name.upper()}")
+            variable = f"INTERNLM_DEMO_{option.name.upper()}"
+            env_value = environ.get(variable)
             fallback = defaults.get(option.name, option.default)
             if option.type == "bool":
                 default = env_value.lower() in ("1", "true", "yes") if env_value is not None else fallback
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
                 continue
             convert = int if option.type.startswith("int") else str
-            default = convert(env_value) if env_value not in (None, "") else fallback
+            try:
+                default = convert(env_value) if env_value not in (None, "") else fallback
+            except ValueError:
+                raise SettingsError(f"{variable}={env_value!r} is not a whole number; set it to one or unset it.\n") from None
             choices = option.metadata.get("choices")
             parser.add_argument(flag, type=convert, default=default, choices=choices,
                                 metavar=None if choices else option.name.upper())
-        return cls(**vars(parser.parse_args(argv)))
+        values = vars(parser.parse_args(argv))
+        for option in fields(cls):
+            least = option.metadata.get("min")
+            if least is not None and values[option.name] < least:
+                parser.error(f"--{option.name.replace('_', '-')} must be at least {least} "
+                             f"(got {values[option.name]}, from the flag or INTERNLM_DEMO_{option.name.upper()})")
+        return cls(**values)
 
     def check_port(self) -> None:
         """PortInUseError unless ``host:port`` can be listened on now; apps call it before loading a model."""
@@ -82,3 +104,15 @@ class Settings:
     def model_options(self) -> dict:
         """Keyword arguments for ``load_chat_model`` besides the model itself."""
         return {"device": self.device, "dtype": self.dtype, "num_gpus": self.num_gpus, "engine": self.engine}
+
+
+class QuietParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises SettingsError with what it would have printed, instead of printing and exiting."""
+
+    said = ""
+
+    def _print_message(self, message, file=None) -> None:
+        self.said += message or ""
+
+    def exit(self, status=0, message=None):
+        raise SettingsError(self.said + (message or ""), status)

@@ -521,3 +521,11 @@ def test_language_toggle_keeps_settings(open_app):
     assert app.slider(key="param_temperature").value == 0.42
     assert app.slider(key="param_temperature").label.startswith("温度")
     assert "演示模型" in app.warning[0].value
+
+
+def test_bad_flags_are_shown_on_the_page_and_leave_sys_stdout_alone(open_app):
+    stdout, stderr = sys.stdout, sys.stderr
+    app = open_app("--num-gpus", "two")
+    assert not app.exception
+    assert "invalid int value: 'two'" in app.code[0].value and "--num-gpus" in app.code[0].value
+    assert (sys.stdout, sys.stderr) == (stdout, stderr)

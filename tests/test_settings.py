@@ -1,8 +1,13 @@
 """The one settings object: flags over environment variables over defaults."""
 
+import re
+import sys
+from pathlib import Path
+
 import pytest
 
 from internlm_demo.settings import Settings
+from tests.conftest import REPO
 
 
 def test_defaults_bind_locally_without_sharing():
@@ -44,3 +49,48 @@ def test_server_limits_come_from_flags_and_environment():
     settings = Settings.parse(["--max-concurrent-requests", "2", "--queue-timeout-s", "5"], environ)
     assert (settings.max_body_bytes, settings.max_concurrent_requests, settings.max_queued_requests,
             settings.queue_timeout_s) == (1000, 2, 3, 5)
+
+
+class Untouchable:
+    """Stands in for sys.stdout/sys.stderr: any write fails the test (pages share them across sessions)."""
+
+    def write(self, text):
+        raise AssertionError(f"wrote to a process-wide stream: {text!r}")
+
+    def flush(self):
+        pass
+
+
+def test_read_reports_bad_flags_without_touching_process_streams(monkeypatch):
+    from internlm_demo.errors import SettingsError
+
+    monkeypatch.setattr(sys, "stdout", Untouchable())
+    monkeypatch.setattr(sys, "stderr", Untouchable())
+    with pytest.raises(SettingsError) as caught:
+        Settings.read(["--num-gpus", "two"], {}, prog="chat --")
+    assert "--num-gpus" in str(caught.value) and "invalid int value: 'two'" in str(caught.value)
+    assert "usage: chat --" in str(caught.value) and caught.value.status == 2
+    with pytest.raises(SettingsError) as caught:
+        Settings.read(["--help"], {}, prog="chat --")
+    assert caught.value.status == 0 and "--max-queued-requests" in str(caught.value)
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"INTERNLM_DEMO_PORT": "abc"}, "INTERNLM_DEMO_PORT='abc' is not a whole number"),
+    ({"INTERNLM_DEMO_MAX_QUEUED_REQUESTS": "-1"}, "--max-queued-requests must be at least 0"),
+    ({"INTERNLM_DEMO_MAX_BODY_BYTES": "0"}, "--max-body-bytes must be at least 1"),
+])
+def test_bad_environment_values_are_one_line(environ, expected):
+    from internlm_demo.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=re.escape(expected)):
+        Settings.read([], environ)
+
+
+def test_no_page_redirects_the_process_streams():
+    """contextlib.redirect_stdout/stderr swap sys.stdout for every thread, and Streamlit runs sessions in threads.
+    (models/hub.py, which quiets the download SDKs, runs only in download.py's process.)"""
+    sources = [path for path in [*Path(REPO / "apps").rglob("*.py"), *Path(REPO / "internlm_demo").rglob("*.py")]
+               if path != REPO / "internlm_demo" / "models" / "hub.py"]
+    offenders = [str(path) for path in sources if re.search(r"redirect_std(out|err)", path.read_text())]
+    assert offenders == []

@@ -208,7 +208,10 @@ def model_panel(facts: dict, t) -> None:
     lines.append((t("engine"), facts["engine"]))
     speed, first = facts["tokens_per_s"], facts["time_to_first_token_s"]
     lines.append((t("tokens_per_s"), f"{speed:.1f}" if speed else t("not_yet")))
-    lines.append((t("ttft"), f"{first * 1000:.0f} ms" if first is not None else t("not_yet")))
+    first_shown = f"{first * 1000:.0f} ms" if first is not None else t("not_yet")
+    if first is not None and facts["prompt_tokens"]:
+        first_shown += t("ttft_prompt", tokens=facts["prompt_tokens"])
+    lines.append((t("ttft"), first_shown))
     st.markdown("\n".join(f"- **{label}:** {value}" for label, value in lines))
 
 

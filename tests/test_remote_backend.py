@@ -340,8 +340,8 @@ def test_llama_cpp_pythons_counts_come_from_its_tokenizer():
     with fake_server("complete", **LLAMA_CPP_PYTHON) as fake:
         remote = RemoteChatModel.connect(fake.api_base)
         history = [("one two three", "four five")]
-        # Its tokenizer's count of each message (a word counter here), plus the ChatML markers around them.
-        expected = (3 + 5) + (2 + 5) + (2 + 5) + 3
+        # Its tokenizer's count of each message (a word counter here), plus 6 for the markers around each, 10 for the prompt's.
+        expected = (3 + 6) + (2 + 6) + (2 + 6) + 10
         assert remote.count_tokens("six seven", history) == expected and not remote.estimates_tokens
 
 

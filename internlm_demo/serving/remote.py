@@ -31,9 +31,10 @@ from .backend import Budget, History, fit_history
 
 # A server that does not say how long its window is gets its kind's default, or this one; both are shown as assumed.
 DEFAULT_REMOTE_WINDOW = 4096
-# ChatML-like templates put about this many marker tokens around each message, and this many before the reply.
-MESSAGE_MARKER_TOKENS = 5
-REPLY_MARKER_TOKENS = 3
+# Counting text by text, the template's markers are added generously: ChatML puts 5 tokens around each message;
+# the prompt adds the reply's header, a BOS and, in llama-cpp-python's ChatML, a system block even when none is sent.
+MESSAGE_MARKER_TOKENS = 6
+PROMPT_MARKER_TOKENS = 10
 STOP_POLL_S = 0.05  # how often a waiting stream looks at its stop event
 TIMEOUT = httpx.Timeout(10.0, read=600.0)
 GENERIC_FAMILY = replace(INTERNLM2, name="openai-compatible", default_meta_instruction="")
@@ -277,9 +278,9 @@ class RemoteChatModel:
                 counted = self._server_count(tokenize, messages)
             else:
                 counted = sum(self._text_tokens(m["content"]) + MESSAGE_MARKER_TOKENS for m in messages)
-                counted += REPLY_MARKER_TOKENS
+                counted += PROMPT_MARKER_TOKENS
         except RemoteBackendError:  # the server is gone: the next request will say so; estimate meanwhile
-            counted = sum(estimate_tokens(m["content"]) + MESSAGE_MARKER_TOKENS for m in messages) + REPLY_MARKER_TOKENS
+            counted = sum(estimate_tokens(m["content"]) + MESSAGE_MARKER_TOKENS for m in messages) + PROMPT_MARKER_TOKENS
         return math.ceil(counted * self._count_scale)
 
     def request_body(self, messages: list[dict], params: GenerationParams) -> dict:
@@ -447,11 +448,13 @@ class RemoteChatModel:
         None when the server no longer answers.
         """
         body = {"model": self.info.model_id, "messages": messages, "max_tokens": 1, "stream": False}
-        try:
-            response = on_http_loop(self.client.post(f"{self.api_base}/chat/completions", json=body)).result(60)
-        except (httpx.HTTPError, concurrent.futures.TimeoutError):
-            return None
-        return response.text if response.status_code >= 400 else ""
+        for _attempt in range(2):  # the first may meet the connection the broken stream left behind
+            try:
+                response = on_http_loop(self.client.post(f"{self.api_base}/chat/completions", json=body)).result(60)
+            except (httpx.HTTPError, concurrent.futures.TimeoutError):
+                continue
+            return response.text if response.status_code >= 400 else ""
+        return None
 
     def _learn_window(self, error_text: str, messages: list[dict] | None = None) -> str:
         """Take the window (and the prompt's true length) a refusal states; what changed, for the message."""
@@ -478,11 +481,13 @@ class RemoteChatModel:
         return turns[-1], list(zip(turns[:-1:2], turns[1:-1:2])), meta
 
     def _account(self, stats: GenerationStats, text: str, messages: list[dict], usage: dict | None) -> None:
-        """Token counts: the server's usage, else its tokenizer's count of the reply (chunks may hold several)."""
+        """Token counts: the server's usage, else the count here (the server's tokenizer where it has one: a
+        chunk may hold several tokens)."""
         if usage:
             stats.prompt_tokens = usage.get("prompt_tokens", 0)
             stats.new_tokens = usage.get("completion_tokens", stats.new_tokens)
             return
+        stats.prompt_tokens = self.count_tokens(*self._turn_of(messages))
         tokenize = self.kind.tokenize
         if text and tokenize is not None and tokenize.field != "messages":
             try:

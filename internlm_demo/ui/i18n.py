@@ -104,6 +104,7 @@ CHAT: dict[str, tuple[str, str]] = {
     "memory_cpu": ("CPU (no GPU memory used)", "CPU（未使用显存）"),
     "tokens_per_s": ("Last reply: tokens/s", "上次回复：token/秒"),
     "ttft": ("Last reply: time to first token", "上次回复：首 token 延迟"),
+    "ttft_prompt": (" (after reading a {tokens}-token prompt)", "（读入 {tokens} 个 token 的提示后）"),
     "not_yet": ("—", "—"),
     "remote": ("served by {api_base}", "由 {api_base} 提供"),
     "placeholder": ("Message InternLM (Enter to send)", "给书生·浦语发消息（回车发送）"),

@@ -19,6 +19,7 @@ def model_facts(model: ChatBackend, stats: GenerationStats | None) -> dict:
         "engine": info.engine,
         "tokens_per_s": stats.tokens_per_s if stats else None,
         "time_to_first_token_s": stats.time_to_first_token_s if stats and stats.new_tokens else None,
+        "prompt_tokens": stats.prompt_tokens if stats else 0,  # TTFT grows with it (the prompt is read first)
     }
 
 

@@ -334,3 +334,18 @@ def test_decode_rate_measures_an_idle_engine(chats):
     assert engine.decode_rate(batch=3, steps=4, sample=True) > 0
     ids = reference("internlm-chat-7b-tiny")["chat_cases"][0]["input_ids"]
     assert list(engine.generate(ids, GREEDY, set())) == plain(chats["internlm-chat-7b-tiny"], ids)
+
+
+def test_close_lets_running_requests_finish_then_refuses_new_ones(chats):
+    chat = chats["internlm-chat-7b-tiny"]
+    engine = FastEngine(chat.model, slots=2)
+    ids = reference("internlm-chat-7b-tiny")["chat_cases"][0]["input_ids"]
+    running = engine.generate(ids, GREEDY, set())
+    first = next(running)
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    assert [first, *running] == plain(chat, ids)
+    closer.join(timeout=30)
+    assert not closer.is_alive() and engine.state.kv_cache_gib == 0
+    with pytest.raises(RuntimeError, match="engine was closed"):
+        engine.generate(ids, GREEDY, set())

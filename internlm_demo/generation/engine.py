@@ -363,6 +363,7 @@ class FastEngine:
         self._reader = TokenReader(self.device, self.lookahead + 3, self.slots)
         self._wake = threading.Condition()
         self._scheduler: threading.Thread | None = None
+        self._closed = False
 
     # -- construction --
 
@@ -749,6 +750,8 @@ class FastEngine:
             while True:
                 with self._wake:
                     while not (self._waiting or self._prefilling or self._decoding or self._reader.in_flight):
+                        if self._closed:
+                            return
                         self._wake.wait()
                     self._drop_cancelled_waiters()
                     self._admit()
@@ -791,6 +794,17 @@ class FastEngine:
                 for slot in range(batch):
                     self._set_position(slot, self.scratch, 0)
 
+    def close(self) -> None:
+        """Let running requests finish, refuse new ones, stop the scheduler and free the KV cache and graphs."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        if self._scheduler is not None:
+            self._scheduler.join()
+        self._graphs = {}
+        for block in self.blocks:
+            block.k, block.v = [], []
+
     def _synchronize(self) -> None:
         for device in {block.device for block in self.blocks}:
             if device.type == "cuda":
@@ -816,6 +830,8 @@ class FastEngine:
                 f"the prompt ({request.length} tokens) plus {params.max_new_tokens} new tokens exceeds the "
                 f"{self.max_sequence} positions of a generation slot; shorten the prompt or the reply.")
         with self._wake:
+            if self._closed:
+                raise RuntimeError("this engine was closed; load the model again")
             if self._scheduler is None:
                 self._scheduler = threading.Thread(target=self._run, name="engine-scheduler", daemon=True)
                 self._scheduler.start()

@@ -611,11 +611,7 @@ class TritonDecodeKernels:
     def _config(self, rows: int, cols: int, batch: int) -> tuple[int, int, int, int]:
         if self._gemv_rows(batch):
             return self.configs.get((rows, cols)) or gemv_config(rows, cols)
-        block_n, block_k, warps, stages = self.rows_configs.get((rows, cols)) or rows_config(rows, cols)
-        # No K block wider than K, and no more pipeline stages than K blocks: Triton 3.6's pipelined loads
-        # read address 0 on an H200 when a loop of one block ran three stages (K = 64, BLOCK_K = 256).
-        block_k = max(16, min(block_k, 1 << (cols.bit_length() - 1)))
-        return block_n, block_k, warps, max(1, min(stages, triton.cdiv(cols, block_k)))
+        return self.rows_configs.get((rows, cols)) or rows_config(rows, cols)
 
     def _gemv(self, x, weight, bias, out, norm_weight=None, eps=0.0, residual=None, gated=False):
         """out = epilogue(RMSNorm(x) @ W^T) for x [B, K]; ``out`` [B, N] may be ``residual`` itself."""

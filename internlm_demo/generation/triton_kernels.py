@@ -56,7 +56,7 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
 ROWS = 16
 GEMV_FOR_ONE_ROW = True
 DEFAULT_ROWS_CONFIG = (32, 256, 4, 3)
-# The best worst case over 4 and 16 rows of bench/step.py --sweep on an H200 (results/step2-sweep.json); the
+# The best worst case over 4 and 16 rows of bench/step.py --sweep on an H200 (results/2026-11-30-step2-sweep.json); the
 # order follows the batch-1 table: InternLM-7B, InternLM-20B, InternLM2/2.5-7B, InternLM2-20B, InternLM3-8B.
 ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (12288, 4096): (64, 128, 4, 4),

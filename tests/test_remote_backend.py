@@ -270,6 +270,8 @@ def test_chat_page_with_api_base(long_reply_server, monkeypatch):
     assert app.session_state["conversation"].messages[-1].content == case["greedy"]["response"]
     panel = app.sidebar.markdown[-1].value
     assert f"served by {long_reply_server}" in panel and "tokens/s" in panel and "internlm-demo server" in panel
+    prompt_tokens = len(reference("internlm-chat-7b-tiny")["chat_cases"][0]["input_ids"])
+    assert f"(after reading a {prompt_tokens}-token prompt)" in panel  # the server's usage, beside the TTFT
     assert not any("estimate" in caption.value or "assumed" in caption.value for caption in app.sidebar.caption)
     # Titles name the served model, not InternLM in general.
     assert app.title[0].value == "Chat with internlm-chat-7b-tiny"

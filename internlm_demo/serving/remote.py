@@ -512,7 +512,7 @@ class RemoteChatModel:
                 counted = len(counted)
             if not isinstance(counted, int):
                 raise RemoteBackendError(f"{self.root}{tokenize.path} did not answer a token count: {str(answer)[:200]}")
-            if len(self._counts) > 4096:
+            if len(self._counts) > 512:
                 self._counts.clear()
             self._counts[key] = counted
         return self._counts[key]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
+import subprocess
+import sys
+import tempfile
 import zlib
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +26,7 @@ from internlm_demo.ui.i18n import labels
 from internlm_demo.xcomposer import load_xcomposer
 from internlm_demo.xcomposer.article import Article
 from internlm_demo.xcomposer.prompts import conversation_prompt
-from tests.conftest import FIXTURES_DIR, last
+from tests.conftest import FIXTURES_DIR, REPO, last
 from tests.servers import free_port
 
 IMAGE = str(FIXTURES_DIR / "xcomposer-test-image.png")
@@ -217,3 +223,32 @@ def test_app_reports_bad_uploads_in_the_chat_and_keeps_working(client, tmp_path,
 
 def test_app_switches_language(client):
     assert "演示模型" in client.predict(api_name="/switch_language")
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_upload_previews_are_private_closed_and_removed_on_clear(provider):
+    session = handlers.new_session()
+    _, session, _ = handlers.add_message(provider, {"text": "one", "files": [IMAGE]}, session)
+    before = open_descriptors()
+    for turn in range(5):
+        _, session, _ = handlers.add_message(provider, {"text": f"again {turn}", "files": [IMAGE]}, session)
+    assert open_descriptors() == before, "each preview left a file descriptor open"
+    previews = [Path(m["content"]["path"]) for m in session.display if isinstance(m["content"], dict)]
+    assert len(previews) == 6 and all(path.is_file() for path in previews)
+    folder = previews[0].parent
+    assert folder != Path(tempfile.gettempdir()) / "internlm-demo-xcomposer", "not a fixed folder shared by everyone"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    display, session, _ = handlers.clear_history(session)
+    assert display == [] and not any(path.exists() for path in previews)
+
+
+def test_the_preview_folder_goes_when_the_app_exits(tmp_path):
+    script = ("import sys; from PIL import Image; from apps.xcomposer import chat_handlers as h; "
+              "print(h.save_preview(Image.new('RGB', (64, 64)), h.preview_folder()))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    preview = Path(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0 and preview.suffix == ".png"
+    assert not preview.parent.exists()

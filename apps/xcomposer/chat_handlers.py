@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -58,15 +62,26 @@ def save_preview(image, folder: Path) -> str:
     """A small RGB PNG of the upload for the chat history (the original may be huge, CMYK or 16-bit)."""
     preview = image.copy()
     preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
-    path = Path(tempfile.mkstemp(suffix=".png", dir=folder)[1])
-    preview.save(path)
-    return str(path)
+    descriptor, path = tempfile.mkstemp(suffix=".png", dir=folder)
+    with os.fdopen(descriptor, "wb") as file:
+        preview.save(file, format="PNG")
+    return path
 
 
+@functools.cache
 def preview_folder() -> Path:
-    folder = Path(tempfile.gettempdir()) / "internlm-demo-xcomposer"
-    folder.mkdir(exist_ok=True)
+    """This process's own folder for upload previews (mode 0700), removed when the app exits."""
+    folder = Path(tempfile.mkdtemp(prefix="internlm-demo-xcomposer-previews-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
+
+
+def remove_previews(display: list[dict]) -> None:
+    """Delete the preview files a chat display shows (they are this app's, in ``preview_folder``)."""
+    for message in display:
+        content = message.get("content")
+        if isinstance(content, dict) and Path(content.get("path", "")).parent == preview_folder():
+            Path(content["path"]).unlink(missing_ok=True)
 
 
 def add_message(provider: ModelProvider, message: dict | None, session: ChatSession):
@@ -167,7 +182,10 @@ def regenerate(session: ChatSession, language: str = LANGUAGES[0]) -> tuple[list
     return display, ChatSession(exchanges, display)
 
 
-def clear_history() -> tuple[list[dict], ChatSession, dict]:
+def clear_history(session: ChatSession | None = None) -> tuple[list[dict], ChatSession, dict]:
+    """An empty chat; the cleared conversation's upload previews are deleted."""
+    if session is not None:
+        remove_previews(session.display)
     return [], new_session(), EMPTY_MESSAGE
 
 

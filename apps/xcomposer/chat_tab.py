@@ -54,7 +54,7 @@ def build_chat_tab(app: AppContext) -> None:
         reply, [session, *parameters_in, app.language], [chatbot, session], api_name="answer_again", **ON_MODEL
     )
     stop.click(handlers.stop_reply, None, None, api_name="stop", queue=False)
-    clear.click(handlers.clear_history, None, [chatbot, session, message], api_name="clear_history")
+    clear.click(handlers.clear_history, [session], [chatbot, session, message], api_name="clear_history")
     app.language.change(
         handlers.relabel_chat_tab, app.language,
         [tab, chatbot, message, parameters, max_output_tokens, num_beams, repetition_penalty, do_sample, stop,

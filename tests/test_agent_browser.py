@@ -74,18 +74,18 @@ def test_browser_stop_ends_a_streaming_answer(page, output_dir):
     page.screenshot(path=str(output_dir / "agent-stopped.png"), full_page=True)
 
 
-def test_chinese_labels_are_complete(agent_url, output_dir):
+def test_chinese_labels_are_complete(agent_url, page, output_dir):
     """In 中文 no English label of the agent table is left, with a run's steps on the page."""
-    with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(agent_url)
-        page.get_by_test_id("stChatInputTextArea").wait_for(timeout=30_000)
-        page.get_by_test_id("stSidebar").get_by_test_id("stRadio").first.get_by_text("中文").click()
-        expect(page.get_by_role("heading", name=AGENT["page_title"][1])).to_be_visible(timeout=30_000)
-        ask(page, "算一下 'browser agent' 的 SHA-256")
-        page.get_by_text("The SHA-256 digest is shown in the step above.").wait_for(timeout=30_000)
-        expect(page.get_by_role("button", name=AGENT["stop"][1])).to_be_disabled(timeout=15_000)
-        text = page.locator("body").inner_text()
-        assert english_labels_left(text, AGENT) == [], text
-        assert page.get_by_test_id("stChatInputTextArea").get_attribute("placeholder") == AGENT["placeholder"][1]
-        page.screenshot(path=str(output_dir / "agent-chinese.png"), full_page=True)
+    page = page.context.browser.new_page(viewport={"width": 1280, "height": 1400})  # a session of its own
+    page.goto(agent_url)
+    page.get_by_test_id("stChatInputTextArea").wait_for(timeout=30_000)
+    page.get_by_test_id("stSidebar").get_by_test_id("stRadio").first.get_by_text("中文").click()
+    expect(page.get_by_role("heading", name=AGENT["page_title"][1])).to_be_visible(timeout=30_000)
+    ask(page, "算一下 'browser agent' 的 SHA-256")
+    page.get_by_text("The SHA-256 digest is shown in the step above.").wait_for(timeout=30_000)
+    expect(page.get_by_role("button", name=AGENT["stop"][1])).to_be_disabled(timeout=15_000)
+    text = page.locator("body").inner_text()
+    assert english_labels_left(text, AGENT) == [], text
+    assert page.get_by_test_id("stChatInputTextArea").get_attribute("placeholder") == AGENT["placeholder"][1]
+    page.screenshot(path=str(output_dir / "agent-chinese.png"), full_page=True)
+    page.close()

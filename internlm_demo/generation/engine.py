@@ -47,9 +47,10 @@ log = logging.getLogger(__name__)
 ENGINE_MODES = ("auto", "simple", "fast")
 BUCKETS = (1, 2, 4, 8, 16)  # batch sizes a decode step is captured for
 MAX_SLOTS = 16
+MIN_GPU_SLOTS = 4  # a long window is shortened (halved) until at least this many slots fit a GPU
 CPU_SLOTS = 8  # enough for a 5-beam search beside a few chats
 MIN_CONTEXT = 2048  # positions per slot at least (prompts may run past a short window, as on the simple path)
-MAX_CONTEXT = 8192  # positions per slot at most (a longer window is cut to this)
+MAX_CONTEXT = 32768  # positions per slot at most (a longer window is cut to this)
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass between two decode steps
 KV_SHARE_OF_FREE_MEMORY = 0.8  # of the memory left after the weights, on a GPU
 KV_SHARE_OF_CPU_MEMORY = 0.5  # of the available RAM, on the CPU
@@ -310,7 +311,8 @@ class FastEngine:
 
     ``window``: the model's context window (default: its ``max_position_embeddings``); ``kernels``:
     "auto"/"triton" (Triton on a GPU) or "torch"; ``slots``/``capacity``: sequences and positions per
-    sequence (default: the window within [MIN_CONTEXT, MAX_CONTEXT], slots from free memory);
+    sequence (default: the window within [MIN_CONTEXT, MAX_CONTEXT], slots from free memory, the window
+    halved on a GPU while fewer than MIN_GPU_SLOTS would fit);
     ``blocks``: (device, layer count) per block (default: where the model's layers are); ``use_graphs``:
     capture the decode step, one graph per block (default: on GPUs); ``lookahead``: decode steps queued
     beyond the tokens the host has read; ``prefill_chunk``: prompt tokens per prefill pass.
@@ -389,27 +391,33 @@ class FastEngine:
         capacity = capacity or window + 1
         if slots is not None:
             return slots, capacity
-        per_slot = sum(2 * len(b.layers) * self.kv_heads * capacity * self.head_dim for b in self.blocks)
-        per_slot *= torch.finfo(self.dtype).bits // 8
         on_gpu = self.device.type == "cuda"
         share = KV_SHARE_OF_FREE_MEMORY if on_gpu else KV_SHARE_OF_CPU_MEMORY
         budget = min(_free_memory_bytes(b.device) for b in self.blocks) * share * len(self.blocks)
-        fits = int(budget // per_slot)
+        bytes_per_position = (sum(2 * len(b.layers) for b in self.blocks) * self.kv_heads * self.head_dim
+                              * torch.finfo(self.dtype).bits // 8)
         if not on_gpu:  # CPU pages are committed only as positions fill, so one slot is always possible
-            return max(1, min(fits, CPU_SLOTS)), capacity
+            return max(1, min(int(budget // (bytes_per_position * capacity)), CPU_SLOTS)), capacity
+        while budget // (bytes_per_position * capacity) < MIN_GPU_SLOTS and capacity - 1 > MIN_CONTEXT:
+            capacity = (capacity - 1) // 2 + 1
+        fits = int(budget // (bytes_per_position * capacity))
         if fits < 1:
             raise ContextOverflowError(
-                f"the KV cache for one {capacity - 1}-token sequence needs {per_slot / 2**30:.1f} GiB, more than "
-                f"the {budget / 2**30:.1f} GiB available; use a smaller model or more GPUs.")
+                f"the KV cache for one {capacity - 1}-token sequence needs "
+                f"{bytes_per_position * capacity / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB available; "
+                "use a smaller model or more GPUs.")
         return min(fits, MAX_SLOTS), capacity
 
     def _allocate(self) -> None:
         shape = (self.slots, self.kv_heads, self.capacity, self.head_dim)
         positions = torch.arange(self.capacity)
         for block in self.blocks:
+            # A GPU's masked attention may read every position (zeros keep that finite); the CPU reads only the
+            # positions in use, so its cache is left unwritten and costs memory only as sequences fill it.
+            new = torch.zeros if block.device.type == "cuda" else torch.empty
             with torch.no_grad():
-                block.k = [torch.zeros(shape, dtype=self.dtype, device=block.device) for _ in block.layers]
-                block.v = [torch.zeros(shape, dtype=self.dtype, device=block.device) for _ in block.layers]
+                block.k = [new(shape, dtype=self.dtype, device=block.device) for _ in block.layers]
+                block.v = [new(shape, dtype=self.dtype, device=block.device) for _ in block.layers]
                 # Row p: a decode step at position p (dynamic NTK sees a p + 1 token sequence there).
                 cos, sin = self.rope.cos_sin(positions[:, None], positions + 1, self.dtype)
                 block.cos, block.sin = cos[:, 0].to(block.device), sin[:, 0].to(block.device)

@@ -147,6 +147,9 @@ class Conversation:
     last_stats: GenerationStats | None = None
     draft: str | None = None  # a message that was not answered, for the page to put back in the message box
     offered_import: object | None = None  # a transcript.ImportedConversation waiting for the user's yes
+    # Two browser tabs on one conversation's address run the page at once: moving a reply into the history
+    # happens under this lock, once.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 class ConversationStore:
@@ -200,6 +203,11 @@ def send(conversation: Conversation, model: ChatBackend, params: ChatParams, tex
     A blank message is ignored; one that cannot fit the window on its own leaves the
     history untouched, an "overflow" notice, and the message as the ``draft`` to put back.
     """
+    with conversation.lock:  # one reply at a time, even from two tabs on the same conversation
+        return start_reply(conversation, model, params, text)
+
+
+def start_reply(conversation: Conversation, model: ChatBackend, params: ChatParams, text: str | None) -> bool:
     if not text or not text.strip() or conversation.pending is not None:
         return False
     meta = params.meta_instruction(model)
@@ -242,10 +250,11 @@ def collect(conversation: Conversation) -> bool:
     ``draft``; a failed one does the same and leaves an "error" notice that keeps the text that came.
     A reply the server ended without saying why is kept and marked ``cut``.
     """
-    pending = conversation.pending
-    if pending is None or not pending.done.is_set():
-        return False
-    conversation.pending = None
+    with conversation.lock:
+        pending = conversation.pending
+        if pending is None or not pending.done.is_set():
+            return False
+        conversation.pending = None
     stopped = pending.stats.finish_reason == "stopped"
     if pending.error is not None or (stopped and not pending.text):
         conversation.messages.pop()

@@ -121,6 +121,30 @@ def check_rope_store_and_attention(dtype, device="cpu") -> None:
             assert torch.equal(alone, attended[:1])
 
 
+def check_narrow_heads(dtype, device="cpu") -> None:
+    """Heads of 8 dimensions (the tiny v1 fixture's) are narrower than the batched kernel's tile: several
+    rows still give the reference's q and cache rows (this crashed on the GPU with a misaligned address)."""
+    from internlm_demo.generation.triton_kernels import rope_pairs
+
+    triton_ops, torch_ops = kernels()
+    generator = torch.Generator(device).manual_seed(5)
+    head_dim, heads, capacity = 8, 4, 40
+    angles = torch.rand(capacity, head_dim // 2, generator=generator) * 3
+    cos, sin = torch.cat([angles.cos()] * 2, -1).to(dtype), torch.cat([angles.sin()] * 2, -1).to(dtype)
+    norm = (1 + 0.1 * torch.randn(32, generator=generator)).to(dtype)
+    w = (0.1 * torch.randn(3 * heads * head_dim, 32, generator=generator)).to(dtype)
+    x = torch.randn(3, 32, generator=generator).to(dtype)
+    caches = [torch.zeros(3, heads, capacity, head_dim, dtype=dtype) for _ in range(2)]
+    copies = [c.clone() for c in caches]
+    positions = torch.tensor([0, 7, 39])
+    q_t = triton_ops.norm_linear_rope_store(x, norm, 1e-6, w, None, cos, sin, *caches, positions, heads, heads)
+    q_r = torch_ops.norm_linear_rope_store(x, norm, 1e-6, w, None, cos, sin, *copies, positions, heads, heads)
+    assert relative(q_t, q_r) < TOLERANCE[dtype]
+    assert all(relative(c, r) < TOLERANCE[dtype] for c, r in zip(caches, copies))
+    assert rope_pairs(32, 8, minimum=8) is None and rope_pairs(32, 16, minimum=8) == 8
+    assert rope_pairs(1, 128, minimum=1) == 1 and rope_pairs(64, 96, minimum=8) == 16
+
+
 def check_sampler(device="cpu") -> None:
     """Greedy rows equal the reference's argmax; sampled rows draw what the reference draws with the same
     (seed, step) noise, and the same row draws the same id alone or in a batch."""
@@ -190,6 +214,7 @@ def run_checks(device: str = "cpu", dtypes=(torch.float16,)) -> None:
     for dtype in dtypes:
         check_linear_kernels(dtype, device)
         check_rope_store_and_attention(dtype, device)
+        check_narrow_heads(dtype, device)
     check_rows_do_not_depend_on_the_batch(device)
     check_sampler(device)
 

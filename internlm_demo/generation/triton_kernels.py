@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .torch_kernels import TorchDecodeKernels
+
 # Batch 1: (BLOCK_N, BLOCK_K, num_warps, unroll) per weight shape (rows, columns): the fastest of
 # bench/decode.py --sweep on an H200 (q/k/v timed as the fused RoPE kernel). unroll=1 unrolls the
 # K loop, so every load of a program is issued up front. Other shapes use DEFAULT_GEMV_CONFIG.
@@ -589,6 +591,17 @@ def rows_config(rows: int, cols: int) -> tuple[int, int, int, int]:
     return ROWS_CONFIGS.get((rows, cols), DEFAULT_ROWS_CONFIG)
 
 
+def rope_pairs(block_n: int, head_dim: int, minimum: int) -> int | None:
+    """Dimension pairs per program of the q/k/v + RoPE kernels: a power of two that divides half the head
+    dimension (every pair (j, j + D/2) of a head is owned by exactly one program), at most ``block_n / 2``
+    and at least ``minimum``; None when no such number exists."""
+    half = head_dim // 2
+    pairs = 1
+    while pairs * 2 <= min(max(block_n // 2, minimum), half) and half % (pairs * 2) == 0:
+        pairs *= 2
+    return pairs if pairs >= minimum and half % pairs == 0 else None
+
+
 class TritonDecodeKernels:
     """The decode-step operations of the torch reference as Triton launches, for B rows (row b ↔ slot b).
 
@@ -664,7 +677,7 @@ class TritonDecodeKernels:
         block_n, block_k, warps, fourth = self._config(rows, cols, batch)
         q = torch.empty((batch, heads, head_dim), dtype=x.dtype, device=x.device)
         if self._gemv_rows(batch):
-            pairs = max(1, min(block_n // 2, head_dim // 2))
+            pairs = rope_pairs(block_n, head_dim, minimum=1)
             _qkv_rope_kernel[(rows // (2 * pairs),)](
                 x, weight, bias if bias is not None else weight, norm_weight, cos_table, sin_table, positions, q,
                 k_cache, v_cache, eps, k_cache.stride(1), cols, HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim,
@@ -672,7 +685,11 @@ class TritonDecodeKernels:
                 BLOCK_K=block_k, num_warps=warps, num_stages=1,
             )
         else:
-            pairs = max(8, min(block_n // 2, head_dim // 2))
+            pairs = rope_pairs(block_n, head_dim, minimum=8)
+            if pairs is None:  # heads too narrow for the tensor-core tile: the reference op, also in a graph
+                return TorchDecodeKernels().norm_linear_rope_store(x, norm_weight, eps, weight, bias, cos_table,
+                                                                   sin_table, k_cache, v_cache, positions, heads,
+                                                                   kv_heads)
             _qkv_rope_rows_kernel[(rows // (2 * pairs), triton.cdiv(batch, ROWS))](
                 self._normalized(x, norm_weight, eps), weight, bias if bias is not None else weight, cos_table,
                 sin_table, positions, q, k_cache, v_cache, batch, k_cache.stride(0), k_cache.stride(1), cols,

@@ -21,7 +21,8 @@ from streamlit.testing.v1 import AppTest
 
 from internlm_demo import GenerationParams, GenerationStats
 from internlm_demo.models.standin import gguf_path
-from internlm_demo.serving.remote import LLAMA_CPP_PYTHON, RemoteBackendError, RemoteChatModel, estimate_tokens
+from internlm_demo.serving.remote import RemoteBackendError, RemoteChatModel, estimate_tokens
+from internlm_demo.serving.server_kinds import LLAMA_CPP_PYTHON
 from internlm_demo.ui import conversation as chat
 from tests.conftest import REPO, last
 from tests.servers import free_port, running_server

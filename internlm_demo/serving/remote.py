@@ -1,7 +1,7 @@
 """A chat model on an OpenAI-compatible server (ours, vLLM, LMDeploy, llama.cpp's servers), as a ChatBackend.
 
-Servers differ in data, held in one table (``SERVER_KINDS``): the names they give the sampling controls, where
-they say their context window and count tokens, whether they answer requests side by side. A stream is a reply
+Servers differ in data, held in ``server_kinds``: the names they give the sampling controls, where they say
+their context window and count tokens, whether they answer requests side by side. A stream is a reply
 only when it ends as the protocol says (a ``finish_reason``, then ``[DONE]``); anything else is an error that
 names the likely cause, or a reply marked cut. docs/remote-servers.md has what each server exposes.
 """
@@ -13,7 +13,6 @@ import concurrent.futures
 import json
 import math
 import queue
-import re
 import threading
 import time
 import unicodedata
@@ -28,9 +27,19 @@ from ..generation.admission import Admission
 from ..generation.params import GenerationParams, GenerationStats
 from ..models.families import FAMILIES, INTERNLM, INTERNLM2, INTERNLM3, Family
 from .backend import Budget, History, fit_history
+from .server_kinds import (
+    DEFAULT_REMOTE_WINDOW,
+    GENERIC,
+    KIND_BY_OWNER,
+    LLAMA_CPP,
+    LLAMA_CPP_PYTHON,
+    PROMPT_IN_ERROR,
+    WINDOW_IN_ERROR,
+    ServerKind,
+    TokenizeEndpoint,
+    number_in,
+)
 
-# A server that does not say how long its window is gets its kind's default, or this one; both are shown as assumed.
-DEFAULT_REMOTE_WINDOW = 4096
 # Counting text by text, the template's markers are added generously: ChatML puts 5 tokens around each message;
 # the prompt adds the reply's header, a BOS and, in llama-cpp-python's ChatML, a system block even when none is sent.
 MESSAGE_MARKER_TOKENS = 6
@@ -40,63 +49,9 @@ TIMEOUT = httpx.Timeout(10.0, read=600.0)
 GENERIC_FAMILY = replace(INTERNLM2, name="openai-compatible", default_meta_instruction="")
 START_HINT = "start one with `bash scripts/run.sh server -- --model MODEL` (port 23333), or fix --api-base"
 
-# How servers state their window, and the prompt length, when a request is too long for it.
-WINDOW_IN_ERROR = (
-    re.compile(r"maximum context length is (\d+) tokens"),  # OpenAI, vLLM, llama-cpp-python
-    re.compile(r"model context length \((\d+)\)"),  # LMDeploy
-    re.compile(r"context window is (\d+) tokens"),  # ours
-    re.compile(r'"n_ctx":\s*(\d+)'),  # llama.cpp's server
-)
-PROMPT_IN_ERROR = (
-    re.compile(r"(\d+) in the messages"),  # llama-cpp-python
-    re.compile(r"you requested (\d+) tokens in the messages"),  # vLLM
-    re.compile(r"Input length \((\d+)\)"),  # LMDeploy
-    re.compile(r"the message is (\d+) tokens long"),  # ours
-    re.compile(r'"n_prompt_tokens":\s*(\d+)'),  # llama.cpp's server
-)
-
 
 class RemoteBackendError(Exception):
     """The server cannot be reached, refused a request or broke a reply; the message says which and what to do."""
-
-
-@dataclass(frozen=True)
-class TokenizeEndpoint:
-    """A server's own token counter: POST ``{root}{path}`` with the text (or the messages) in ``field``."""
-
-    path: str  # under the server's root, the address without /v1
-    field: str  # "messages": the whole conversation, counted with its template; otherwise one text at a time
-    extra: tuple[tuple[str, object], ...] = ()  # constant fields of the request
-    names_model: bool = False  # the request carries the model's id
-    answer: str = "count"  # the answer's field: a count, or ("tokens") the list of tokens
-
-
-@dataclass(frozen=True)
-class ServerKind:
-    """What one kind of server understands beyond the OpenAI API."""
-
-    name: str
-    repetition_penalty: str | None = "repetition_penalty"  # the request's field; None: the server has none
-    top_k_off: int | None = 0  # the top_k that turns top-k off; None: the server takes no top_k
-    fixed: tuple[tuple[str, object], ...] = ()  # sent always, so that no default of the server's adds a filter
-    tokenize: TokenizeEndpoint | None = None
-    serial: bool = False  # answers one request at a time (and may cut a running one for a new one)
-    assumed_window: int = DEFAULT_REMOTE_WINDOW  # its window when it does not say
-
-
-VLLM_TOKENIZE = TokenizeEndpoint("/tokenize", "messages", (("add_generation_prompt", True),), names_model=True)
-OUR_SERVER = ServerKind("internlm-demo server", tokenize=VLLM_TOKENIZE)
-VLLM = ServerKind("vLLM", top_k_off=-1, tokenize=VLLM_TOKENIZE)
-LMDEPLOY = ServerKind("LMDeploy api_server", tokenize=TokenizeEndpoint(
-    "/v1/encode", "input", (("do_preprocess", False), ("add_bos", False)), answer="length"))
-LLAMA_CPP = ServerKind("llama.cpp server", repetition_penalty="repeat_penalty", fixed=(("min_p", 0.0),),
-                       tokenize=TokenizeEndpoint("/tokenize", "content", (("add_special", False),), answer="tokens"))
-LLAMA_CPP_PYTHON = ServerKind(
-    "llama-cpp-python server", repetition_penalty="repeat_penalty", fixed=(("min_p", 0.0),),
-    tokenize=TokenizeEndpoint("/extras/tokenize/count", "input", names_model=True), serial=True, assumed_window=2048)
-GENERIC = ServerKind("OpenAI-compatible server", repetition_penalty=None, top_k_off=None)
-SERVER_KINDS = (OUR_SERVER, VLLM, LMDEPLOY, LLAMA_CPP, LLAMA_CPP_PYTHON, GENERIC)
-KIND_BY_OWNER = {"internlm-demo": OUR_SERVER, "vllm": VLLM, "lmdeploy": LMDEPLOY}
 
 
 @dataclass(frozen=True)
@@ -151,15 +106,6 @@ def error_message(response: httpx.Response) -> str:
         return described_error(response.json())
     except ValueError:
         return response.text.strip()[:300] or response.reason_phrase
-
-
-def number_in(text: str, patterns: tuple[re.Pattern, ...]) -> int | None:
-    """The first number one of ``patterns`` finds in ``text``."""
-    for pattern in patterns:
-        found = pattern.search(text)
-        if found:
-            return int(found.group(1))
-    return None
 
 
 _LOOP_LOCK = threading.Lock()

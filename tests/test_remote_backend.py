@@ -283,6 +283,8 @@ def test_chat_page_with_a_dead_api_base(monkeypatch):
     app = AppTest.from_file(APP, default_timeout=60).run()
     assert not app.exception
     assert "cannot reach an OpenAI-compatible server" in app.error[0].value
+    fix = app.info[0].value  # about servers, not model folders
+    assert "start an OpenAI-compatible server first" in fix and "config.json" not in fix
     assert not app.chat_input
 
 

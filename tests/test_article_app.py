@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sys
 import zipfile
@@ -13,6 +14,7 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
+from internlm_demo.xcomposer.gallery.index import cache_folder_for
 from tests.servers import free_port, running_server
 
 TOPICS = {"敦煌 Dunhuang": "murals", "大海 sea": "sunset", "沙漠 desert": "camels"}
@@ -31,23 +33,31 @@ def build_gallery(root: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_app(gallery: Path):
-    """``python -m apps.xcomposer --gallery GALLERY`` on a free 127.0.0.1 port; yields its URL."""
+def running_app(*galleries: Path):
+    """``python -m apps.xcomposer --gallery G1:G2:...`` on a free 127.0.0.1 port; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    with running_server([sys.executable, "-m", "apps.xcomposer", "--port", str(port), "--gallery", str(gallery)], url,
+    roots = os.pathsep.join(map(str, galleries))
+    with running_server([sys.executable, "-m", "apps.xcomposer", "--port", str(port), "--gallery", roots], url,
                         timeout_s=120):
         yield url
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    gallery = build_gallery(tmp_path_factory.mktemp("app-gallery") / "gallery")
-    with running_app(gallery) as url:
+    """The app with its galleries, all set on the command line: the test gallery first, then an empty one, a
+    missing one and one with a broken file (the browser can only choose among these)."""
+    base = tmp_path_factory.mktemp("app-gallery")
+    gallery = build_gallery(base / "gallery")
+    (base / "empty").mkdir()
+    (base / "mixed").mkdir()
+    Image.new("RGB", (20, 20)).save(base / "mixed" / "ok.png")
+    (base / "mixed" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with running_app(gallery, base / "empty", base / "missing", base / "mixed") as url:
         yield url, gallery
 
 
-def write(client: Client, title: str, folder: str = ""):
+def write(client: Client, title: str, folder: str):
     """All the updates of one /write_article run, the last one being the result."""
     job = client.submit(title, *FAST.values(), folder, api_name="/write_article")
     job.result(timeout=120)
@@ -61,7 +71,7 @@ def gallery_bytes(gallery: Path) -> set[bytes]:
 def test_compose_edit_and_save(app, tmp_path):
     url, gallery = app
     client = Client(url, verbose=False)
-    updates = write(client, "又见敦煌")
+    updates = write(client, "又见敦煌", str(gallery))
     status, _, view, section, caption, captions, section_text, candidates = updates[-1]
     assert any("▶ **writing**" in update[0] for update in updates[:-1])  # the stage board streamed
     assert status.startswith("✓ writing · ✓ placing · ✓ captioning · ✓ retrieving · ✓ selecting") and "Done" in status
@@ -71,7 +81,7 @@ def test_compose_edit_and_save(app, tmp_path):
     assert isinstance(position, int) and caption["value"] and section_text["value"] in view
     assert json.loads(captions)[str(position)] == caption["value"]  # what the page fills in at once
 
-    searched = client.predict(position, "sunset at sea 海边日落", "", api_name="/search_again")
+    searched = client.predict(position, "sunset at sea 海边日落", str(gallery), api_name="/search_again")
     hits = [item["caption"].split(" · ")[1] for item in searched[7]["value"]]
     assert hits[0].startswith("大海 sea/") and searched[4]["value"] == "sunset at sea 海边日落"
 
@@ -83,11 +93,11 @@ def test_compose_edit_and_save(app, tmp_path):
 
     deleted = client.predict(position, api_name="/delete_image")
     assert deleted[2].count("](data:") == view.count("](data:") - 1
-    added = client.predict(position, "", api_name="/add_image")
+    added = client.predict(position, str(gallery), api_name="/add_image")
     assert added[2].count("](data:") == view.count("](data:") and added[4]["value"]
 
     sections = len(added[3]["choices"])
-    fixed = client.submit(2, *FAST.values(), "", api_name="/insert_fixed_images")
+    fixed = client.submit(2, *FAST.values(), str(gallery), api_name="/insert_fixed_images")
     fixed_status, _, fixed_view, *_ = fixed.result(timeout=120)
     assert "Done" in fixed_status and "✓ writing" not in fixed_status  # the article is kept, only images redone
     assert fixed_view.count("](data:") == min(2, sections)
@@ -105,14 +115,26 @@ def test_compose_edit_and_save(app, tmp_path):
 def test_bad_input_is_answered_with_messages(app, tmp_path):
     url, _ = app
     client = Client(url, verbose=False)
-    assert "✗ Type a title first" in write(client, "  ")[-1][0]
-    assert "5000 characters long; keep it under 200" in write(client, "长" * 5000)[-1][0]
-    (tmp_path / "empty").mkdir()
-    assert "has no images" in write(client, "又见敦煌", str(tmp_path / "empty"))[-1][0]
-    assert "does not exist" in write(client, "又见敦煌", str(tmp_path / "missing"))[-1][0]
-    (tmp_path / "mixed").mkdir()
-    Image.new("RGB", (20, 20)).save(tmp_path / "mixed" / "ok.png")
-    (tmp_path / "mixed" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    status = client.predict(str(tmp_path / "mixed"), api_name="/index_gallery")
+    assert "✗ Type a title first" in write(client, "  ", str(app[1]))[-1][0]
+    assert "5000 characters long; keep it under 200" in write(client, "长" * 5000, str(app[1]))[-1][0]
+    base = app[1].parent
+    assert "has no images" in write(client, "又见敦煌", str(base / "empty"))[-1][0]
+    assert "does not exist" in write(client, "又见敦煌", str(base / "missing"))[-1][0]
+    status = client.predict(str(base / "mixed"), api_name="/index_gallery")
     assert "1 images" in status and "Skipped 1 unreadable file(s): broken.jpg" in status
     assert client.predict(api_name="/save_article") is None  # nothing written in this session yet
+
+
+def test_the_browser_cannot_choose_a_folder_outside_the_galleries(app, tmp_path):
+    url, gallery = app
+    client = Client(url, verbose=False)
+    secret = tmp_path / "private"
+    secret.mkdir()
+    Image.new("RGB", (20, 20)).save(secret / "holiday.png")
+    for folder in (str(secret), "/", str(gallery / ".."), str(gallery) + "/../empty/.."):
+        try:
+            answer = client.predict(folder, api_name="/index_gallery")
+        except Exception as refused:  # noqa: BLE001 - Gradio itself refuses a value that is not a choice
+            answer = str(refused)
+        assert "not one of this app's galleries" in answer or "not in the list of choices" in answer, answer
+    assert not cache_folder_for(secret.resolve()).exists(), "the private folder was indexed"

@@ -245,3 +245,25 @@ def test_a_thousand_images_index_and_reindex(tmp_path):
     assert first.report.added == 1000 and second.report.reused == 1000
     hit = second.search("夕阳下的河流", 1)[0]
     assert hit.path.split("/")[1].startswith(("sunset_river", "river_sunset"))
+
+
+def test_the_walk_stays_inside_the_gallery_and_is_bounded(tmp_path, monkeypatch):
+    from internlm_demo.xcomposer.gallery import index as gallery_index
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (20, 20)).save(outside / "secret.png")
+    root = tmp_path / "gallery"
+    (root / "album").mkdir(parents=True)
+    for i in range(12):
+        Image.new("RGB", (20, 20), (i * 20, 0, 0)).save(root / "album" / f"photo-{i:02d}.png")
+    (root / "link.png").symlink_to(outside / "secret.png")
+    (root / "linked-folder").symlink_to(outside, target_is_directory=True)
+    index = open_gallery(root, encoder=None, cache_dir=tmp_path / "cache")
+    assert {image.path for image in index.images} == {f"album/photo-{i:02d}.png" for i in range(12)}
+    assert any(skip.path == "link.png" and "outside the gallery" in skip.reason for skip in index.report.skipped)
+
+    monkeypatch.setattr(gallery_index, "MAX_GALLERY_FILES", 5)
+    index = open_gallery(root, encoder=None, cache_dir=tmp_path / "cache-bounded")
+    assert len(index.images) == 5
+    assert any("stopped after 5 images" in note for note in index.report.notes)

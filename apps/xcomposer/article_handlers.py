@@ -11,6 +11,7 @@ import base64
 import functools
 import io
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,20 @@ PROGRESS = gr.Progress()
 
 @dataclass(frozen=True)
 class ArticleTab:
-    """What the handlers share: the app's model provider and the default gallery."""
+    """What the handlers share: the app's model provider and the gallery folders the browser may choose from."""
 
     provider: ModelProvider
-    default_gallery: str | None = None
+    galleries: tuple[str, ...] = ()  # absolute folders from --gallery / INTERNLM_DEMO_GALLERY; () → the demo gallery
+
+    @classmethod
+    def from_setting(cls, provider: ModelProvider, gallery: str | None) -> ArticleTab:
+        """``gallery`` is the --gallery value: one folder, or several joined by ``os.pathsep``."""
+        folders = [part for part in (gallery or "").split(os.pathsep) if part.strip()]
+        return cls(provider, tuple(dict.fromkeys(str(Path(folder).expanduser().resolve()) for folder in folders)))
+
+    def choices(self, demo_label: str) -> list[tuple[str, str]]:
+        """(label, value) of each gallery for the page's dropdown; the demo gallery's value is ""."""
+        return [(folder, folder) for folder in self.galleries] or [(demo_label, "")]
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -187,9 +198,15 @@ def article_outputs(article: Article | None, status: str, view: str | None = Non
 # --- handlers -------------------------------------------------------------------------------------
 
 
-def gallery_folder(tab: ArticleTab, folder: str | None) -> Path:
-    folder = (folder or "").strip() or tab.default_gallery
-    return Path(folder).expanduser() if folder else ensure_demo_gallery()
+def gallery_folder(tab: ArticleTab, choice: str | None) -> Path:
+    """The gallery the browser chose, which must be one of the app's own (the first when none is chosen):
+    the browser never names a server folder of its choosing."""
+    choice = choice or ""
+    if choice and choice not in tab.galleries:
+        raise GalleryError(f"{choice!r} is not one of this app's galleries; galleries are set when the app starts "
+                           "(--gallery FOLDER, several joined by ':', or INTERNLM_DEMO_GALLERY).")
+    folder = choice or next(iter(tab.galleries), None)
+    return Path(folder) if folder else ensure_demo_gallery()
 
 
 def open_tab_gallery(tab: ArticleTab, folder: str | None, progress=None, language: str = LANGUAGES[0]) -> GalleryIndex:

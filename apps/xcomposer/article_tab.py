@@ -21,7 +21,7 @@ EXAMPLES = ["又见敦煌", "星链新闻稿", "如何养好一只宠物", "Shan
 
 def build_article_tab(app: AppContext) -> None:
     """Lay out the tab inside the app's Blocks and wire its events."""
-    tab_context = ArticleTab(app.provider, app.gallery)
+    tab_context = ArticleTab.from_setting(app.provider, app.gallery)
     t = labels(LANGUAGES[0], "article")
     with gr.Tab(t("tab"), id="article") as tab:
         article = gr.State(None)
@@ -41,7 +41,8 @@ def build_article_tab(app: AppContext) -> None:
                     model_selects = gr.Checkbox(value=True, label=t("model_selects"))
                     do_sample = gr.Checkbox(value=False, label=t("sampling"))
                 with gr.Row():
-                    folder = gr.Textbox(value=tab_context.default_gallery or "", label=t("gallery"), scale=3)
+                    choices = tab_context.choices(t("demo_gallery"))
+                    folder = gr.Dropdown(choices=choices, value=choices[0][1], label=t("gallery"), scale=3)
                     index = gr.Button(t("index"), scale=1)
                 gallery_status = gr.Markdown(elem_id="article-gallery-status")
             with gr.Column():

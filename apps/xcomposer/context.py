@@ -35,4 +35,4 @@ class AppContext:
 
     provider: ModelProvider
     language: gr.State
-    gallery: str | None = None  # image folder of the article tab (--gallery); None: the generated demo gallery
+    gallery: str | None = None  # --gallery: the article tab's image folder(s), os.pathsep-joined; None: the demo one

@@ -18,6 +18,9 @@ from .matching import BM25, SentenceEncoder, default_encoder
 from .text import describe, read_sidecar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+# A walk stops here: a gallery is a folder of pictures, not a disk (the index is built on every refresh).
+MAX_GALLERY_FILES = 20_000
+MAX_GALLERY_FOLDERS = 5_000
 INDEX_FORMAT = 1
 
 
@@ -153,25 +156,35 @@ def cache_folder_for(root: Path, cache_dir: Path | None = None) -> Path:
     return base / hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:16]
 
 
-def scan(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[SkippedFile]]:
-    """Image files under ``root`` (recursively, hidden folders left out) with their stat, and those that failed."""
-    found, failed = [], []
+def scan(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[SkippedFile], list[str]]:
+    """Image files under ``root`` (recursively, hidden folders left out) with their stat, those that failed, and
+    a note when the walk stopped at MAX_GALLERY_FILES / MAX_GALLERY_FOLDERS. Links are not followed out of ``root``."""
+    found, failed, notes = [], [], []
 
     def walk_error(error: OSError):
         failed.append(SkippedFile(os.path.relpath(error.filename, root), f"cannot read folder: {error.strerror}"))
 
-    for folder, dirs, files in os.walk(root, onerror=walk_error):
+    for folders, (folder, dirs, files) in enumerate(os.walk(root, onerror=walk_error), start=1):
+        if folders > MAX_GALLERY_FOLDERS:
+            notes.append(f"stopped after {MAX_GALLERY_FOLDERS} folders; point --gallery at a smaller folder")
+            break
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
+            if len(found) == MAX_GALLERY_FILES:
+                notes.append(f"stopped after {MAX_GALLERY_FILES} images; point --gallery at a smaller folder")
+                return found, failed, notes
             path = Path(folder) / name
             relative = path.relative_to(root).as_posix()
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                failed.append(SkippedFile(relative, "a link to a file outside the gallery"))
+                continue
             try:
                 found.append((relative, path.stat()))
             except OSError as error:
                 failed.append(SkippedFile(relative, f"cannot stat: {error.strerror}"))
-    return found, failed
+    return found, failed, notes
 
 
 def check_image(path: Path) -> str | None:
@@ -206,8 +219,8 @@ def open_gallery(root: str | Path, captioner: Captioner | None = None, cache_dir
     cached, cached_vectors, cached_skips, from_cache = read_cache(cache, encoder)
     stale_skips = set(cached_skips)
 
-    found, skipped = scan(root)
-    report = IndexReport(from_cache=from_cache)
+    found, skipped, walk_notes = scan(root)
+    report = IndexReport(from_cache=from_cache, notes=walk_notes)
     images: list[IndexedImage] = []
     vectors: list[np.ndarray | None] = []
     for done, (relative, stat) in enumerate(found):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import struct
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import zlib
 import time
 from pathlib import Path
@@ -252,3 +254,35 @@ def test_the_preview_folder_goes_when_the_app_exits(tmp_path):
     preview = Path(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0 and preview.suffix == ".png"
     assert not preview.parent.exists()
+
+
+def test_the_app_asks_nothing_of_any_host_but_this_one(provider, monkeypatch):
+    """Gradio's analytics are off unless asked for: starting the app and opening its page reach only 127.0.0.1."""
+    attempts = []
+    local = {None, "127.0.0.1", "::1", "localhost", "0.0.0.0"}
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in local:
+            attempts.append(host)
+            raise socket.gaierror(f"{host}: the test allows only 127.0.0.1")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in local:
+            attempts.append(address[0])
+            raise OSError(f"{address[0]}: the test allows only 127.0.0.1")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    demo = build_demo(Settings(), provider)
+    assert demo.analytics_enabled is False
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).status == 200
+        time.sleep(2)  # analytics and version checks run in background threads
+    finally:
+        demo.close()
+    assert attempts == []

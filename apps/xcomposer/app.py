@@ -5,6 +5,7 @@ A tab is a function ``build(app: AppContext)`` that lays itself out inside the B
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import gradio as gr
@@ -32,7 +33,7 @@ def model_provider(settings: Settings) -> ModelProvider:
 def build_demo(settings: Settings, provider: ModelProvider | None = None) -> gr.Blocks:
     """The app's Blocks; without ``provider`` the model ``settings`` name is loaded when first needed."""
     provider = provider or model_provider(settings)
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=os.environ.get("GRADIO_ANALYTICS_ENABLED") == "True") as demo:
         language = gr.State(LANGUAGES[0])
         with gr.Row():
             with gr.Column(scale=20):

@@ -662,8 +662,8 @@ class FastEngine:
             self._finish(request, "error", exc)
 
     def _decode(self) -> None:
-        top = max(self._decoding) + 1
-        batch = next(b for b in self.buckets if b >= top)
+        top = max(self._decoding) + 1  # rows below it whose slot is idle compute unused results
+        batch = next(b for b in self.buckets if b >= top) if self._graphs else top
         owners = [(slot, request) for slot, request in self._decoding.items() if request.beams is None]
         searches = list({id(r): r for r in self._decoding.values() if r.beams is not None}.values())
         sample = any(samples(request.params) for _, request in owners)

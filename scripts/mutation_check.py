@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,14 +73,14 @@ TARGETS = (
         ("Prompt.join", "Markers.wrap", "V1_SYSTEM", "V1_USER", "V1_ASSISTANT", "ReActProtocol.stop_words",
          "ReActProtocol.system_prompt", "ReActProtocol.build_prompt", "InterpreterCallProtocol.build_prompt",
          "InterpreterCallProtocol._exchange", "InterpreterCallProtocol._assistant_content"),
-        ("tests/test_agent_lagent.py", "tests/test_agent_loop.py"),
+        ("tests/test_prompt_format.py", "tests/test_agent_lagent.py", "tests/test_agent_loop.py"),
         cap=12,
     ),
     Target(
         "tokenizer_decode", "internlm_demo/models/tokenizer.py",
         ("InternLMTokenizer.decode", "StreamingDetokenizer.push"),
         ("tests/test_prompt_format.py", "tests/test_reference_fixtures.py", "tests/test_chat_core.py",
-         "-k", "decode or tokenizer or stream_chat or streaming"),
+         "tests/test_tokenizer_fidelity.py", "-k", "decode or tokenizer or stream_chat or streaming"),
         cap=10,
     ),
 )
@@ -143,9 +144,9 @@ def _skipped_constants(tree: ast.Module) -> set[int]:
     return skipped
 
 
-def enumerate_mutants(target: Target) -> list[Mutant]:
-    """Every mutant of the target's definitions, in source order."""
-    source = (REPO / target.path).read_text(encoding="utf-8")
+def enumerate_mutants(target: Target, root: Path = REPO) -> list[Mutant]:
+    """Every mutant of the target's definitions in the copy of the repository at ``root``, in source order."""
+    source = (root / target.path).read_text(encoding="utf-8")
     tree = ast.parse(source)
     inside = {id(node) for definition in _definition_nodes(tree, target.definitions) for node in ast.walk(definition)}
     skipped = _skipped_constants(tree)
@@ -159,7 +160,7 @@ def enumerate_mutants(target: Target) -> list[Mutant]:
             continue
         line = getattr(node, "lineno", 0)
 
-        def add(kind, description, position=0):
+        def add(kind, description, position=0, index=index, line=line):
             mutants.append(Mutant(target.name, index, kind, line, description, position))
 
         if isinstance(node, ast.Compare):
@@ -205,9 +206,9 @@ def select(mutants: list[Mutant], cap: int) -> list[Mutant]:
     return [mutant for i, mutant in enumerate(mutants) if i in chosen]
 
 
-def mutated_source(target: Target, mutant: Mutant | None) -> str:
-    """The module's source with the one change made (``None``: unchanged, written the same way)."""
-    tree = ast.parse((REPO / target.path).read_text(encoding="utf-8"))
+def mutated_source(source: str, mutant: Mutant | None) -> str:
+    """``source`` with the one change made (``None``: unchanged, written the same way)."""
+    tree = ast.parse(source)
     if mutant is not None:
         node = list(ast.walk(tree))[mutant.node]
         kind = mutant.kind
@@ -257,6 +258,7 @@ class Outcome:
 class Sandbox:
     """A temporary copy of the repository (tracked and untracked files, no caches) beside ``shared/``."""
 
+    excluded: tuple[str, ...] = ()
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mutation-")))
 
     def __post_init__(self):
@@ -264,6 +266,8 @@ class Sandbox:
         files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                                check=True, capture_output=True).stdout.decode().split("\0")
         for name in filter(None, files):
+            if name in self.excluded:
+                continue
             source = REPO / name
             if source.is_file():
                 (self.repo / name).parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +283,7 @@ class Sandbox:
         """
         path = self.repo / target.path
         original = path.read_text(encoding="utf-8")
-        path.write_text(mutated_source(target, mutant), encoding="utf-8")
+        path.write_text(mutated_source(original, mutant), encoding="utf-8")
         tests = [test for test in target.tests if not test.startswith("tests/") or (self.repo / test).exists()]
         log = self.root / "pytest.log"
         start = time.monotonic()
@@ -287,12 +291,15 @@ class Sandbox:
         if child == 0:
             _run_pytest(self.repo, tests, log)
         try:
-            killed, detail = _wait(child, timeout)
-            if not detail:
-                detail = _first_failure(log.read_text(encoding="utf-8", errors="replace"))
+            code = _wait(child, timeout)
         finally:
             path.write_text(original, encoding="utf-8")
-        return Outcome(mutant, killed, time.monotonic() - start, detail)
+        if code is None:
+            return Outcome(mutant, True, time.monotonic() - start, f"timed out after {timeout:.0f} s")
+        detail = _first_failure(log.read_text(encoding="utf-8", errors="replace"))
+        if code not in (0, 1, 2):  # 1: a test failed, 2: collection failed (the mutant does not import)
+            raise SystemExit(f"mutation_check: pytest could not run ({code}): {detail}; see {log}")
+        return Outcome(mutant, code != 0, time.monotonic() - start, detail)
 
     def remove(self):
         shutil.rmtree(self.root, ignore_errors=True)
@@ -300,7 +307,7 @@ class Sandbox:
 
 def _run_pytest(repo: Path, tests: list[str], log: Path) -> None:
     """In the forked child: pytest on ``tests`` with ``repo`` first on the path; never returns."""
-    code = 3
+    code = 99
     try:
         os.nice(10)
         sys.dont_write_bytecode = True  # a cached mutant of the same size and second would be read back
@@ -313,23 +320,25 @@ def _run_pytest(repo: Path, tests: list[str], log: Path) -> None:
         import pytest
 
         code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-m", "not browser", "-o", "addopts=", *tests]))
+    except BaseException:
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
 
-def _wait(child: int, timeout: float) -> tuple[bool, str]:
-    """(killed, why) once the child ends; a child past ``timeout`` is killed and counts as killing its mutant."""
+def _wait(child: int, timeout: float) -> int | None:
+    """The child's exit code, or None when it ran past ``timeout`` (then it is killed)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, status = os.waitpid(child, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status) != 0, ""
+            return os.waitstatus_to_exitcode(status)
         time.sleep(0.2)
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
-    return True, f"timed out after {timeout:.0f} s"
+    return None
 
 
 def _preload() -> None:
@@ -350,12 +359,23 @@ def _first_failure(output: str) -> str:
     return output.strip().splitlines()[-1][:160] if output.strip() else ""
 
 
+def _write_json(path: Path, results: dict[str, list[Outcome]]) -> None:
+    path.write_text(json.dumps(
+        {name: [{"line": o.mutant.line, "mutation": o.mutant.description, "node": o.mutant.node,
+                 "kind": o.mutant.kind, "index": o.mutant.index, "killed": o.killed,
+                 "seconds": round(o.seconds, 1), "detail": o.detail} for o in outcomes]
+         for name, outcomes in results.items()}, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", help=f"any of {', '.join(t.name for t in TARGETS)} (default: all)")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--cap", type=int, help="at most this many mutants per target (default: each target's own cap)")
     parser.add_argument("--timeout", type=float, default=240, help="seconds per mutant (default 240)")
     parser.add_argument("--json", type=Path, help="also write the outcomes to this file")
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATH",
+                        help="leave this file out of the copy (e.g. a new test file, to score the suite without it)")
     parser.add_argument("--rerun", type=Path, help="a --json file of an earlier run: run only its survivors again "
                         "(its killed mutants stay killed: added tests cannot revive them)")
     args = parser.parse_args(argv)
@@ -363,8 +383,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown target(s) {', '.join(sorted(unknown))}")
     targets = [t for t in TARGETS if not args.targets or t.name in args.targets]
-    chosen = {t.name: select(enumerate_mutants(t), t.cap) for t in targets}
     if args.list:
+        chosen = {t.name: select(enumerate_mutants(t), args.cap or t.cap) for t in targets}
         for t in targets:
             for m in chosen[t.name]:
                 print(f"{t.name}  {t.path}:{m.line}  {m.description}")
@@ -374,7 +394,8 @@ def main(argv=None) -> int:
     if str(REPO) in sys.path:
         sys.path.remove(str(REPO))  # the children import the copy's package, never this one
     _preload()
-    sandbox = Sandbox()
+    sandbox = Sandbox(tuple(args.exclude))
+    chosen = {t.name: select(enumerate_mutants(t, sandbox.repo), args.cap or t.cap) for t in targets}
     results: dict[str, list[Outcome]] = {}
     try:
         for t in targets:
@@ -393,6 +414,8 @@ def main(argv=None) -> int:
                     continue
                 outcome = sandbox.run(t, m, args.timeout)
                 results[t.name].append(outcome)
+                if args.json:
+                    _write_json(args.json, results)
                 verdict = "killed  " if outcome.killed else "SURVIVED"
                 print(f"  {verdict} {t.path}:{m.line}  {m.description}  ({outcome.seconds:.0f} s)", flush=True)
     finally:
@@ -412,12 +435,6 @@ def main(argv=None) -> int:
         print("\nSurvivors:")
         for m in survivors:
             print(f"  {m.target}  {next(t.path for t in TARGETS if t.name == m.target)}:{m.line}  {m.description}")
-    if args.json:
-        args.json.write_text(json.dumps(
-            {name: [{"line": o.mutant.line, "mutation": o.mutant.description, "node": o.mutant.node,
-                     "kind": o.mutant.kind, "index": o.mutant.index, "killed": o.killed,
-                     "seconds": round(o.seconds, 1), "detail": o.detail} for o in outcomes]
-             for name, outcomes in results.items()}, indent=1, ensure_ascii=False), encoding="utf-8")
     return 0
 
 

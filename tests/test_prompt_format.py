@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from internlm_demo.agent.protocol import Departures, protocol_for
 from internlm_demo.models.families import INTERNLM, INTERNLM2, INTERNLM3, family_for
 from internlm_demo.models.loading import read_folder_tokenizer
 from internlm_demo.models.tokenizer import StreamingDetokenizer
@@ -126,5 +127,30 @@ def test_decode_spacing_around_special_tokens_matches_the_original():
     case = next(c for c in reference(V2)["tokenizer_cases"] if c["text"].startswith("<|action_start|>"))
     assert tokenizer.decode(case["ids"]) == case["decode_skip_special_tokens_false"]
     assert tokenizer.decode(case["ids"], skip_special_tokens=True) == case["decode_skip_special_tokens_true"]
-    assert tokenizer.decode(case["ids"][1:]) == case["decode_skip_special_tokens_false"].removeprefix(" <s>")[:0] + \
-        " " + case["decode_skip_special_tokens_false"].removeprefix(" <s>")
+    # without BOS the text starts at a special token, which is spaced as the original spaces <s> (" <s>...")
+    assert tokenizer.decode(case["ids"][1:]) == " " + case["decode_skip_special_tokens_false"].removeprefix(" <s>")
+
+
+def test_streaming_shows_no_new_text_for_special_tokens():
+    """A special id decodes to nothing new (skipped), so the stream reports no change for it."""
+    tokenizer = tokenizer_of(V2)
+    case = next(c for c in reference(V2)["tokenizer_cases"] if c["text"].startswith("<|im_start|>user"))
+    specials = set(reference(V2)["special_tokens"]["all_special_ids"])
+    stream = StreamingDetokenizer(tokenizer)
+    texts = [stream.push(token) for token in case["ids"]]
+    assert [text is None for text in texts] == [token in specials for token in case["ids"]]
+    assert [text for text in texts if text is not None][-1] == case["decode_skip_special_tokens_true"]
+
+
+@pytest.mark.parametrize("departures", [Departures(), Departures.none()], ids=["ours", "lagent"])
+@pytest.mark.parametrize(("name", "family", "markers"), [
+    (V1, INTERNLM, ["<eoa>"]), (V2, INTERNLM2, ["<|im_end|>", "<|action_end|>"]),
+])
+def test_agent_stop_words_are_the_end_tokens_the_model_emits(name, family, markers, departures):
+    """The agent's token stop words are the end-of-turn tokens of the original tokenizer (fixture ids)."""
+    special = reference(name)["special_tokens"]
+    ids = special.get("ids", special)
+    stop_words = protocol_for(family, departures=departures).stop_words
+    tokens = [word for word in stop_words if not word.startswith("\n")]
+    assert tokens == markers
+    assert [tokenizer_of(name).token_id(word) for word in tokens] == [ids[marker] for marker in markers]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
@@ -245,6 +246,14 @@ def test_upload_previews_are_private_closed_and_removed_on_clear(provider):
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     display, session, _ = handlers.clear_history(session)
     assert display == [] and not any(path.exists() for path in previews)
+    # A browser session that is closed instead: Gradio hands its state to the State's delete_callback.
+    _, session, _ = handlers.add_message(provider, {"text": "bye", "files": [IMAGE]}, handlers.new_session())
+    preview = Path(session.display[0]["content"]["path"])
+    states = [block for block in build_demo(Settings(), provider).blocks.values() if isinstance(block, gr.State)]
+    callbacks = {state.delete_callback for state in states}
+    assert handlers.forget_session in callbacks
+    handlers.forget_session(session)
+    assert not preview.exists()
 
 
 def test_the_preview_folder_goes_when_the_app_exits(tmp_path):

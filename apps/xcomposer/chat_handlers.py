@@ -182,10 +182,15 @@ def regenerate(session: ChatSession, language: str = LANGUAGES[0]) -> tuple[list
     return display, ChatSession(exchanges, display)
 
 
+def forget_session(session: ChatSession) -> None:
+    """When Gradio drops a closed browser session's state: its upload previews go with it."""
+    remove_previews(session.display)
+
+
 def clear_history(session: ChatSession | None = None) -> tuple[list[dict], ChatSession, dict]:
     """An empty chat; the cleared conversation's upload previews are deleted."""
     if session is not None:
-        remove_previews(session.display)
+        forget_session(session)
     return [], new_session(), EMPTY_MESSAGE
 
 

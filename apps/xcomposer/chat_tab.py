@@ -17,7 +17,7 @@ def build_chat_tab(app: AppContext) -> None:
     """Lay out the tab inside the app's Blocks and wire its events."""
     t = labels(LANGUAGES[0], "xcomposer")
     with gr.Tab(t("tab_chat"), id="chat") as tab:
-        session = gr.State(handlers.new_session())
+        session = gr.State(handlers.new_session(), delete_callback=handlers.forget_session)  # on the tab's close
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Accordion(t("parameters"), open=True) as parameters:

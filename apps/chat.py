@@ -265,9 +265,18 @@ def live_reply(t, drawn_queued: bool) -> None:
                   disabled=state == "stopping")
 
 
+def language_choice() -> str:
+    """The language switch; the address keeps the choice (``?lang=``), so that a reload keeps it too."""
+    wanted = st.query_params.get("lang")
+    language = st.sidebar.radio(labels(LANGUAGES[0], "chat")("language"), LANGUAGES, horizontal=True, key="language",
+                                index=LANGUAGES.index(wanted) if wanted in LANGUAGES else 0)
+    st.query_params["lang"] = language
+    return language
+
+
 def main() -> None:
     st.set_page_config(page_title=labels(LANGUAGES[0], "chat")("title"), page_icon="💬")
-    language = st.sidebar.radio(labels(LANGUAGES[0], "chat")("language"), LANGUAGES, horizontal=True, key="language")
+    language = language_choice()
     t = labels(language, "chat")
     title = st.empty()  # named after the served model once a server says which
     title.title(t("title"))

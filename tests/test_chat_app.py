@@ -343,6 +343,13 @@ def test_a_reload_with_the_conversation_id_finds_the_conversation(open_app, monk
     assert conversation(reloaded) is conversation(app)
     assert transcript(reloaded) == transcript(app) and transcript(app)[0] == ("user", "remember me")
 
+    app.sidebar.radio[0].set_value("中文").run()
+    assert app.query_params["lang"] == "中文"
+    in_chinese = AppTest.from_file(APP, default_timeout=60)
+    in_chinese.query_params.update(c=conversation_id, lang="中文")
+    in_chinese.run()
+    assert in_chinese.title[0].value == "书生·浦语 对话" and transcript(in_chinese) == transcript(app)
+
     stranger = AppTest.from_file(APP, default_timeout=60)
     stranger.query_params["c"] = "no-such-conversation"
     stranger.run()

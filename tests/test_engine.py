@@ -329,6 +329,30 @@ def test_a_failing_step_fails_the_running_requests_and_the_engine_serves_the_nex
     assert list(engine.generate(ids, GREEDY, set())) == plain(chats[name], ids)
 
 
+def test_a_failure_choosing_the_first_id_fails_that_request_alone(chats, monkeypatch):
+    """The first id is chosen after the request left the prefill line: a failure there must end that
+    request (not hang it) and leave the line of the others as it was."""
+    name = "internlm-chat-7b-tiny"
+    engine = FastEngine(chats[name].model, slots=2)
+    ids = reference(name)["chat_cases"][0]["input_ids"]
+    original, calls = engine.kernels.choose, []
+
+    def failing_first(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated sampler fault")
+        return original(*args)
+
+    monkeypatch.setattr(engine.kernels, "choose", failing_first)
+    failed, result = engine.generate(ids, GREEDY, set()), {}
+    worker = threading.Thread(target=lambda: result.setdefault("error", pytest.raises(RuntimeError, list, failed)))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the failed request never ended"
+    assert "simulated sampler fault" in str(result["error"].value)
+    assert list(engine.generate(ids, GREEDY, set())) == plain(chats[name], ids)
+
+
 def test_decode_rate_measures_an_idle_engine(chats):
     engine = FastEngine(chats["internlm-chat-7b-tiny"].model, slots=4)
     assert engine.decode_rate(batch=3, steps=4, sample=True) > 0

@@ -548,7 +548,8 @@ class FastEngine:
                     self._start_decoding(request, logits)
         except Exception as exc:  # noqa: BLE001 - this request fails; the engine and the others go on
             log.exception("prefill failed")
-            self._prefilling.popleft()
+            if self._prefilling and self._prefilling[0] is request:  # it may have left the line already
+                self._prefilling.popleft()
             self._finish(request, "error", exc)
 
     def _decode(self) -> None:

@@ -153,11 +153,17 @@ def error_of(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def wait_for_size(path: Path, size: int, within_s: float = 30) -> Path:
-    """Wait until a download in another process has written ``size`` bytes to ``path``."""
+def wait_for_size(path: Path, size: int, process: subprocess.Popen, within_s: float = 90) -> Path:
+    """Wait until the download running in ``process`` has written ``size`` bytes to ``path`` (generous:
+    the process imports the SDK first, which takes long on a loaded machine)."""
     deadline = time.monotonic() + within_s
     while not (path.exists() and path.stat().st_size == size):
-        assert time.monotonic() < deadline, f"{path} never reached {size} bytes"
+        if process.poll() is not None:
+            pytest.fail(f"download.py ended ({process.returncode}) before writing {size} bytes: "
+                        f"{process.communicate()[1]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} never reached {size} bytes: {process.communicate()[1]}")
         time.sleep(0.05)
     return path
 
@@ -270,7 +276,7 @@ def test_ctrl_c_keeps_the_partial_file_and_the_rerun_resumes(hub):
     hub.stall(FIRST_SHARD, after=STALL_AT)
     running = subprocess.Popen([sys.executable, "download.py", "internlm-chat-7b", "--no-fallback"], cwd=REPO,
                                env=cli_env(timeout_s=60), stderr=subprocess.PIPE, text=True)
-    partial = wait_for_size(folder_of() / f"{FIRST_SHARD}.incomplete", STALL_AT)
+    partial = wait_for_size(folder_of() / f"{FIRST_SHARD}.incomplete", STALL_AT, running)
     running.send_signal(signal.SIGINT)
     try:
         _, err = running.communicate(timeout=30)
@@ -416,7 +422,7 @@ def test_downloads_into_two_folders_do_not_wait_for_each_other(hub, tmp_path):
     first = subprocess.Popen([sys.executable, "download.py", "internlm-chat-7b", "--no-fallback"], cwd=REPO,
                              env=cli_env(timeout_s=60), stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_size(folder_of() / f"{FIRST_SHARD}.incomplete", STALL_AT)
+        wait_for_size(folder_of() / f"{FIRST_SHARD}.incomplete", STALL_AT, first)
         same = download()
         assert error_of(same) == (f"error: another download is writing into {folder_of()} right now; wait for it "
                                   "to finish, or pass a different --output.")

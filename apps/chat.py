@@ -14,9 +14,9 @@ from dataclasses import asdict
 import streamlit as st
 
 from internlm_demo import ModelFolderError
+from internlm_demo.errors import SettingsError
 from internlm_demo.serving.backend import open_backend
 from internlm_demo.serving.remote import RemoteBackendError
-from internlm_demo.errors import SettingsError
 from internlm_demo.settings import Settings
 from internlm_demo.ui import conversation as chat
 from internlm_demo.ui import transcript

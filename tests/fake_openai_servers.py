@@ -26,6 +26,16 @@ def chunk(content: str | None = None, finish_reason: str | None = None) -> bytes
 DONE = b"data: [DONE]\n\n"
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
+    """Answer ``handler``'s request with ``body`` as JSON."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class FakeServer(ThreadingHTTPServer):
     """``scenario``: complete, empty (200 and nothing: a window exceeded on llama-cpp-python), cut ([DONE] without
     finish_reason after some text), interrupted ([DONE] alone), drop (text, then the connection closes), slow (no
@@ -131,12 +141,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(chunk(finish_reason="stop") + DONE)
 
     def send_json(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def log_message(self, *args):
         pass

@@ -10,7 +10,6 @@ import pytest
 
 from internlm_demo import load_chat_model
 from internlm_demo.agent.completion import ChatModelCompletion, cut_at_stop_word, decode_with_markers
-from internlm_demo.models.loading import DEMO_MODEL_ID
 from internlm_demo.agent.loop import (
     ANSWER,
     CODE,
@@ -36,6 +35,7 @@ from internlm_demo.agent.protocol import (
 from internlm_demo.agent.sandbox import PythonInterpreter
 from internlm_demo.agent.scripted import ScriptedModel, ScriptError
 from internlm_demo.models.families import INTERNLM, INTERNLM2
+from internlm_demo.models.loading import DEMO_MODEL_ID
 from tests.conftest import FIXTURES_DIR, reference
 
 # Code whose output the script cannot know in advance: only a real run of it produces the digest.

@@ -8,7 +8,6 @@ turn, setting and seed unchanged.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import threading
 import time
@@ -24,7 +23,7 @@ from internlm_demo.models.loading import DEMO_MODEL_ID
 from internlm_demo.serving.remote import RemoteBackendError, RemoteChatModel
 from internlm_demo.ui import conversation as chat
 from tests.conftest import FIXTURES_DIR, REPO, last, reference, streamed
-from tests.fake_openai_servers import fake_server
+from tests.fake_openai_servers import fake_server, send_json
 from tests.servers import free_port, running_server
 
 APP = str(REPO / "apps" / "chat.py")
@@ -226,12 +225,7 @@ class FailingHandler(BaseHTTPRequestHandler):
         self.reply(500, {"error": {"message": "CUDA out of memory", "type": "server_error"}})
 
     def reply(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def log_message(self, *args):
         pass

@@ -9,9 +9,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import zlib
-import time
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -14,8 +14,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from ..errors import ModelFolderError
 from . import registry
 from .checkpoint import check_config, check_token_ids, iter_tensors, read_config, read_json, tensor_bytes, weight_files
-from .families import Family, family_for
 from .demo import ensure_demo_model
+from .families import Family, family_for
 from .placement import balanced_device_map, dispatch
 from .standin import STANDIN_MODEL_ID, STANDS_IN_FOR, ensure_standin_model
 from .tokenizer import ChatTokenizer, read_fast_tokenizer, read_tokenizer

@@ -14,7 +14,6 @@ from tokenizers import Tokenizer
 
 from .checkpoint import bad_value
 
-
 # transformers' ``clean_up_tokenization``, in its order: no space before . ? ! , and English contractions.
 CLEAN_UP_RULES = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
                   (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))

@@ -69,7 +69,23 @@ class GenerationSettings:
                           bos_id, eos_id, stop_ids, generator)
 
 
-class Decoder:
+class Decoding:
+    """What both decoders share: ``steps()`` yields the ids so far (the best beam's for beam search)."""
+
+    def steps(self) -> Iterator[list[int]]:
+        if self.settings.num_beams > 1:
+            yield from self._beam_steps()
+        else:
+            yield from self._single_steps()
+
+    def run(self) -> list[int]:
+        """Decode to the end; returns ``output_ids``."""
+        for _ in self.steps():
+            pass
+        return self.output_ids
+
+
+class Decoder(Decoding):
     """One generation from prompt embeddings.
 
     Iterate ``steps()`` to receive, after each step, the ids the original's streaming callback
@@ -105,18 +121,6 @@ class Decoder:
             self._generator.manual_seed(settings.seed)
         else:
             self._generator.seed()
-
-    def steps(self) -> Iterator[list[int]]:
-        if self.settings.num_beams > 1:
-            yield from self._beam_steps()
-        else:
-            yield from self._single_steps()
-
-    def run(self) -> list[int]:
-        """Decode to the end; returns ``output_ids``."""
-        for _ in self.steps():
-            pass
-        return self.output_ids
 
     @torch.no_grad()
     def _forward(self, inputs: torch.Tensor, is_embeds: bool) -> torch.Tensor:
@@ -175,7 +179,7 @@ class Decoder:
         return self.stop is not None and self.stop.is_set()
 
 
-class EngineDecoder:
+class EngineDecoder(Decoding):
     """``Decoder``'s contract on the engine: the prompt prefilled from its embeddings into a slot, each
     beam a slot of its own; the same ids as ``Decoder`` for the same logits. ``stop`` ends it early."""
 
@@ -192,18 +196,6 @@ class EngineDecoder:
         self.output_ids: list[int] = []
         self.score: float | None = None
         self.stats = GenerationStats()
-
-    def steps(self) -> Iterator[list[int]]:
-        if self.settings.num_beams > 1:
-            yield from self._beam_steps()
-        else:
-            yield from self._single_steps()
-
-    def run(self) -> list[int]:
-        """Decode to the end; returns ``output_ids``."""
-        for _ in self.steps():
-            pass
-        return self.output_ids
 
     def _single_steps(self) -> Iterator[list[int]]:
         ids = [self.bos_id]

@@ -5,7 +5,6 @@ the sandbox's own processes, ``isolation`` the levels they reach, ``limits`` the
 memory cgroup, ``seccomp`` the system-call filter. ``docs/agent-sandbox.md`` explains all of it.
 """
 
-from .isolation import LEVELS, MINIMUM_LEVEL, STRICT, USERNS, WEAK, Isolation
 from .interpreter import (
     KILLED_CPU_LIMIT,
     KILLED_OUTPUT_LIMIT,
@@ -15,6 +14,7 @@ from .interpreter import (
     probe_isolation,
     run_python,
 )
+from .isolation import LEVELS, MINIMUM_LEVEL, STRICT, USERNS, WEAK, Isolation
 from .limits import SandboxLimits
 
 __all__ = [

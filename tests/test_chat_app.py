@@ -157,7 +157,7 @@ def test_demo_model_banner_and_defaults(open_app, demo_model):
     assert "`.venv/bin/python download.py internlm2_5-7b-chat`" in banner
     assert "`bash scripts/run.sh chat -- --model internlm2_5-7b-chat`" in banner
     assert app.slider(key="param_top_p").value == 0.8
-    assert app.slider(key="param_temperature").value == demo_model.family.web_demo_temperature
+    assert app.slider(key="param_temperature").value == 0.7  # the original web_demo.py's slider default (v1)
     assert app.slider(key="param_max_length").value == demo_model.context_window
     assert not demo_model.family.has_system_prompt and not app.text_area  # v1 has no system prompt
     model_panel = app.sidebar.markdown[-1].value

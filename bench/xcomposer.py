@@ -10,7 +10,7 @@ on the old ``Decoder`` and on the ``EngineDecoder`` with the same inputs. Prints
 
     python bench/xcomposer.py --out bench-xcomposer.json                       # one H200
     python bench/xcomposer.py --model tiny --device cpu --tokens 8 --article-tokens 16 --caption-tokens 4 \
-        --location-tokens 4 --gallery 12                                       # CPU dry run
+        --location-tokens 4 --gallery 12 --out /tmp/xc.json                    # CPU dry run
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ DIMS = {"real": REAL_DIMS, "tiny": XComposerDims()}
 SECTIONS = 8  # the article is cut into this many sections when the model wrote fewer (random text has no paragraphs)
 
 
-def write_xcomposer_checkpoint(folder: Path, dims: XComposerDims, device, dtype=torch.float16) -> float:
-    """config.json, the original tokenizer files and random weights in one pytorch_model.bin; seconds."""
+def write_xcomposer_checkpoint(folder: Path, dims: XComposerDims, device, fixtures: Path = FIXTURES,
+                               dtype=torch.float16) -> float:
+    """config.json, the fixture's (original) tokenizer and random weights in one pytorch_model.bin; seconds."""
     began = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    fixture = FIXTURES / "internlm-xcomposer-7b-tiny"
+    fixture = fixtures / "internlm-xcomposer-7b-tiny"
     shutil.copy(fixture / "tokenizer.model", folder / "tokenizer.model")
     (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2))
     (folder / "config.json").write_text(json.dumps(demo_config(VOCAB, dims), indent=2))
@@ -187,15 +188,19 @@ def main(argv=None) -> None:
     parser.add_argument("--caption-tokens", type=int, default=pipeline.CAPTION_GENERATION["max_new_tokens"])
     parser.add_argument("--gallery", type=int, default=200, help="generated gallery images")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "internlm-bench-xcomposer")
+    parser.add_argument("--fixtures", type=Path, default=FIXTURES,
+                        help="the golden fixtures (XComposer tokenizer, test image); on the GPU machine a carried copy")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("no CUDA GPU: run the dry run with --model tiny --device cpu.")
     dtype = args.dtype or ("float32" if device == "cpu" else "float16")
     result = {"date": date.today().isoformat(), "model": args.model, "dtype": dtype, "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "tokens": args.tokens}
     folder = args.workdir / f"xcomposer-{args.model}-random"
     write_dtype = torch.float32 if dtype == "float32" else torch.float16
-    result["save_s"] = write_xcomposer_checkpoint(folder, DIMS[args.model], device, write_dtype)
+    result["save_s"] = write_xcomposer_checkpoint(folder, DIMS[args.model], device, args.fixtures, write_dtype)
     result["roofline"] = {"bandwidth": read_bandwidth(device)}
     reset_peak(device)
     began = time.perf_counter()
@@ -207,7 +212,7 @@ def main(argv=None) -> None:
     paths = {"old": old_path(model), "engine": model}
     print(json.dumps({k: result[k] for k in ("roofline", "engine", "load_with_engine_s")}), flush=True)
 
-    image = FIXTURES / "xcomposer-test-image.png"
+    image = args.fixtures / "xcomposer-test-image.png"
     embeds = model.embed(chat_segments("What is in the picture?", model.encode_image(image), None))
     result["prompt_positions"] = embeds.shape[1]
     result.update(decode_modes(paths, embeds, args.tokens, result["roofline"]["ceiling_tok_s"], device))

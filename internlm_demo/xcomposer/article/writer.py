@@ -9,7 +9,7 @@ from PIL import Image
 
 from ..gallery import Captioner
 from ..preprocess import load_image
-from ..prompts import EOA, EOH, Text
+from ..prompts import Text
 from .document import ArticleError
 
 # Index-time captions: one short sentence per gallery image, in the language the captions are written in.
@@ -33,27 +33,20 @@ class XComposerWriter:
         generation = {**generation, "max_new_tokens": min(generation["max_new_tokens"], room)}
         return xcomposer.decoder(embeds, defaults={}, **generation)
 
-    def _reply(self, ids: list[int]) -> str:
-        """The decoded reply, cut where a stop marker begins (a tokenizer may print them)."""
-        text = self.xcomposer.response_text(ids)
-        for marker in (EOH, EOA):
-            text = text.split(marker)[0]
-        return text
-
     def stream_text(self, prompt: str, **generation) -> Iterator[str]:
         decoder = self._decoder(prompt, generation)
         shown = None
         for ids in decoder.steps():
-            text = self._reply(ids)
+            text = self.xcomposer.response_text(ids)
             if text != shown and not text.endswith("\ufffd"):  # wait for a character's remaining bytes
                 shown = text
                 yield text
-        final = self._reply(decoder.output_ids)
+        final = self.xcomposer.response_text(decoder.output_ids)
         if final != shown:
             yield final
 
     def generate_text(self, prompt: str, **generation) -> str:
-        return self._reply(self._decoder(prompt, generation).run())
+        return self.xcomposer.response_text(self._decoder(prompt, generation).run())
 
     def choose_image(self, prompt: str, images: list[Image.Image]) -> str:
         return self.xcomposer.answer_selection(prompt, images)

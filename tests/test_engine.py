@@ -311,19 +311,25 @@ def test_load_chat_model_engine_choice():
         load_chat_model(folder, device="cpu", progress=False, engine="turbo")
 
 
-def test_a_failing_step_fails_the_running_requests_and_the_engine_serves_the_next(chats, monkeypatch):
-    name = "internlm-chat-7b-tiny"
-    engine = FastEngine(chats[name].model, slots=2)
-    ids = reference(name)["chat_cases"][0]["input_ids"]
+def engine_failing_once(chat, monkeypatch, call: int, message: str) -> FastEngine:
+    """A two-slot engine whose ``call``-th choice of ids raises RuntimeError(``message``)."""
+    engine = FastEngine(chat.model, slots=2)
     original, calls = engine.kernels.choose, []
 
     def failing_once(*args):
         calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated device fault")
+        if len(calls) == call:
+            raise RuntimeError(message)
         return original(*args)
 
     monkeypatch.setattr(engine.kernels, "choose", failing_once)
+    return engine
+
+
+def test_a_failing_step_fails_the_running_requests_and_the_engine_serves_the_next(chats, monkeypatch):
+    name = "internlm-chat-7b-tiny"
+    engine = engine_failing_once(chats[name], monkeypatch, 3, "simulated device fault")
+    ids = reference(name)["chat_cases"][0]["input_ids"]
     with pytest.raises(RuntimeError, match="generation failed: simulated device fault"):
         list(engine.generate(ids, GREEDY, set()))
     assert list(engine.generate(ids, GREEDY, set())) == plain(chats[name], ids)
@@ -333,17 +339,8 @@ def test_a_failure_choosing_the_first_id_fails_that_request_alone(chats, monkeyp
     """The first id is chosen after the request left the prefill line: a failure there must end that
     request (not hang it) and leave the line of the others as it was."""
     name = "internlm-chat-7b-tiny"
-    engine = FastEngine(chats[name].model, slots=2)
+    engine = engine_failing_once(chats[name], monkeypatch, 1, "simulated sampler fault")
     ids = reference(name)["chat_cases"][0]["input_ids"]
-    original, calls = engine.kernels.choose, []
-
-    def failing_first(*args):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("simulated sampler fault")
-        return original(*args)
-
-    monkeypatch.setattr(engine.kernels, "choose", failing_first)
     failed, result = engine.generate(ids, GREEDY, set()), {}
     worker = threading.Thread(target=lambda: result.setdefault("error", pytest.raises(RuntimeError, list, failed)))
     worker.start()

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.servers import send_json
+
 WORDS = ["Hello", " there", ",", " friend", "."]
 
 
@@ -24,16 +26,6 @@ def chunk(content: str | None = None, finish_reason: str | None = None) -> bytes
 
 
 DONE = b"data: [DONE]\n\n"
-
-
-def send_json(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
-    """Answer ``handler``'s request with ``body`` as JSON."""
-    data = json.dumps(body).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
 
 
 class FakeServer(ThreadingHTTPServer):

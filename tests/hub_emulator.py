@@ -11,12 +11,13 @@ Used by tests/test_download.py to run the real modelscope SDK (``MODELSCOPE_ENDP
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+
+from tests.servers import send_json
 
 LISTING = "(listing)"  # the key of ``refuse`` that refuses the file listing itself
 
@@ -107,33 +108,24 @@ class HubEmulator:
         query = {key: values[0] for key, values in parse_qs(url.query).items()}
         prefix = f"/api/v1/models/{self.repo}/repo"
         if url.path not in (prefix, prefix + "/files") or query.get("Revision", "master") not in self.revisions:
-            return self.send_json(request, 404, {"Code": 10010205001, "Message": f"no such model or revision: {url.path}"})
+            return send_json(request, 404, {"Code": 10010205001, "Message": f"no such model or revision: {url.path}"})
         if url.path.endswith("/files"):
             self.requests.append((LISTING, None))
             if LISTING in self.refuse:
                 return self.refuse_with(request, self.refuse[LISTING])
-            return self.send_json(request, 200, {"Code": 200, "Success": True, "Data": {"Files": self.listing()}})
+            return send_json(request, 200, {"Code": 200, "Success": True, "Data": {"Files": self.listing()}})
         path = query.get("FilePath", "")
         self.requests.append((path, request.headers.get("Range")))
         if path in self.refuse:
             return self.refuse_with(request, self.refuse[path])
         data = self.content(path)
         if data is None:
-            return self.send_json(request, 404, {"Code": 10010205001, "Message": f"file {path} not found"})
+            return send_json(request, 404, {"Code": 10010205001, "Message": f"file {path} not found"})
         self.send_bytes(request, path, data)
 
     def refuse_with(self, request: BaseHTTPRequestHandler, status: int) -> None:
         reasons = {401: "login required", 403: "access denied", 404: "not found"}
-        self.send_json(request, status, {"Code": status, "Message": reasons.get(status, "refused")})
-
-    @staticmethod
-    def send_json(request: BaseHTTPRequestHandler, status: int, body: dict) -> None:
-        payload = json.dumps(body).encode()
-        request.send_response(status)
-        request.send_header("Content-Type", "application/json")
-        request.send_header("Content-Length", str(len(payload)))
-        request.end_headers()
-        request.wfile.write(payload)
+        send_json(request, status, {"Code": status, "Message": reasons.get(status, "refused")})
 
     def send_bytes(self, request: BaseHTTPRequestHandler, path: str, data: bytes) -> None:
         start, size = 0, len(data)

@@ -23,8 +23,8 @@ from internlm_demo.models.loading import DEMO_MODEL_ID
 from internlm_demo.serving.remote import RemoteBackendError, RemoteChatModel
 from internlm_demo.ui import conversation as chat
 from tests.conftest import FIXTURES_DIR, REPO, last, reference, streamed
-from tests.fake_openai_servers import fake_server, send_json
-from tests.servers import free_port, running_server
+from tests.fake_openai_servers import fake_server
+from tests.servers import free_port, running_server, send_json
 
 APP = str(REPO / "apps" / "chat.py")
 INTERNLM2_MODEL = FIXTURES_DIR / "internlm2-chat-7b-tiny"

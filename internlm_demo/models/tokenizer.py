@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sentencepiece
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from .checkpoint import bad_value
 
@@ -218,9 +218,32 @@ class FastTokenizer:
             raise KeyError(f"{text!r} is not a single token in this tokenizer")
         return ids[0]
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``; special tokens in the text are matched whole."""
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+    def encode(self, text: str, add_special_tokens: bool = True,
+               plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Token ids of ``text``; special tokens in the text are matched whole, except inside ``plain_spans``
+        (start, end offsets), where they are ordinary text (as in ``InternLMTokenizer.encode``)."""
+        markers = sorted((match for start, end in plain_spans for match in self._special_re.finditer(text, start, end)),
+                         key=lambda match: match.start())
+        if not markers:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        pieces, start = [], 0
+        for match in markers:
+            pieces.append(self.backend.encode(text[start:match.start()], add_special_tokens=False))
+            pieces.append(self._plain.encode(match.group(), add_special_tokens=False))
+            start = match.end()
+        pieces.append(self.backend.encode(text[start:], add_special_tokens=False))
+        return self.backend.post_process(Encoding.merge(pieces), add_special_tokens=add_special_tokens).ids
+
+    @functools.cached_property
+    def _special_re(self) -> re.Pattern:
+        return re.compile("|".join(re.escape(t) for t in sorted(self._special_to_id, key=len, reverse=True)))
+
+    @functools.cached_property
+    def _plain(self) -> Tokenizer:
+        """A copy of the tokenizer that reads special-token strings as text (only tool output needs it)."""
+        plain = Tokenizer.from_str(self.backend.to_str())
+        plain.encode_special_tokens = True
+        return plain
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -9,6 +9,7 @@ with its ratio to the memory-bound limit (every weight read once per step).
     python bench/step.py --sweep --out sweep.json          # block shapes per weight shape and bucket
     python bench/step.py --rates --out rates.json          # step rates per family, dtype and bucket
     python bench/step.py --sweep --rates --apply-sweep     # both, the rates with the sweep's choices
+    python bench/step.py --profile --families 7b           # GPU time per kernel of one step, per bucket
 """
 
 from __future__ import annotations
@@ -274,10 +275,41 @@ def step_rates(family: str, dtype, read_bps: float, context: int, capacity: int 
     return result
 
 
+def profile_step(family: str, dtype, context: int, buckets=(1, 16), steps: int = 10) -> dict:
+    """GPU microseconds per kernel of one decode step (sampling and penalty on), launched eagerly."""
+    from torch.profiler import ProfilerActivity, profile
+
+    shape = SHAPES[family]
+    model = RandomModel(shape, dtype, max(buckets), min(max(shape["max_position"], 2048), 8192) + 1)
+    kernels, result = TritonDecodeKernels(), {}
+    with torch.inference_mode():
+        for batch in buckets:
+            model.positions.fill_(context)
+            model.decode_step(kernels, batch)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    model.decode_step(kernels, batch)
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+            rows = sorted((e for e in events if getattr(e, key) > 0), key=lambda e: getattr(e, key), reverse=True)
+            per_step = {e.key[:100]: [round(getattr(e, key) / steps, 1), e.count // steps] for e in rows}
+            total = sum(v[0] for v in per_step.values())
+            result[str(batch)] = {"kernel_us_per_step": total, "kernels": per_step}
+            print(f"{family} {str(dtype)[6:]} B={batch}: {total:.0f} us of kernels per step", flush=True)
+            for name, (micros, count) in list(per_step.items())[:16]:
+                print(f"  {micros:8.1f} us {count:4d}x  {name}", flush=True)
+    model.layers = model.k = model.v = None
+    torch.cuda.empty_cache()
+    return result
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--rates", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="GPU time per kernel of one step at B=1 and 16")
     parser.add_argument("--apply-sweep", type=Path, nargs="*", default=None,
                         help="sweep JSON files whose choices the rates use (no file: this run's sweep)")
     parser.add_argument("--families", default=",".join(FAMILIES))
@@ -321,6 +353,9 @@ def main(argv=None) -> None:
                 result["rates"][-1]["seconds"] = time.perf_counter() - began
                 if args.out:
                     args.out.write_text(json.dumps(result, indent=2))
+    if args.profile:
+        result["profile"] = {f"{family}-{str(dtype)[6:]}": profile_step(family, dtype, args.context)
+                             for family in families for dtype in dtypes}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     print(f"peak {torch.cuda.max_memory_allocated() / GIB:.1f} GiB")

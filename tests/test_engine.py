@@ -108,7 +108,7 @@ def test_seeded_sampled_request_reproduces_itself_whatever_runs_beside_it(engine
 
 def test_long_prompt_prefilled_in_chunks_gives_the_same_tokens(chats):
     name = "internlm2-chat-7b-tiny"  # 162 tokens on a 64-token window: dynamic NTK in every chunk
-    engine = FastEngine(chats[name].model, prefill_chunk=40)
+    engine = FastEngine(chats[name].model, prefill_chunk=40, idle_prefill_chunk=40)
     ids = reference(name)["chat_cases"][2]["input_ids"]
     assert list(engine.generate(ids, GREEDY, set())) == plain(chats[name], ids)
 

@@ -102,8 +102,10 @@ def check_rope_store_and_attention(dtype, device="cpu") -> None:
             caches = [torch.randn(slots, kv_heads, CAPACITY, HEAD_DIM, generator=generator).to(dtype)
                       for _ in range(2)]
             copies = [c.clone() for c in caches]
-            positions = torch.randint(0, CAPACITY, (batch,), generator=generator)
-            positions[0] = 260  # five splits of 64 positions in use, the last partly
+            positions = torch.randint(0, CAPACITY - 1, (batch,), generator=generator)
+            positions[0] = 260  # five chunks of 64 positions in use, the last partly
+            if batch > 1:
+                positions[1] = CAPACITY - 1  # an idle slot's row: it writes and attends the scratch position only
             args = (x, norm, 1e-6, w, b, cos, sin)
             q_t = triton_ops.norm_linear_rope_store(*args, *caches, positions, heads, kv_heads)
             q_r = torch_ops.norm_linear_rope_store(*args, *copies, positions, heads, kv_heads)
@@ -117,8 +119,27 @@ def check_rope_store_and_attention(dtype, device="cpu") -> None:
             expected = torch_ops.attention(q_t.float(), caches[0].float(), caches[1].float(), positions,
                                            HEAD_DIM ** -0.5)
             assert relative(attended, expected) < TOLERANCE[dtype]
+            if batch > 1:
+                scratch_values = caches[1][1, :, -1].repeat_interleave(heads // kv_heads, dim=0).reshape(-1)
+                assert relative(attended[1], scratch_values) < TOLERANCE[dtype]
             alone = triton_ops.attention(q_t[:1], caches[0][:1], caches[1][:1], positions[:1], HEAD_DIM ** -0.5)
             assert torch.equal(alone, attended[:1])
+
+
+def check_long_attention(dtype, device="cpu") -> None:
+    """More chunks than attention programs per row: a program combines several chunks, an idle row beside."""
+    from internlm_demo.generation import triton_kernels
+
+    triton_ops, torch_ops = kernels()
+    generator = torch.Generator(device).manual_seed(5)
+    capacity = (triton_kernels.ATTENTION_SPLITS + 3) * triton_kernels.ATTENTION_CHUNK + 7
+    for heads, kv_heads in ((4, 4), (8, 2)):
+        q = torch.randn(3, heads, HEAD_DIM, generator=generator).to(dtype)
+        caches = [torch.randn(3, kv_heads, capacity, HEAD_DIM, generator=generator).to(dtype) for _ in range(2)]
+        positions = torch.tensor([capacity - 2, capacity - 1, 3])
+        attended = triton_ops.attention(q, *caches, positions, HEAD_DIM ** -0.5)
+        expected = torch_ops.attention(q.float(), caches[0].float(), caches[1].float(), positions, HEAD_DIM ** -0.5)
+        assert relative(attended, expected) < TOLERANCE[dtype]
 
 
 def check_narrow_heads(dtype, device="cpu") -> None:
@@ -214,6 +235,7 @@ def run_checks(device: str = "cpu", dtypes=(torch.float16,)) -> None:
     for dtype in dtypes:
         check_linear_kernels(dtype, device)
         check_rope_store_and_attention(dtype, device)
+        check_long_attention(dtype, device)
         check_narrow_heads(dtype, device)
     check_rows_do_not_depend_on_the_batch(device)
     check_sampler(device)

@@ -51,6 +51,7 @@ CPU_SLOTS = 8  # enough for a 5-beam search beside a few chats
 MIN_CONTEXT = 2048  # positions per slot at least (prompts may run past a short window, as on the simple path)
 MAX_CONTEXT = 32768  # positions per slot at most (a longer window is cut to this)
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass between two decode steps
+IDLE_PREFILL_CHUNK = 2048  # prompt tokens per pass while no sequence decodes (none waits on it)
 KV_SHARE_OF_FREE_MEMORY = 0.8  # of the memory left after the weights, on a GPU
 KV_SHARE_OF_CPU_MEMORY = 0.5  # of the available RAM, on the CPU
 
@@ -205,12 +206,14 @@ class FastEngine:
     halved on a GPU while fewer than MIN_GPU_SLOTS would fit);
     ``blocks``: (device, layer count) per block (default: where the model's layers are); ``use_graphs``:
     capture the decode step, one graph per block (default: on GPUs); ``lookahead``: decode steps queued
-    beyond the tokens the host has read; ``prefill_chunk``: prompt tokens per prefill pass.
+    beyond the tokens the host has read; ``prefill_chunk``: prompt tokens per prefill pass while others decode
+    (``idle_prefill_chunk`` while none does).
     """
 
     def __init__(self, model, window: int | None = None, kernels: str = "auto", slots: int | None = None,
                  capacity: int | None = None, blocks: Sequence[tuple[str, int]] | None = None,
-                 use_graphs: bool | None = None, lookahead: int = 2, prefill_chunk: int = PREFILL_CHUNK):
+                 use_graphs: bool | None = None, lookahead: int = 2, prefill_chunk: int = PREFILL_CHUNK,
+                 idle_prefill_chunk: int = IDLE_PREFILL_CHUNK):
         config = model.config
         self.model = model
         self.dtype = model.get_input_embeddings().weight.dtype
@@ -219,7 +222,7 @@ class FastEngine:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = float(config.rms_norm_eps)
         self.scale = self.head_dim ** -0.5
-        self.prefill_chunk = prefill_chunk
+        self.prefill_chunk, self.idle_prefill_chunk = prefill_chunk, max(prefill_chunk, idle_prefill_chunk)
         with torch.no_grad():
             layers = []
             for layer in model.model.layers:
@@ -350,7 +353,8 @@ class FastEngine:
         """Run the next chunk of ``request``'s prompt into its slot; the last position's logits [1, V]
         once the whole prompt is in."""
         slot, start, length = request.slot, request.prefilled, request.length
-        end = min(start + self.prefill_chunk, length)
+        chunk = self.prefill_chunk if self._decoding else self.idle_prefill_chunk
+        end = min(start + chunk, length)
         count = end - start
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         first = self.blocks[0].device
@@ -468,7 +472,9 @@ class FastEngine:
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             self._logits = None
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            # on this device's own stream: torch's default capture stream belongs to the device current when
+            # it was first made, and capturing there sends another device's kernels to an uncaptured stream
+            with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
                 self._stage(index, batch, sample, penalize)
         return graph, self._stage_out[index], self._logits
 

@@ -37,7 +37,8 @@ class DecodeKernels(Protocol):
         the caches [S, KV heads, C, D] at ``positions[b]``. Returns q [B, H, D]."""
 
     def attention(self, q, k_cache, v_cache, positions, scale) -> torch.Tensor:
-        """Row b's query over slot b's cache positions 0..positions[b] → [B, H * D]."""
+        """Row b's query over slot b's cache positions 0..positions[b] → [B, H * D]; a row at the scratch
+        position (the cache's last, where an idle slot's row writes) attends only that position."""
 
     def choose(self, logits, seen, penalty, temperature, top_k, top_p, seed, step, token, sample: bool,
                penalize: bool) -> None:
@@ -129,14 +130,15 @@ class TorchDecodeKernels:
         groups = heads // k_cache.shape[1]
         # On a GPU a mask over the whole cache keeps the shapes static for CUDA graphs; the CPU reads
         # only the positions in use.
-        length = k_cache.shape[2]
+        capacity = length = k_cache.shape[2]
         steps = torch.arange(length, device=q.device)
         rows = []
         for row in range(batch):
             if not q.is_cuda:
                 length = int(positions[row]) + 1
             keys, values = k_cache[row:row + 1, :, :length], v_cache[row:row + 1, :, :length]
-            visible = steps[:length] <= positions[row]
+            idle = positions[row] >= capacity - 1  # an idle slot's row attends only its scratch position
+            visible = (steps[:length] <= positions[row]) & (~idle | (steps[:length] == positions[row]))
             rows.append(F.scaled_dot_product_attention(
                 q[row:row + 1, :, None], repeat_kv(keys, groups), repeat_kv(values, groups),
                 attn_mask=visible[None, None, None], scale=scale,

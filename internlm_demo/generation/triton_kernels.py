@@ -85,7 +85,8 @@ ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (4096, 10240): (32, 512, 4, 3),
     (128512, 4096): (128, 128, 4, 3),
 }
-ATTENTION_CHUNK = 64  # cache positions per attention program
+ATTENTION_CHUNK = 64  # cache positions per step of an attention program
+ATTENTION_SPLITS = 16  # attention programs per row and head (the reduction combines as many)
 SAMPLER_BLOCK = 16384  # one program walks the vocabulary in chunks this large
 
 
@@ -343,17 +344,24 @@ def _qkv_rope_rows_kernel(x_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, q_p
 
 
 @triton.jit
+def _attended_span(pos_ptr, row, capacity):
+    """(first position, length) a row attends: 0..position, or only the scratch position of an idle row."""
+    position = tl.load(pos_ptr + row)
+    return position * (position >= capacity - 1).to(position.dtype), position + 1
+
+
+@triton.jit
 def _attention_partial_mha_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out_ptr, part_lse_ptr,
-                                  scale, cache_slot_stride, cache_head_stride, num_splits, HEADS: tl.constexpr,
-                                  CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
-    """One row's head over one CHUNK of its cache positions (multi-head attention: one query per head)."""
+                                  scale, capacity, cache_slot_stride, cache_head_stride, HEADS: tl.constexpr,
+                                  CHUNK: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                                  BLOCK_T: tl.constexpr):
+    """One row's head over the CHUNKs split, split + SPLITS, ... of its positions (multi-head attention)."""
     head = tl.program_id(0)
     split = tl.program_id(1)
     row = tl.program_id(2)
-    length = tl.load(pos_ptr + row) + 1
-    start = split * CHUNK
-    if start < length:  # splits past the length do nothing; the reduction skips them
-        end = tl.minimum(start + CHUNK, length)
+    first, length = _attended_span(pos_ptr, row, capacity)
+    chunk0 = first // CHUNK + split
+    if chunk0 * CHUNK < length:  # a split with no chunk does nothing; the reduction skips it
         dims = tl.arange(0, HEAD_DIM)
         q = tl.load(q_ptr + (row * HEADS + head) * HEAD_DIM + dims).to(tl.float32) * scale
         best = tl.full([1], float("-inf"), dtype=tl.float32)
@@ -362,38 +370,40 @@ def _attention_partial_mha_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part
         steps = tl.arange(0, BLOCK_T)
         k_base = k_cache_ptr + row.to(tl.int64) * cache_slot_stride + head * cache_head_stride
         v_base = v_cache_ptr + row.to(tl.int64) * cache_slot_stride + head * cache_head_stride
-        for block in range(0, CHUNK, BLOCK_T):
-            t = start + block + steps
-            t_ok = t < end
-            keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
-            scores = tl.where(t_ok, tl.sum(keys.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-            new_best = tl.maximum(best, tl.max(scores, axis=0))
-            rescale = tl.exp(best - new_best)
-            weights = tl.exp(scores - new_best)
-            values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
-            acc = acc * rescale + tl.sum(values.to(tl.float32) * weights[:, None], axis=0)
-            total = total * rescale + tl.sum(weights, axis=0)
-            best = new_best
-        part = (row * HEADS + head) * num_splits + split
+        start = tl.maximum(chunk0 * CHUNK, first - first % BLOCK_T)  # a first block holds a position in use
+        while start < length:
+            for block in range(0, CHUNK, BLOCK_T):
+                t = start + block + steps
+                t_ok = (t < length) & (t >= first)
+                keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+                scores = tl.where(t_ok, tl.sum(keys.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+                new_best = tl.maximum(best, tl.max(scores, axis=0))
+                rescale = tl.exp(best - new_best)
+                weights = tl.exp(scores - new_best)
+                values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+                acc = acc * rescale + tl.sum(values.to(tl.float32) * weights[:, None], axis=0)
+                total = total * rescale + tl.sum(weights, axis=0)
+                best = new_best
+            start += SPLITS * CHUNK
+        part = (row * HEADS + head) * SPLITS + split
         tl.store(part_out_ptr + part * HEAD_DIM + dims, acc / total)
         tl.store(part_lse_ptr + part + tl.arange(0, 1), best + tl.log(total))
 
 
 @triton.jit
 def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out_ptr, part_lse_ptr,
-                              scale, cache_slot_stride, cache_head_stride, num_splits, HEADS: tl.constexpr,
-                              CHUNK: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr, SUB_PAD: tl.constexpr,
-                              HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
-    """SUB of the GROUP query heads of one KV head of one row over one CHUNK of its positions
-    (grouped-query attention; several programs share a KV head when its group is large)."""
+                              scale, capacity, cache_slot_stride, cache_head_stride, HEADS: tl.constexpr,
+                              CHUNK: tl.constexpr, SPLITS: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr,
+                              SUB_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    """SUB of the GROUP query heads of one KV head of one row over the CHUNKs split, split + SPLITS, ...
+    of its positions (grouped-query attention; several programs share a KV head when its group is large)."""
     program = tl.program_id(0)
     kv_head = program // (GROUP // SUB)
     split = tl.program_id(1)
     row = tl.program_id(2)
-    length = tl.load(pos_ptr + row) + 1
-    start = split * CHUNK
-    if start < length:  # splits past the length do nothing; the reduction skips them
-        end = tl.minimum(start + CHUNK, length)
+    first, length = _attended_span(pos_ptr, row, capacity)
+    chunk0 = first // CHUNK + split
+    if chunk0 * CHUNK < length:  # a split with no chunk does nothing; the reduction skips it
         groups = tl.arange(0, SUB_PAD)
         dims = tl.arange(0, HEAD_DIM)
         heads = kv_head * GROUP + (program % (GROUP // SUB)) * SUB + groups
@@ -407,52 +417,46 @@ def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out
         steps = tl.arange(0, BLOCK_T)
         k_base = k_cache_ptr + row.to(tl.int64) * cache_slot_stride + kv_head * cache_head_stride
         v_base = v_cache_ptr + row.to(tl.int64) * cache_slot_stride + kv_head * cache_head_stride
-        for block in range(0, CHUNK, BLOCK_T):
-            t = start + block + steps
-            t_ok = t < end
-            keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
-            scores = tl.sum(q[:, None, :] * keys.to(tl.float32)[None, :, :], axis=2)
-            scores = tl.where(t_ok[None, :], scores, float("-inf"))
-            new_best = tl.maximum(best, tl.max(scores, axis=1))
-            rescale = tl.exp(best - new_best)
-            weights = tl.exp(scores - new_best[:, None])
-            values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
-            acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * values.to(tl.float32)[None, :, :], axis=1)
-            total = total * rescale + tl.sum(weights, axis=1)
-            best = new_best
-        part = (row * HEADS + heads) * num_splits + split
+        start = tl.maximum(chunk0 * CHUNK, first - first % BLOCK_T)  # a first block holds a position in use
+        while start < length:
+            for block in range(0, CHUNK, BLOCK_T):
+                t = start + block + steps
+                t_ok = (t < length) & (t >= first)
+                keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+                scores = tl.sum(q[:, None, :] * keys.to(tl.float32)[None, :, :], axis=2)
+                scores = tl.where(t_ok[None, :], scores, float("-inf"))
+                new_best = tl.maximum(best, tl.max(scores, axis=1))
+                rescale = tl.exp(best - new_best)
+                weights = tl.exp(scores - new_best[:, None])
+                values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+                acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * values.to(tl.float32)[None, :, :],
+                                                      axis=1)
+                total = total * rescale + tl.sum(weights, axis=1)
+                best = new_best
+            start += SPLITS * CHUNK
+        part = (row * HEADS + heads) * SPLITS + split
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc / total[:, None],
                  mask=group_ok[:, None])
         tl.store(part_lse_ptr + part, best + tl.log(total), mask=group_ok)
 
 
 @triton.jit
-def _attention_reduce_kernel(part_out_ptr, part_lse_ptr, pos_ptr, out_ptr, chunk, num_splits, HEADS: tl.constexpr,
-                             SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+def _attention_reduce_kernel(part_out_ptr, part_lse_ptr, pos_ptr, out_ptr, capacity, HEADS: tl.constexpr,
+                             CHUNK: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr):
     """One row's head: the splits' partial results combined by their log-sum-exp weights."""
     head = tl.program_id(0)
     row = tl.program_id(1)
-    length = tl.load(pos_ptr + row) + 1
-    active = (length + chunk - 1) // chunk
+    first, length = _attended_span(pos_ptr, row, capacity)
+    active = (length + CHUNK - 1) // CHUNK - first // CHUNK  # chunks in use; split s holds chunk s first
     dims = tl.arange(0, HEAD_DIM)
-    part = (row * HEADS + head) * num_splits
-    best = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
-    for first in range(0, SPLITS_PAD, BLOCK_S):
-        splits = first + tl.arange(0, BLOCK_S)
-        best = tl.maximum(best, tl.load(part_lse_ptr + part + splits, mask=splits < active, other=float("-inf")))
-    top = tl.max(best, axis=0)
-    total = tl.zeros([BLOCK_S], dtype=tl.float32)
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    for first in range(0, SPLITS_PAD, BLOCK_S):
-        splits = first + tl.arange(0, BLOCK_S)
-        split_ok = splits < active
-        lse = tl.load(part_lse_ptr + part + splits, mask=split_ok, other=float("-inf"))
-        weights = tl.where(split_ok, tl.exp(lse - top), 0.0)
-        parts = tl.load(part_out_ptr + (part + splits[:, None]) * HEAD_DIM + dims[None, :], mask=split_ok[:, None],
-                        other=0.0)
-        acc += tl.sum(parts * weights[:, None], axis=0)
-        total += weights
-    out = acc / tl.sum(total, axis=0)
+    splits = tl.arange(0, SPLITS)
+    split_ok = splits < active
+    part = (row * HEADS + head) * SPLITS
+    lse = tl.load(part_lse_ptr + part + splits, mask=split_ok, other=float("-inf"))
+    weights = tl.where(split_ok, tl.exp(lse - tl.max(lse, axis=0)), 0.0)
+    parts = tl.load(part_out_ptr + (part + splits[:, None]) * HEAD_DIM + dims[None, :], mask=split_ok[:, None],
+                    other=0.0)
+    out = tl.sum(parts * weights[:, None], axis=0) / tl.sum(weights, axis=0)
     tl.store(out_ptr + (row * HEADS + head) * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
 
 
@@ -715,32 +719,32 @@ class TritonDecodeKernels:
                                         VOCAB=vocab, BLOCK=SAMPLER_BLOCK, num_warps=16)
 
     def attention(self, q, k_cache, v_cache, positions, scale):
-        """Row b's query over slot b's cache positions 0..positions[b]: [B, H * D]."""
+        """Row b's query over slot b's cache positions 0..positions[b] ([B, H * D]); a row at the scratch
+        position (capacity - 1: an idle slot) attends only that position."""
         batch, heads, head_dim = q.shape
         kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]
         group = heads // kv_heads
-        # Splits of CHUNK positions, and at most 4 query heads per program, keep every program short and
-        # give a short context enough programs, whatever the grouping (1, 4, 6 or 16 heads per KV head).
-        # The split depends on the capacity only, so a row's result does not depend on the batch.
-        splits = triton.cdiv(capacity, ATTENTION_CHUNK)
-        part_out = torch.empty((batch, heads, splits, head_dim), dtype=torch.float32, device=q.device)
-        part_lse = torch.empty((batch, heads, splits), dtype=torch.float32, device=q.device)
-        strides = (k_cache.stride(0), k_cache.stride(1))
+        # ATTENTION_SPLITS programs per row and head share its chunks of CHUNK positions round-robin, and at
+        # most 4 query heads share a program, so work follows the length in use (not the capacity) and a
+        # short context still has enough programs. A row's result depends on its length only, not the batch.
+        part_out = torch.empty((batch, heads, ATTENTION_SPLITS, head_dim), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((batch, heads, ATTENTION_SPLITS), dtype=torch.float32, device=q.device)
+        common = (q, k_cache, v_cache, positions, part_out, part_lse, scale, capacity, k_cache.stride(0),
+                  k_cache.stride(1))
         if group == 1:
-            _attention_partial_mha_kernel[(heads, splits, batch)](
-                q, k_cache, v_cache, positions, part_out, part_lse, scale, *strides, splits, HEADS=heads,
-                CHUNK=ATTENTION_CHUNK, HEAD_DIM=head_dim, BLOCK_T=ATTENTION_CHUNK, num_warps=4,
+            _attention_partial_mha_kernel[(heads, ATTENTION_SPLITS, batch)](
+                *common, HEADS=heads, CHUNK=ATTENTION_CHUNK, SPLITS=ATTENTION_SPLITS, HEAD_DIM=head_dim,
+                BLOCK_T=ATTENTION_CHUNK, num_warps=4,
             )
         else:
             sub = next(size for size in (4, 3, 2, 1) if group % size == 0)
-            _attention_partial_kernel[(heads // sub, splits, batch)](
-                q, k_cache, v_cache, positions, part_out, part_lse, scale, *strides, splits, HEADS=heads,
-                CHUNK=ATTENTION_CHUNK, GROUP=group, SUB=sub, SUB_PAD=triton.next_power_of_2(sub), HEAD_DIM=head_dim,
-                BLOCK_T=32, num_warps=4,
+            _attention_partial_kernel[(heads // sub, ATTENTION_SPLITS, batch)](
+                *common, HEADS=heads, CHUNK=ATTENTION_CHUNK, SPLITS=ATTENTION_SPLITS, GROUP=group, SUB=sub,
+                SUB_PAD=triton.next_power_of_2(sub), HEAD_DIM=head_dim, BLOCK_T=32, num_warps=4,
             )
         out = torch.empty((batch, heads * head_dim), dtype=q.dtype, device=q.device)
         _attention_reduce_kernel[(heads, batch)](
-            part_out, part_lse, positions, out, ATTENTION_CHUNK, splits, HEADS=heads,
-            SPLITS_PAD=triton.cdiv(splits, 16) * 16, HEAD_DIM=head_dim, BLOCK_S=16, num_warps=4,
+            part_out, part_lse, positions, out, capacity, HEADS=heads, CHUNK=ATTENTION_CHUNK,
+            SPLITS=ATTENTION_SPLITS, HEAD_DIM=head_dim, num_warps=4,
         )
         return out

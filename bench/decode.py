@@ -16,6 +16,7 @@ the same figures go to a JSON file.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -38,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from internlm_demo import GenerationParams, GenerationStats, load_chat_model
 from internlm_demo.generation.engine import FastEngine
 from internlm_demo.generation.simple import generate_ids
+from internlm_demo.models.loading import load_model
 from internlm_demo.serving.chat_model import ChatModel
 
 GIB = 1024**3
@@ -75,8 +77,9 @@ TOKENIZER_SOURCES = {
 }
 TOKENIZER_SOURCES["v3"] = TOKENIZER_SOURCES["v2"]
 SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.02}
-ALL_MODES = ("hf", "simple", "engine", "chat", "equality", "memory", "streams", "server", "first_reply", "profile")
-IDS_ONLY_MODES = ("engine", "equality", "memory", "profile")  # what runs without a matching tokenizer
+ALL_MODES = ("hf", "simple", "engine", "chat", "equality", "agreement", "memory", "streams", "server", "first_reply",
+             "profile")
+IDS_ONLY_MODES = ("engine", "equality", "agreement", "memory", "profile")  # what runs without a matching tokenizer
 
 
 def tokenizer_folder(shape: dict) -> Path | None:
@@ -399,6 +402,78 @@ def greedy_equality(chat: ChatModel, engine: FastEngine, prompt_ids, tokens: int
     return result
 
 
+def greedy_agreement(chat: ChatModel, engine: FastEngine, folder: Path, prompt_ids, tokens: int, device) -> dict:
+    """How often greedy picks agree with a float32 forward of the same checkpoint (issue 18): the engine's
+    own picks, and transformers' forward in the bench dtype, both teacher-forced over the engine's tokens."""
+    picks = list(engine.generate(prompt_ids, GenerationParams(do_sample=False, max_new_tokens=tokens), set()))
+    ids = torch.tensor([list(prompt_ids) + picks[:-1]], device=device)  # row i + len(prompt) - 1 predicts picks[i]
+    predicting = slice(len(prompt_ids) - 1, None)
+    with torch.inference_mode():
+        half = chat.model(input_ids=ids, use_cache=False).logits[0, predicting].argmax(-1).cpu()
+        reference, placement = float32_reference(folder, device, 2 * weight_bytes(chat.model))
+        try:
+            exact_logits = reference(input_ids=ids, use_cache=False).logits[0, predicting].float().cpu()
+        finally:
+            del reference
+            gc.collect()
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()
+    exact = exact_logits.argmax(-1)
+    top2 = exact_logits.topk(2).values
+    gaps = top2[:, 0] - top2[:, 1]
+    fast = torch.tensor(picks)
+    engine_differs = fast != exact
+    return {"positions": len(picks), "dtype": str(next(chat.model.parameters()).dtype).removeprefix("torch."),
+            "engine_vs_float32": float((fast == exact).float().mean()),
+            "transformers_vs_float32": float((half == exact).float().mean()),
+            "engine_vs_transformers": float((fast == half).float().mean()),
+            "float32_top2_gap_median": float(gaps.median()),
+            "float32_top2_gap_median_where_engine_differs":
+                float(gaps[engine_differs].median()) if engine_differs.any() else None,
+            "float32_placement": placement}
+
+
+def float32_reference(folder: Path, device, float32_bytes: int):
+    """The checkpoint in float32: loaded whole on ``device`` when it fits beside what is there already, else
+    held on the CPU in its stored dtype and run in float32 one decoder layer at a time on the GPU (the
+    conversions are exact, so the weights are the same); (model, where it ran)."""
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
+        torch.cuda.empty_cache()
+    if not on_gpu or torch.cuda.mem_get_info(torch.device(device))[0] > float32_bytes + 4 * GIB:
+        try:
+            return load_model(folder, device=device, dtype="float32", progress=False).model, device
+        except torch.OutOfMemoryError:
+            if not on_gpu:
+                raise
+        gc.collect()
+        torch.cuda.empty_cache()
+    stored = json.loads((folder / "config.json").read_text())["torch_dtype"]
+    model = load_model(folder, device="cpu", dtype=stored, progress=False).model
+    stream_decoder_layers(model, device)
+    return model, f"cpu ({stored}), one decoder layer at a time in float32 on the GPU"
+
+
+def stream_decoder_layers(model, device) -> None:
+    """Run a model held on the CPU in float32 on ``device``: all but its decoder layers move there now, each
+    decoder layer only for its own forward, after which it goes back in the dtype it had."""
+    stored = model.lm_head.weight.dtype
+    for name, child in model.model.named_children():
+        if name != "layers":
+            child.to(device, torch.float32)
+    model.lm_head.to(device, torch.float32)
+
+    def to_device(layer, args) -> None:
+        layer.to(device, torch.float32)
+
+    def back_to_cpu(layer, args, output) -> None:
+        layer.to("cpu", stored)
+
+    for layer in model.model.layers:
+        layer.register_forward_pre_hook(to_device)
+        layer.register_forward_hook(back_to_cpu)
+
+
 def memory_at_2k(engine: FastEngine, long_ids, device) -> dict:
     """Peak memory of a 2,048-token conversation (1,024-token prompt + 1,024 new tokens)."""
     reset_peak(device)
@@ -552,7 +627,7 @@ def print_table(result: dict) -> None:
         ttft = f"{row['ttft_1024_ms']:.1f}" if row.get("ttft_1024_ms") is not None else "-"
         peak = f"{row['peak_gib']:.2f}" if row.get("peak_gib") is not None else "-"
         print(f"{row['mode']:34} {row['tok_s']:8.1f} {row['tok_s'] / ceiling:6.3f} {ttft:>13} {peak:>9}")
-    for key in ("equality", "equality_torch_kernels", "memory_2k", "first_reply_cold", "first_reply_warm"):
+    for key in ("equality", "equality_torch_kernels", "agreement", "memory_2k", "first_reply_cold", "first_reply_warm"):
         if key in result:
             shown = {k: v for k, v in result[key].items() if k not in ("plain", "engine", "per_stream")}
             print(f"{key}: {json.dumps(shown)}")
@@ -572,6 +647,8 @@ def main(argv=None) -> None:
     parser.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated subset of {ALL_MODES}")
     parser.add_argument("--tokens", type=int, default=512, help="new tokens per engine decode measurement")
     parser.add_argument("--simple-tokens", type=int, default=64)
+    parser.add_argument("--agreement-tokens", type=int, default=256,
+                        help="greedy engine tokens compared with a float32 forward (agreement mode)")
     parser.add_argument("--hf-tokens", type=int, default=32)
     parser.add_argument("--shard-gib", type=float, default=2.0)
     parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16", help="dtype the model loads in")
@@ -656,6 +733,9 @@ def main(argv=None) -> None:
         if engine.kernels.name == "triton":  # the same engine on torch ops (cuBLAS), for comparison
             record("equality_torch_kernels", lambda: greedy_equality(
                 chat, FastEngine(chat.model, kernels="torch", slots=1, capacity=256), short_ids, 64))
+    if "agreement" in modes:
+        record("agreement", lambda: greedy_agreement(chat, engine, folder, short_ids, args.agreement_tokens, device))
+        save()
     if "profile" in modes and torch.device(device).type == "cuda":
         record("profile", lambda: profile_decode(engine, short_ids))
     if "memory" in modes:

@@ -26,20 +26,21 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def kernels(gemv_for_one_row: bool = True):
-    """(Triton, torch) kernels; the Triton block shapes suit these small sizes (K not a block multiple)."""
+def kernels(gemv_for_one_row: bool = True, split_k: int = 1):
+    """(Triton, torch) kernels; the Triton block shapes suit these small sizes (K not a block multiple);
+    ``split_k``: the batched kernels sum K in that many parts (the q/k/v + RoPE kernel never splits)."""
     from internlm_demo.generation.torch_kernels import TorchDecodeKernels
     from internlm_demo.generation.triton_kernels import TritonDecodeKernels
 
     shapes = [(rows * HEAD_DIM, HIDDEN) for rows in (12, 12 + 4, 18)] + [(2 * INTER, HIDDEN), (HIDDEN, INTER)]
     gemv = {shape: (16, 32, 4, index % 2) for index, shape in enumerate(shapes)}
-    rows = {shape: (16, 32, 4, 2) for shape in shapes}
+    rows = {shape: (16, 32, 4, 2, split_k) for shape in shapes}
     return TritonDecodeKernels(gemv, rows, gemv_for_one_row), TorchDecodeKernels()
 
 
-def check_linear_kernels(dtype, device="cpu") -> None:
+def check_linear_kernels(dtype, device="cpu", split_k: int = 1) -> None:
     """norm_linear, norm_gated_linear and linear_add at 1, 3, 16 and 18 rows."""
-    triton_ops, torch_ops = kernels()
+    triton_ops, torch_ops = kernels(split_k=split_k)
     generator = torch.Generator(device).manual_seed(0)
 
     def rand(*shape, scale=1.0):
@@ -60,11 +61,11 @@ def check_linear_kernels(dtype, device="cpu") -> None:
         assert relative(summed_t, summed_r) < TOLERANCE[dtype]
 
 
-def check_rows_do_not_depend_on_the_batch(device="cpu") -> None:
+def check_rows_do_not_depend_on_the_batch(device="cpu", split_k: int = 1) -> None:
     """Rows 0-1 come out bit for bit the same in batches of 2, 5 and 16; rows 16-17 of a batch of 18
     equal the same two rows run as a batch of 2; with batch 1 on the batched kernel, row 0 alone too."""
-    triton_ops, _ = kernels()
-    one_row_batched, _ = kernels(gemv_for_one_row=False)
+    triton_ops, _ = kernels(split_k=split_k)
+    one_row_batched, _ = kernels(gemv_for_one_row=False, split_k=split_k)
     generator = torch.Generator(device).manual_seed(1)
     x = torch.randn(18, HIDDEN, generator=generator).half()
     norm = (1 + 0.1 * torch.randn(HIDDEN, generator=generator)).half()
@@ -237,7 +238,9 @@ def run_checks(device: str = "cpu", dtypes=(torch.float16,)) -> None:
         check_rope_store_and_attention(dtype, device)
         check_long_attention(dtype, device)
         check_narrow_heads(dtype, device)
+    check_linear_kernels(torch.float16, device, split_k=3)  # K in three parts: 80 columns as 32 + 32 + 16
     check_rows_do_not_depend_on_the_batch(device)
+    check_rows_do_not_depend_on_the_batch(device, split_k=3)
     check_sampler(device)
 
 

@@ -53,8 +53,10 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (4096, 10240): (4, 1024, 4, 0),
     (128512, 4096): (4, 2048, 4, 1),
 }
-# Two rows or more: (BLOCK_N, BLOCK_K, num_warps, num_stages) per weight shape, one entry for every batch
-# size (so a row's result does not depend on B). BLOCK_N >= 16: the tensor cores' smallest tile.
+# Two rows or more: (BLOCK_N, BLOCK_K, num_warps, num_stages[, SPLIT_K]) per weight shape, one entry for
+# every batch size (so a row's result does not depend on B). BLOCK_N >= 16: the tensor cores' smallest
+# tile. SPLIT_K (default 1) sums K in that many programs and adds them up in a second kernel, which keeps
+# the GPU full for weights with few rows; the q/k/v + RoPE kernel never splits.
 ROWS = 16
 GEMV_FOR_ONE_ROW = True
 DEFAULT_ROWS_CONFIG = (32, 256, 4, 3)
@@ -205,26 +207,16 @@ def _rows_block(x_ptr, w_ptr, rows, row_ok, batch, batch_ok, cols, acc, acc_up, 
 
 
 @triton.jit
-def _rows_kernel(x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, n_batch, n_out, up_offset, k_dim: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr, ROWS: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out [B, n_out] = epilogue(x @ W^T): ROWS rows of x against BLOCK_N rows of W per program."""
+def _rows_epilogue(acc, acc_up, rows, row_ok, batch, batch_ok, bias_ptr, res_ptr, out_ptr, n_out, up_offset,
+                   HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr):
+    """out[batch, rows] = bias, SiLU gate and residual applied to the float32 sums [ROWS, BLOCK_N]."""
     dtype = out_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < n_out
-    batch = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
-    batch_ok = batch < n_batch
-    acc = tl.zeros([BLOCK_N, ROWS], dtype=tl.float32)
-    acc_up = tl.zeros([BLOCK_N, ROWS], dtype=tl.float32)
-    for start in range(0, k_dim, BLOCK_K):
-        acc, acc_up = _rows_block(x_ptr, w_ptr, rows, row_ok, batch, batch_ok, start + tl.arange(0, BLOCK_K), acc,
-                                  acc_up, up_offset, k_dim, GATED)
-    y = tl.trans(acc)  # [ROWS, BLOCK_N]
+    y = acc
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
     y = y.to(dtype)
     if GATED:
-        up = tl.trans(acc_up)
+        up = acc_up
         if HAS_BIAS:
             up += tl.load(bias_ptr + up_offset + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
         gate = y.to(tl.float32)
@@ -236,6 +228,59 @@ def _rows_kernel(x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, n_batch, n_out, up_of
         residual = tl.load(res_ptr + offsets, mask=mask, other=0.0)
         y = (residual.to(tl.float32) + y.to(tl.float32)).to(dtype)
     tl.store(out_ptr + offsets, y, mask=mask)
+
+
+@triton.jit
+def _rows_kernel(x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, part_ptr, n_batch, n_out, up_offset,
+                 k_dim: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
+                 ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """out [B, n_out] = epilogue(x @ W^T): ROWS rows of x against BLOCK_N rows of W per program. With
+    SPLIT_K > 1 each program sums one of SPLIT_K column ranges into ``part`` [SPLIT_K, (2,) B, n_out]
+    instead, and ``_rows_split_epilogue_kernel`` adds them up in a fixed order and applies the epilogue."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_out
+    batch = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    batch_ok = batch < n_batch
+    split = tl.program_id(2)
+    K_SPLIT: tl.constexpr = (k_dim + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
+    acc = tl.zeros([BLOCK_N, ROWS], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_N, ROWS], dtype=tl.float32)
+    for start in range(0, K_SPLIT, BLOCK_K):
+        acc, acc_up = _rows_block(x_ptr, w_ptr, rows, row_ok, batch, batch_ok,
+                                  split * K_SPLIT + start + tl.arange(0, BLOCK_K), acc, acc_up, up_offset, k_dim,
+                                  GATED)
+    if SPLIT_K == 1:
+        _rows_epilogue(tl.trans(acc), tl.trans(acc_up), rows, row_ok, batch, batch_ok, bias_ptr, res_ptr, out_ptr,
+                       n_out, up_offset, HAS_BIAS, HAS_RESIDUAL, GATED)
+    else:
+        parts = 2 if GATED else 1
+        offsets = (split * parts * n_batch + batch[None, :]) * n_out + rows[:, None]
+        mask = row_ok[:, None] & batch_ok[None, :]
+        tl.store(part_ptr + offsets, acc, mask=mask)
+        if GATED:
+            tl.store(part_ptr + offsets + n_batch * n_out, acc_up, mask=mask)
+
+
+@triton.jit
+def _rows_split_epilogue_kernel(part_ptr, bias_ptr, res_ptr, out_ptr, n_batch, n_out, up_offset,
+                                HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
+                                SPLIT_K: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The SPLIT_K partial sums of ``_rows_kernel`` added in order, then its epilogue."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_out
+    batch = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    batch_ok = batch < n_batch
+    parts = 2 if GATED else 1
+    offsets = batch[:, None] * n_out + rows[None, :]
+    mask = batch_ok[:, None] & row_ok[None, :]
+    acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    for split in range(SPLIT_K):
+        acc += tl.load(part_ptr + split * parts * n_batch * n_out + offsets, mask=mask, other=0.0)
+        if GATED:
+            acc_up += tl.load(part_ptr + (split * parts + 1) * n_batch * n_out + offsets, mask=mask, other=0.0)
+    _rows_epilogue(acc, acc_up, rows, row_ok, batch, batch_ok, bias_ptr, res_ptr, out_ptr, n_out, up_offset,
+                   HAS_BIAS, HAS_RESIDUAL, GATED)
 
 
 @triton.jit
@@ -590,8 +635,8 @@ def gemv_config(rows: int, cols: int) -> tuple[int, int, int, int]:
     return GEMV_CONFIGS.get((rows, cols), DEFAULT_GEMV_CONFIG)
 
 
-def rows_config(rows: int, cols: int) -> tuple[int, int, int, int]:
-    """The (BLOCK_N, BLOCK_K, num_warps, num_stages) of two rows or more for a weight of this shape."""
+def rows_config(rows: int, cols: int) -> tuple[int, ...]:
+    """The (BLOCK_N, BLOCK_K, num_warps, num_stages[, SPLIT_K]) of two rows or more for a weight of this shape."""
     return ROWS_CONFIGS.get((rows, cols), DEFAULT_ROWS_CONFIG)
 
 
@@ -625,7 +670,7 @@ class TritonDecodeKernels:
     def _gemv_rows(self, batch: int) -> bool:
         return batch == 1 and self.gemv_for_one_row
 
-    def _config(self, rows: int, cols: int, batch: int) -> tuple[int, int, int, int]:
+    def _config(self, rows: int, cols: int, batch: int) -> tuple[int, ...]:
         if self._gemv_rows(batch):
             return self.configs.get((rows, cols)) or gemv_config(rows, cols)
         return self.rows_configs.get((rows, cols)) or rows_config(rows, cols)
@@ -635,7 +680,8 @@ class TritonDecodeKernels:
         rows, cols = weight.shape
         batch = x.shape[0]
         n_out = rows // 2 if gated else rows
-        block_n, block_k, warps, fourth = self._config(rows, cols, batch)
+        block_n, block_k, warps, fourth, *split = self._config(rows, cols, batch)
+        split_k = split[0] if split else 1
         bias_arg = bias if bias is not None else weight
         residual_arg = residual if residual is not None else out
         if self._gemv_rows(batch):
@@ -649,11 +695,19 @@ class TritonDecodeKernels:
         else:
             if norm_weight is not None:
                 x = self._normalized(x, norm_weight, eps)
-            _rows_kernel[(triton.cdiv(n_out, block_n), triton.cdiv(batch, ROWS))](
-                x, weight, bias_arg, residual_arg, out, batch, n_out, n_out, cols, HAS_BIAS=bias is not None,
-                HAS_RESIDUAL=residual is not None, GATED=gated, ROWS=ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
-                num_warps=warps, num_stages=fourth,
+            flags = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, GATED=gated)
+            grid = (triton.cdiv(n_out, block_n), triton.cdiv(batch, ROWS))
+            parts = torch.empty((split_k, 2 if gated else 1, batch, n_out), dtype=torch.float32,
+                                device=x.device) if split_k > 1 else out
+            _rows_kernel[(*grid, split_k)](
+                x, weight, bias_arg, residual_arg, out, parts, batch, n_out, n_out, cols, **flags, ROWS=ROWS,
+                BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=warps, num_stages=fourth,
             )
+            if split_k > 1:
+                _rows_split_epilogue_kernel[(triton.cdiv(n_out, 64), grid[1])](
+                    parts, bias_arg, residual_arg, out, batch, n_out, n_out, **flags, SPLIT_K=split_k, ROWS=ROWS,
+                    BLOCK_N=64, num_warps=4,
+                )
         return out
 
     @staticmethod
@@ -678,7 +732,7 @@ class TritonDecodeKernels:
                                positions, heads, kv_heads):
         rows, cols = weight.shape
         batch, head_dim = x.shape[0], k_cache.shape[-1]
-        block_n, block_k, warps, fourth = self._config(rows, cols, batch)
+        block_n, block_k, warps, fourth, *_ = self._config(rows, cols, batch)  # no split of K here
         q = torch.empty((batch, heads, head_dim), dtype=x.dtype, device=x.device)
         if self._gemv_rows(batch):
             pairs = rope_pairs(block_n, head_dim, minimum=1)

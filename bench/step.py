@@ -34,11 +34,12 @@ from internlm_demo.generation.triton_kernels import TritonDecodeKernels  # noqa:
 FAMILIES = ("7b", "20b", "internlm2-7b", "internlm2-20b", "internlm3-8b")
 BUCKETS = (1, 2, 4, 8, 16)
 SAMPLING = dict(penalty=1.02, temperature=0.8, top_k=40, top_p=0.8)
-# Batch 1: (BLOCK_N, BLOCK_K, num_warps, unroll); two rows or more: (BLOCK_N, BLOCK_K, num_warps, num_stages)
+# Batch 1: (BLOCK_N, BLOCK_K, num_warps, unroll); two rows or more: (BLOCK_N, BLOCK_K, num_warps, num_stages[, SPLIT_K])
 GEMV_SWEEP = [(1, 2048, 2, 1), (2, 2048, 4, 1), (4, 2048, 4, 1), (4, 1024, 4, 0), (2, 1024, 2, 1), (8, 1024, 8, 1),
               (16, 512, 4, 0), (4, 2048, 8, 1)]
 ROWS_SWEEP = [(32, 256, 4, 3), (64, 128, 4, 4), (64, 256, 4, 3), (128, 128, 4, 3), (128, 64, 4, 4),
-              (64, 512, 4, 2), (32, 512, 4, 3), (128, 256, 8, 3)]
+              (64, 512, 4, 2), (32, 512, 4, 3), (128, 256, 8, 3), (16, 256, 4, 4), (16, 512, 4, 3),
+              (16, 1024, 4, 2), (32, 256, 4, 3, 2), (32, 512, 4, 3, 2), (32, 256, 4, 3, 4), (64, 256, 4, 3, 4)]
 SWEEP_BUCKETS = (1, 4, 16)  # 1: the batched kernel for one row, against the GEMV
 
 
@@ -127,6 +128,8 @@ def sweep(dtype, out: Path | None, families=FAMILIES, warm_only: bool = False) -
                 except Exception as exc:  # noqa: BLE001 - a configuration the compiler rejects is reported
                     row["gemv"][str(config)] = f"failed: {str(exc).splitlines()[0][:80]}"
             for config in ROWS_SWEEP:
+                if role == "qkv" and len(config) > 4:  # the q/k/v + RoPE kernel never splits K
+                    continue
                 for batch in SWEEP_BUCKETS:
                     try:
                         kernels = TritonDecodeKernels(rows_configs={(n, k): config}, gemv_for_one_row=False)

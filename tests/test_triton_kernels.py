@@ -167,45 +167,75 @@ def check_narrow_heads(dtype, device="cpu") -> None:
     assert rope_pairs(1, 128, minimum=1) == 1 and rope_pairs(64, 96, minimum=8) == 16
 
 
+# The sampler's rows: (top_k, top_p, temperature, penalty, scale of the logits; 0: integer levels 0..15, so
+# V / 16 tokens share each value). Rows that keep a few tokens (top-k small, top-p on a peaked row) and
+# most of them (top-k off: everything, or top-p on a flat row); top-k past the sampler's head chunk; ties at the
+# k-th score; top-p 0 and 1; top-k ≥ V; a tiny temperature; greedy rows.
+SAMPLER_ROWS = [
+    (0, 1.0, 1.0, 1.3, 3), (5, 0.9, 0.7, 1.0, 3), (50, 1.0, 1.3, 0.8, 3), (0, 0.8, 0.8, 1.1, 3),
+    (0, 0.5, 1e-9, 1.0, 3), (3, 0.95, 0.0, 2.0, 3), (300, 0.95, 1.0, 1.0, 3), (0, 0.9, 1.0, 1.0, 0.1),
+    (0, 0.5, 1.0, 1.0, 0.1), (0, 0.9, 1.0, 1.0, 8), (0, 0.0, 1.0, 1.0, 3), (1 << 20, 1.0, 1.0, 1.0, 3),
+    (10, 1.0, 1.0, 1.0, 0), (130, 1.0, 1.0, 1.0, 0), (100, 0.7, 2.0, 1.0, 0), (0, 0.99, 1.0, 1.0, 0),
+]
+
+
+def drawn_positions(logits, seen, penalty, temperature, top_k, top_p, penalize, drawn, expected):
+    """Per sampled row, whether ``drawn`` (Triton's ids) and ``expected`` (the reference's) sit at different
+    positions of the descending order each sorts in: the Triton sampler's stable sort, ``filtered_probs``'s."""
+    from internlm_demo.generation.sampling import filtered_probs, penalize_repeats
+
+    scores = penalize_repeats(logits.float(), seen, penalty) if penalize else logits.float()
+    stable = scores.sort(dim=-1, descending=True, stable=True).indices
+    differ = []
+    for row in torch.nonzero(temperature[:, 0] > 0)[:, 0].tolist():
+        _, order = filtered_probs(scores[row:row + 1], temperature[row:row + 1].clamp(min=1e-30),
+                                  top_k[row:row + 1], top_p[row:row + 1])
+        differ.append(bool(torch.nonzero(stable[row] == drawn[row]) != torch.nonzero(order[0] == expected[row])))
+    return differ
+
+
 def check_sampler(device="cpu") -> None:
-    """Greedy rows equal the reference's argmax; sampled rows draw what the reference draws with the same
-    (seed, step) noise, and the same row draws the same id alone or in a batch."""
+    """Greedy rows equal the reference's argmax; sampled rows (``SAMPLER_ROWS``) draw what the reference draws
+    with the same (seed, step) noise, and the same row draws the same id alone or in a batch. Vocabularies of
+    2000 and 100 entries (neither a multiple of the chunks, 100 shorter than the head chunk) and 1024 (one)."""
     from internlm_demo.generation import triton_kernels as decode_kernels
 
-    decode_kernels.SAMPLER_BLOCK = 512  # several chunks per pass over a small vocabulary
+    # several chunks per pass over a small vocabulary
+    decode_kernels.SAMPLER_BLOCK, decode_kernels.SAMPLER_HEAD, decode_kernels.SAMPLER_TAIL = 512, 128, 512
     triton_ops, torch_ops = kernels()
     generator = torch.Generator(device).manual_seed(3)
-    vocab, rows, disagreements = 2000, 6, 0
-    # (top_k, top_p, temperature): off, both, top-k alone, top-p alone, a tiny temperature, greedy rows
-    settings = [(0, 1.0, 1.0), (5, 0.9, 0.7), (50, 1.0, 1.3), (0, 0.8, 0.8), (0, 0.5, 1e-9), (3, 0.95, 0.0)]
-    top_k = torch.tensor([[s[0]] for s in settings])
-    top_p = torch.tensor([[s[1]] for s in settings])
-    temperature = torch.tensor([[s[2]] for s in settings])
-    for case in range(12):
-        logits = (3 * torch.randn(rows, vocab, generator=generator)).half()
-        seen = torch.rand(rows, vocab, generator=generator) < 0.05
-        penalty = torch.tensor([[1.3], [1.0], [0.8], [1.1], [1.0], [2.0]])
-        seed = torch.randint(-2**62, 2**62, (rows,), generator=generator)
-        step = torch.randint(0, 4096, (rows,), generator=generator)
-        for sample in (False, True):
-            outcomes = []
-            for ops in (triton_ops, torch_ops):
-                token, marks = torch.zeros(rows, dtype=torch.long), seen.clone()
-                ops.choose(logits, marks, penalty, temperature, top_k, top_p, seed, step, token, sample, case % 2 == 1)
-                outcomes.append((token, marks))
-            (a, marks_a), (b, _) = outcomes
-            greedy_rows = torch.ones(rows, dtype=torch.bool) if not sample else temperature[:, 0] <= 0
-            assert torch.equal(a[greedy_rows], b[greedy_rows])
-            disagreements += int((a != b).sum())
-            assert torch.equal(marks_a, seen | marks_a) and bool(marks_a[torch.arange(rows), a].all())
-            assert int((marks_a ^ seen).sum()) <= rows
-            if sample:
-                for row in (1, 3):
-                    token = torch.zeros(1, dtype=torch.long)
-                    triton_ops.choose(logits[row:row + 1], seen[row:row + 1].clone(), penalty[row:row + 1],
-                                      temperature[row:row + 1], top_k[row:row + 1], top_p[row:row + 1],
-                                      seed[row:row + 1], step[row:row + 1], token, True, case % 2 == 1)
-                    assert int(token) == int(a[row])
+    rows, disagreements = len(SAMPLER_ROWS), 0
+    top_k, top_p, temperature, penalty = (torch.tensor([[s[i]] for s in SAMPLER_ROWS]) for i in range(4))
+    for vocab in (2000, 100, 1024):
+        for case in range(12):
+            logits = torch.stack([scale * torch.randn(vocab, generator=generator) if scale
+                                  else torch.randint(0, 16, (vocab,), generator=generator).float()
+                                  for *_, scale in SAMPLER_ROWS]).half()
+            seen = torch.rand(rows, vocab, generator=generator) < 0.05
+            seed = torch.randint(-2**62, 2**62, (rows,), generator=generator)
+            step = torch.randint(0, 4096, (rows,), generator=generator)
+            for sample in (False, True):
+                outcomes = []
+                for ops in (triton_ops, torch_ops):
+                    token, marks = torch.zeros(rows, dtype=torch.long), seen.clone()
+                    ops.choose(logits, marks, penalty, temperature, top_k, top_p, seed, step, token, sample,
+                               case % 2 == 1)
+                    outcomes.append((token, marks))
+                (a, marks_a), (b, _) = outcomes
+                greedy_rows = torch.ones(rows, dtype=torch.bool) if not sample else temperature[:, 0] <= 0
+                assert torch.equal(a[greedy_rows], b[greedy_rows])
+                if sample:  # the same draw is the same sorted position (equal scores may sort differently)
+                    disagreements += sum(drawn_positions(logits, seen, penalty, temperature, top_k, top_p,
+                                                         case % 2 == 1, a, b))
+                assert torch.equal(marks_a, seen | marks_a) and bool(marks_a[torch.arange(rows), a].all())
+                assert int((marks_a ^ seen).sum()) <= rows
+                if sample:
+                    for row in (1, 7):
+                        token = torch.zeros(1, dtype=torch.long)
+                        triton_ops.choose(logits[row:row + 1], seen[row:row + 1].clone(), penalty[row:row + 1],
+                                          temperature[row:row + 1], top_k[row:row + 1], top_p[row:row + 1],
+                                          seed[row:row + 1], step[row:row + 1], token, True, case % 2 == 1)
+                        assert int(token) == int(a[row])
     assert disagreements <= 2  # a draw may differ only where rounding moves a top-p boundary
 
 

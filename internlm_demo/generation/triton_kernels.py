@@ -89,7 +89,10 @@ ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
 }
 ATTENTION_CHUNK = 64  # cache positions per step of an attention program
 ATTENTION_SPLITS = 16  # attention programs per row and head (the reduction combines as many)
-SAMPLER_BLOCK = 16384  # one program walks the vocabulary in chunks this large
+SAMPLER_BLOCK = 16384  # a greedy pick walks the vocabulary in chunks this large
+# A draw's passes over the sorted scores read the first SAMPLER_HEAD (top-k and top-p usually keep fewer), then
+# go on in chunks of SAMPLER_TAIL only as far as they must (larger ones spill registers at 16 warps).
+SAMPLER_HEAD, SAMPLER_TAIL = 2048, 4096
 
 
 @triton.jit
@@ -571,60 +574,101 @@ def _exponential_noise(seed, step, columns):
     return -tl.log(uniform)
 
 
+@triton.jit
+def _weights(scores, kth, top, inverse):
+    """exp((s - top) / T) of the scores s >= kth (the top-k), else 0, in float64 for the top-p sums."""
+    return tl.where(scores >= kth, tl.exp((scores - top) * inverse), 0.0).to(tl.float64)
+
+
+@triton.jit
+def _kept_mass(sorted_ptr, start, end, kth, top, inverse, mass, count, BLOCK: tl.constexpr):
+    """Go on summing the weights of the sorted scores >= kth and counting them from ``start`` in chunks of
+    BLOCK below ``end``, while every score so far was >= kth (they descend: the kept ones are the first)."""
+    while (start < end) & (count == start):
+        ids = start + tl.arange(0, BLOCK)
+        scores = tl.load(sorted_ptr + ids, mask=ids < end, other=float("-inf"))
+        mass += tl.sum(_weights(scores, kth, top, inverse), axis=0)
+        count += tl.sum((scores >= kth).to(tl.int32), axis=0)
+        start += BLOCK
+    return start, mass, count
+
+
+@triton.jit
+def _top_p_cut(sorted_ptr, start, end, kth, top, inverse, mass, limit, kept, above, BLOCK: tl.constexpr):
+    """Go on looking for the top-p cut from ``start`` in chunks of BLOCK below ``end``: ``kept`` becomes the
+    first sorted position whose probability mass from the smallest, (mass - ``above``: the weights before it)
+    / mass, is <= limit: summed in float64 (a difference of float32 sums would lose the small masses' digits),
+    compared in float32 as the reference compares its cumulative sum."""
+    while start < tl.minimum(end, kept):
+        ids = start + tl.arange(0, BLOCK)
+        scores = tl.load(sorted_ptr + ids, mask=ids < end, other=float("-inf"))
+        weights = _weights(scores, kth, top, inverse)
+        from_smallest = ((mass - (above + (tl.cumsum(weights, axis=0) - weights))) / mass).to(tl.float32)
+        kept = tl.minimum(kept, tl.min(tl.where((from_smallest <= limit) & (ids < end), ids, kept), axis=0))
+        above += tl.sum(weights, axis=0)
+        start += BLOCK
+    return start, kept, above
+
+
+@triton.jit
+def _race(sorted_ptr, start, end, top, inverse, seed, step, best_value, best_index, BLOCK: tl.constexpr):
+    """Go on with the draw over sorted positions [start, end) in chunks of BLOCK: the argmax of p / E, E the
+    position's Exp(1) noise, is a draw with probabilities p (the first of equal values wins)."""
+    while start < end:
+        ids = start + tl.arange(0, BLOCK)
+        scores = tl.load(sorted_ptr + ids, mask=ids < end, other=float("-inf"))
+        race = tl.where(ids < end, tl.exp((scores - top) * inverse) / _exponential_noise(seed, step, ids), -1.0)
+        value, index = tl.max(race, axis=0, return_indices=True, return_indices_tie_break_left=True)
+        better = value > best_value
+        best_index = tl.where(better, start + index, best_index)
+        best_value = tl.where(better, value, best_value)
+        start += BLOCK
+    return best_value, best_index
+
+
 @_row_slice_jit
 def _sample_sorted_kernel(sorted_ptr, order_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, step_ptr,
-                          token_ptr, seen_ptr, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+                          token_ptr, seen_ptr, VOCAB: tl.constexpr, HEAD: tl.constexpr, BLOCK: tl.constexpr):
     """One row: temperature, top-k, top-p and the draw over its scores sorted in descending order
     (``sampling.filtered_probs`` rules); temperature <= 0 takes the first of the sorted ids (greedy).
-    The Exp(1) noise at sorted position j is ``torch_kernels.exponential_noise``'s column j, so a row's draw depends on its
-    (seed, step) and scores only, and equals the torch reference's. The id goes to token[row], marked seen."""
-    CHUNKS: tl.constexpr = (VOCAB + BLOCK - 1) // BLOCK
+    Each pass reads the first HEAD positions, then goes on in chunks of BLOCK only as far as it must: the
+    mass to the last score >= the k-th, the top-p cut until it is found, the draw over the kept positions.
+    The Exp(1) noise at sorted position j is ``torch_kernels.exponential_noise``'s column j, so a row's draw
+    depends on its (seed, step) and scores only, and equals the torch reference's. The id goes to token[row],
+    marked seen."""
     row = tl.program_id(0)
     sorted_ptr += row.to(tl.int64) * VOCAB
     order_ptr += row.to(tl.int64) * VOCAB
-    offsets = tl.arange(0, BLOCK)
     temperature = tl.load(temperature_ptr + row)
+    best_index = tl.zeros([1], dtype=tl.int32)
     if temperature > 0:
         inverse = 1.0 / temperature
         top = tl.load(sorted_ptr)
         k = tl.load(top_k_ptr + row)
         k = tl.where(k > 0, tl.minimum(k, VOCAB), VOCAB)
-        kth = tl.load(sorted_ptr + k - 1)
-        weights = tl.zeros([BLOCK], dtype=tl.float32)
-        for chunk in range(CHUNKS):
-            ids = chunk * BLOCK + offsets
-            scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
-            weights += tl.where(scores >= kth, tl.exp((scores - top) * inverse), 0.0)
-        mass = tl.sum(weights, axis=0)
+        kth = tl.load(sorted_ptr + k - 1)  # every score >= kth is kept (ties included): the first `count`
+        zero = tl.zeros([], dtype=tl.int32)
+        nothing = tl.zeros([], dtype=tl.float64)
+        head_end = zero + min(HEAD, VOCAB)
+        rest, mass, count = _kept_mass(sorted_ptr, zero, head_end, kth, top, inverse, nothing, zero, HEAD)
+        rest, mass, count = _kept_mass(sorted_ptr, rest, zero + VOCAB, kth, top, inverse, mass, count, BLOCK)
         # From the smallest score up, the tokens whose cumulative probability stays <= 1 - top_p are dropped:
         # that mass only grows toward the top, so the kept tokens are the first `kept` in sorted order.
         limit = 1.0 - tl.load(top_p_ptr + row)
-        kept = tl.zeros([1], dtype=tl.int32)
-        carry = tl.zeros([1], dtype=tl.float32)
-        for step in range(CHUNKS):
-            ids = (CHUNKS - 1 - step) * BLOCK + offsets
-            scores = tl.load(sorted_ptr + ids, mask=ids < VOCAB, other=float("-inf"))
-            probs = tl.where(scores >= kth, tl.exp((scores - top) * inverse), 0.0) / mass
-            from_smallest = tl.cumsum(probs, axis=0, reverse=True) + carry
-            kept += tl.sum(((from_smallest > limit) & (ids < VOCAB)).to(tl.int32), axis=0)
-            carry += tl.sum(probs, axis=0)
-        kept = tl.maximum(kept, 1)  # the most likely token is never dropped
+        kept = count
+        if limit > 0:  # top_p >= 1 drops none of the top-k
+            rest, kept, above = _top_p_cut(sorted_ptr, zero, tl.minimum(head_end, count), kth, top, inverse, mass,
+                                            limit, kept, nothing, HEAD)
+            rest, kept, above = _top_p_cut(sorted_ptr, rest, count, kth, top, inverse, mass, limit, kept, above,
+                                            BLOCK)
+            kept = tl.maximum(kept, 1)  # the most likely token is never dropped
         seed = tl.load(seed_ptr + row)
         step = tl.load(step_ptr + row)
         best_value = tl.full([1], -1.0, dtype=tl.float32)
-        best_index = tl.zeros([1], dtype=tl.int32)
-        for chunk in range(CHUNKS):
-            ids = chunk * BLOCK + offsets
-            in_use = ids < kept
-            scores = tl.load(sorted_ptr + ids, mask=in_use, other=float("-inf"))
-            noise = _exponential_noise(seed, step, ids)
-            race = tl.where(in_use, tl.exp((scores - top) * inverse) / noise, -1.0)  # argmax p/E draws with p
-            value, index = tl.max(race, axis=0, return_indices=True, return_indices_tie_break_left=True)
-            better = value > best_value
-            best_index = tl.where(better, chunk * BLOCK + index, best_index)
-            best_value = tl.where(better, value, best_value)
-    else:
-        best_index = tl.zeros([1], dtype=tl.int32)
+        best_value, best_index = _race(sorted_ptr, zero, tl.minimum(head_end, kept), top, inverse, seed, step,
+                                       best_value, best_index, HEAD)
+        best_value, best_index = _race(sorted_ptr, head_end, kept, top, inverse, seed, step, best_value, best_index,
+                                       BLOCK)
     token = tl.load(order_ptr + best_index)
     tl.store(token_ptr + row + tl.arange(0, 1), token)
     tl.store(seen_ptr + row.to(tl.int64) * VOCAB + token, tl.full([1], 1, dtype=tl.int1))
@@ -770,7 +814,7 @@ class TritonDecodeKernels:
                                                           PENALIZE=penalize, BLOCK=4096, num_warps=8)
         ordered, order = scores.sort(dim=-1, descending=True, stable=True)
         _sample_sorted_kernel[(batch,)](ordered, order, temperature, top_k, top_p, seed, step, token, seen,
-                                        VOCAB=vocab, BLOCK=SAMPLER_BLOCK, num_warps=16)
+                                        VOCAB=vocab, HEAD=SAMPLER_HEAD, BLOCK=SAMPLER_TAIL, num_warps=16)
 
     def attention(self, q, k_cache, v_cache, positions, scale):
         """Row b's query over slot b's cache positions 0..positions[b] ([B, H * D]); a row at the scratch

@@ -91,7 +91,9 @@ def exponential_noise(seed: torch.Tensor, step: torch.Tensor, vocab: int) -> tor
     x = (x ^ _logical_shift(x, 30)) * _MIX1
     x = (x ^ _logical_shift(x, 27)) * _MIX2
     x = x ^ _logical_shift(x, 31)
-    uniform = (_logical_shift(x, 40).float() + 0.5) * 2.0**-24  # 24 bits in (0, 1)
+    # 23 bits: (k + 1/2) / 2^23 is exact in float32, so the uniform stays below 1 (24 bits rounded the
+    # largest to 1.0, whose noise -log(1) = -0.0 made a dropped token win the race)
+    uniform = (_logical_shift(x, 41).float() + 0.5) * 2.0**-23
     return -torch.log(uniform)
 
 

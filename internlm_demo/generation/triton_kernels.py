@@ -570,7 +570,7 @@ def _exponential_noise(seed, step, columns):
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
     x = (x ^ (x >> 27)) * 0x94D049BB133111EB
     x = x ^ (x >> 31)
-    uniform = ((x >> 40).to(tl.float32) + 0.5) * (2.0 ** -24)
+    uniform = ((x >> 41).to(tl.float32) + 0.5) * (2.0 ** -23)
     return -tl.log(uniform)
 
 

@@ -148,6 +148,7 @@ class TokenReader:
     ring of pinned host rows asynchronously and read only steps later, with which request each row serves."""
 
     def __init__(self, device: torch.device, depth: int, width: int):
+        self.device = device
         self.on_gpu = device.type == "cuda"
         self.host = torch.zeros(depth, width, dtype=torch.long, pin_memory=self.on_gpu)
         self.events = [torch.cuda.Event() for _ in range(depth)] if self.on_gpu else []
@@ -157,9 +158,10 @@ class TokenReader:
     def push(self, tokens: torch.Tensor, owners: list[tuple[int, Request]]) -> None:
         """Queue the copy of ``tokens`` [n]; ``owners`` are (index in tokens, request) pairs."""
         ring = self.pushed % self.host.shape[0]
-        self.host[ring, :tokens.shape[0]].copy_(tokens, non_blocking=self.on_gpu)
-        if self.on_gpu:
-            self.events[ring].record()
+        with on_device(self.device):  # the event must follow the copy on the tokens' device, not the current one
+            self.host[ring, :tokens.shape[0]].copy_(tokens, non_blocking=self.on_gpu)
+            if self.on_gpu:
+                self.events[ring].record()
         self.rows.append((ring, owners))
         self.pushed += 1
 

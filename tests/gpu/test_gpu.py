@@ -4,10 +4,12 @@
 
 Triton kernels against the torch reference in float16 and bfloat16 (the small shapes of the CPU checks
 and each family's real layer shapes, at 1, 8 and 16 rows); the engine's captured CUDA graphs giving the
-fixtures' recorded greedy ids; the forced fallback to torch ops when a Triton kernel fails to build.
+fixtures' recorded greedy ids (on one GPU and, where there are two, on two); the forced fallback to torch ops when a Triton kernel fails to build.
 """
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
@@ -93,6 +95,30 @@ def test_captured_graphs_give_the_fixtures_greedy_ids(name):
     assert engine.kernels.name == "triton" and engine._graphs
     for case in reference(name)["chat_cases"]:
         ids = list(engine.generate(case["input_ids"], GenerationParams(do_sample=False, max_new_tokens=12), set()))
+        assert ids == case["greedy"]["output_ids"][:len(ids)], case["query"]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("name", FIXTURES)
+def test_two_gpus_give_the_fixtures_greedy_ids(name):
+    """num_gpus=2: a block of layers per GPU, each captured on its own device, the ids read back from the
+    second GPU; several requests at once, so tokens travel through the reader's ring while others decode."""
+    chat = load_chat_model(FIXTURES_DIR / name, num_gpus=2, dtype="float32", progress=False, engine="fast")
+    engine = chat.engine
+    assert [block.device.index for block in engine.blocks] == [0, 1] and engine._graphs
+    cases = reference(name)["chat_cases"]
+    results = [None] * len(cases)
+
+    def run(index):
+        params = GenerationParams(do_sample=False, max_new_tokens=12)
+        results[index] = list(engine.generate(cases[index]["input_ids"], params, set()))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for case, ids in zip(cases, results):
         assert ids == case["greedy"]["output_ids"][:len(ids)], case["query"]
 
 

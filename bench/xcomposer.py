@@ -45,7 +45,7 @@ from internlm_demo.xcomposer.demo import (
     demo_config,
     random_xcomposer_state_dict,
 )
-from internlm_demo.xcomposer.gallery.demo import DEMO_TOPICS, draw_demo_image
+from internlm_demo.xcomposer.gallery.demo import DEMO_IMAGES_PER_TOPIC, DEMO_TOPICS, draw_demo_image
 from internlm_demo.xcomposer.gallery.index import open_gallery
 from internlm_demo.xcomposer.prompts import chat_segments
 
@@ -118,7 +118,8 @@ def write_gallery(folder: Path, count: int) -> Path:
         topic = folder / english.replace(" ", "-")
         topic.mkdir(parents=True, exist_ok=True)
         stem = f"{english.replace(' ', '-')}-{index}"
-        draw_demo_image(english, sky, ground, motif, index // len(DEMO_TOPICS), size=(224, 168)).save(topic / f"{stem}.png")
+        variant = index // len(DEMO_TOPICS) % DEMO_IMAGES_PER_TOPIC  # the demo's drawings; the file names differ
+        draw_demo_image(english, sky, ground, motif, variant, size=(224, 168)).save(topic / f"{stem}.png")
         (topic / f"{stem}.txt").write_text(caption + "\n", encoding="utf-8")
     return folder
 

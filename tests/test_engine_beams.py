@@ -114,3 +114,14 @@ def test_beams_on_layers_split_into_blocks(model, prompts):
     ids = {"bos_id": model.tokenizer.bos_id, "eos_id": model.tokenizer.eos_id, "stop_ids": model.stop_ids}
     expected = Decoder(model.llm, prompts[2], parsed, **ids).run()
     assert EngineDecoder(split, prompts[2], parsed, **ids).run() == expected
+
+
+def test_beams_reorder_the_cache_a_layer_at_a_time(model, prompts, monkeypatch):
+    """A reorder whose temporary would pass the limit copies the cache in parts of a few layers: same beams."""
+    from internlm_demo.generation import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "REORDER_BYTES", 1)  # one layer per copy
+    parsed = GenerationSettings.from_kwargs(SETTINGS["beam5"], {})
+    ids = {"bos_id": model.tokenizer.bos_id, "eos_id": model.tokenizer.eos_id, "stop_ids": model.stop_ids}
+    expected = Decoder(model.llm, prompts[2], parsed, **ids).run()
+    assert EngineDecoder(model.engine, prompts[2], parsed, **ids).run() == expected

@@ -52,6 +52,7 @@ MIN_CONTEXT = 2048  # positions per slot at least (prompts may run past a short 
 MAX_CONTEXT = 32768  # positions per slot at most (a longer window is cut to this)
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass between two decode steps
 IDLE_PREFILL_CHUNK = 2048  # prompt tokens per pass while no sequence decodes (none waits on it)
+REORDER_BYTES = 256 << 20  # the largest temporary of a beam reorder of the KV cache
 KV_SHARE_OF_FREE_MEMORY = 0.8  # of the memory left after the weights, on a GPU
 KV_SHARE_OF_CPU_MEMORY = 0.5  # of the available RAM, on the CPU
 
@@ -71,10 +72,14 @@ def triton_kernels():
 
 @dataclass
 class Block:
-    """Contiguous layers on one device, with their KV cache [slots, kv_heads, capacity, head_dim] per layer."""
+    """Contiguous layers on one device, with their KV cache [slots, kv_heads, capacity, head_dim] per layer:
+    views of one tensor [layers, slots, kv_heads, capacity, head_dim] for keys and one for values, so that
+    moving a slot's cache (beams) is one copy per block."""
 
     device: torch.device
     layers: list[LayerWeights]
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
     k: list[torch.Tensor] = field(default_factory=list)
     v: list[torch.Tensor] = field(default_factory=list)
     cos: torch.Tensor | None = None  # row p: cos/sin of a decode step at position p
@@ -176,6 +181,17 @@ class TokenReader:
     @property
     def in_flight(self) -> int:
         return len(self.rows)
+
+
+def _copy_slots(cache: torch.Tensor, source: torch.Tensor, target: torch.Tensor, used: int) -> None:
+    """cache[:, target, :, :used] = cache[:, source, :, :used] over all layers of a block, a few layers per
+    copy so that the gathered temporary stays under REORDER_BYTES."""
+    layers, _, kv_heads, _, head_dim = cache.shape
+    per_layer = len(source) * kv_heads * used * head_dim * cache.element_size()
+    step = max(1, REORDER_BYTES // max(per_layer, 1))
+    for first in range(0, layers, step):
+        part = cache[first:first + step]
+        part[:, target, :, :used] = part[:, source, :, :used]
 
 
 def on_device(device: torch.device):
@@ -311,8 +327,9 @@ class FastEngine:
             # positions in use, so its cache is left unwritten and costs memory only as sequences fill it.
             new = torch.zeros if block.device.type == "cuda" else torch.empty
             with torch.no_grad():
-                block.k = [new(shape, dtype=self.dtype, device=block.device) for _ in block.layers]
-                block.v = [new(shape, dtype=self.dtype, device=block.device) for _ in block.layers]
+                block.keys = new((len(block.layers), *shape), dtype=self.dtype, device=block.device)
+                block.values = new((len(block.layers), *shape), dtype=self.dtype, device=block.device)
+                block.k, block.v = list(block.keys.unbind(0)), list(block.values.unbind(0))
                 # Row p: a decode step at position p (dynamic NTK sees a p + 1 token sequence there).
                 cos, sin = self.rope.cos_sin(positions[:, None], positions + 1, self.dtype)
                 block.cos, block.sin = cos[:, 0].to(block.device), sin[:, 0].to(block.device)
@@ -345,7 +362,7 @@ class FastEngine:
 
     @property
     def state(self) -> EngineState:
-        cache_bytes = sum(t.numel() * t.element_size() for b in self.blocks for t in (*b.k, *b.v))
+        cache_bytes = sum(t.numel() * t.element_size() for b in self.blocks for t in (b.keys, b.values) if t is not None)
         return EngineState(self.kernels.name, self.slots, self.max_sequence, cache_bytes / 2**30,
                            tuple(str(b.device) for b in self.blocks), bool(self._graphs))
 
@@ -583,8 +600,8 @@ class FastEngine:
         """Copy the prompt's keys and values to every beam's slot and take the first beam step."""
         length, first, others = request.length, request.slot, request.slots[1:]
         for block in self.blocks:
-            for cache in (*block.k, *block.v):
-                cache[others, :, :length] = cache[first, :, :length]
+            for cache in (block.keys, block.values):
+                cache[:, others, :, :length] = cache[:, first, None, :, :length]
         for slot in request.slots:
             self.temperature[slot] = 0.0  # the decode step's own choice is unused for beams
             self.penalty[slot] = 1.0
@@ -609,8 +626,8 @@ class FastEngine:
             used = request.length + request.launched - 1  # positions holding keys and values
             for block in self.blocks:
                 source, target = slots.to(block.device)[order.to(block.device)], slots.to(block.device)
-                for cache in (*block.k, *block.v):
-                    cache[target, :, :used] = cache[source, :, :used]
+                for cache in (block.keys, block.values):
+                    _copy_slots(cache, source, target, used)
         self.token[slots] = tokens.to(self.device)
         request.tokens.put(request.beams.output_ids)
 
@@ -710,6 +727,7 @@ class FastEngine:
             self._scheduler.join()
         self._graphs = {}
         for block in self.blocks:
+            block.keys = block.values = None
             block.k, block.v = [], []
 
     def _synchronize(self) -> None:

@@ -60,13 +60,14 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
 ROWS = 16
 GEMV_FOR_ONE_ROW = True
 DEFAULT_ROWS_CONFIG = (32, 256, 4, 3)
-# The best worst case over 4 and 16 rows of bench/step.py --sweep on an H200 (results/2026-11-30-step2-sweep.json); the
-# order follows the batch-1 table: InternLM-7B, InternLM-20B, InternLM2/2.5-7B, InternLM2-20B, InternLM3-8B.
+# The best worst case over 4 and 16 rows of bench/step.py --sweep on an H200 (results/2026-11-30-step2-sweep.json;
+# the 7-8B shapes again with split K in results/2026-11-30-r3-step-sweep.json); the order follows the batch-1
+# table: InternLM-7B, InternLM-20B, InternLM2/2.5-7B, InternLM2-20B, InternLM3-8B.
 ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (12288, 4096): (64, 128, 4, 4),
-    (4096, 4096): (32, 512, 4, 3),
+    (4096, 4096): (32, 256, 4, 3, 2),
     (22016, 4096): (32, 512, 4, 3),
-    (4096, 11008): (32, 512, 4, 3),
+    (4096, 11008): (32, 256, 4, 3, 2),
     (103168, 4096): (64, 128, 4, 4),
     (15360, 5120): (128, 256, 8, 3),
     (5120, 5120): (64, 256, 4, 3),
@@ -74,8 +75,8 @@ ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (5120, 13824): (64, 256, 4, 3),
     (103168, 5120): (64, 128, 4, 4),
     (6144, 4096): (64, 256, 4, 3),
-    (28672, 4096): (32, 256, 4, 3),
-    (4096, 14336): (32, 512, 4, 3),
+    (28672, 4096): (128, 128, 4, 3),
+    (4096, 14336): (32, 256, 4, 3, 2),
     (92544, 4096): (128, 128, 4, 3),
     (8192, 6144): (64, 256, 4, 3),
     (6144, 6144): (64, 256, 4, 3),
@@ -84,7 +85,7 @@ ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (92544, 6144): (128, 128, 4, 3),
     (4608, 4096): (64, 256, 4, 3),
     (20480, 4096): (32, 512, 4, 3),
-    (4096, 10240): (32, 512, 4, 3),
+    (4096, 10240): (32, 256, 4, 3, 2),
     (128512, 4096): (128, 128, 4, 3),
 }
 ATTENTION_CHUNK = 64  # cache positions per step of an attention program
@@ -441,46 +442,44 @@ def _attention_partial_mha_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part
 @triton.jit
 def _attention_partial_kernel(q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, part_out_ptr, part_lse_ptr,
                               scale, capacity, cache_slot_stride, cache_head_stride, HEADS: tl.constexpr,
-                              CHUNK: tl.constexpr, SPLITS: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr,
-                              SUB_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
-    """SUB of the GROUP query heads of one KV head of one row over the CHUNKs split, split + SPLITS, ...
-    of its positions (grouped-query attention; several programs share a KV head when its group is large)."""
-    program = tl.program_id(0)
-    kv_head = program // (GROUP // SUB)
+                              CHUNK: tl.constexpr, SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                              HEAD_DIM: tl.constexpr):
+    """The GROUP query heads of one KV head of one row over the CHUNKs split, split + SPLITS, ... of its
+    positions (grouped-query attention): both products on the tensor cores, the heads padded to GROUP_PAD
+    rows, the softmax in float32 with its weights rounded to the cache dtype for the second product."""
+    dtype = k_cache_ptr.dtype.element_ty
+    PRECISION: tl.constexpr = "ieee" if dtype == tl.float32 else "tf32"
+    kv_head = tl.program_id(0)
     split = tl.program_id(1)
     row = tl.program_id(2)
     first, length = _attended_span(pos_ptr, row, capacity)
-    chunk0 = first // CHUNK + split
-    if chunk0 * CHUNK < length:  # a split with no chunk does nothing; the reduction skips it
-        groups = tl.arange(0, SUB_PAD)
+    start = (first // CHUNK + split) * CHUNK
+    if start < length:  # a split with no chunk does nothing; the reduction skips it
+        groups = tl.arange(0, GROUP_PAD)
         dims = tl.arange(0, HEAD_DIM)
-        heads = kv_head * GROUP + (program % (GROUP // SUB)) * SUB + groups
-        group_ok = groups < SUB
+        heads = kv_head * GROUP + groups
+        group_ok = groups < GROUP
         q = tl.load(q_ptr + (row * HEADS + heads[:, None]) * HEAD_DIM + dims[None, :], mask=group_ok[:, None],
                     other=0.0)
-        q = q.to(tl.float32) * scale
-        best = tl.full([SUB_PAD], float("-inf"), dtype=tl.float32)
-        total = tl.zeros([SUB_PAD], dtype=tl.float32)
-        acc = tl.zeros([SUB_PAD, HEAD_DIM], dtype=tl.float32)
-        steps = tl.arange(0, BLOCK_T)
+        best = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
+        total = tl.zeros([GROUP_PAD], dtype=tl.float32)
+        acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
+        steps = tl.arange(0, CHUNK)
         k_base = k_cache_ptr + row.to(tl.int64) * cache_slot_stride + kv_head * cache_head_stride
         v_base = v_cache_ptr + row.to(tl.int64) * cache_slot_stride + kv_head * cache_head_stride
-        start = tl.maximum(chunk0 * CHUNK, first - first % BLOCK_T)  # a first block holds a position in use
-        while start < length:
-            for block in range(0, CHUNK, BLOCK_T):
-                t = start + block + steps
-                t_ok = (t < length) & (t >= first)
-                keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
-                scores = tl.sum(q[:, None, :] * keys.to(tl.float32)[None, :, :], axis=2)
-                scores = tl.where(t_ok[None, :], scores, float("-inf"))
-                new_best = tl.maximum(best, tl.max(scores, axis=1))
-                rescale = tl.exp(best - new_best)
-                weights = tl.exp(scores - new_best[:, None])
-                values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
-                acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * values.to(tl.float32)[None, :, :],
-                                                      axis=1)
-                total = total * rescale + tl.sum(weights, axis=1)
-                best = new_best
+        while start < length:  # the first chunk always holds a position in use, so ``best`` turns finite
+            t = start + steps
+            t_ok = (t < length) & (t >= first)
+            keys = tl.load(k_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+            scores = tl.dot(q, tl.trans(keys), input_precision=PRECISION) * scale  # [GROUP_PAD, CHUNK]
+            scores = tl.where(t_ok[None, :], scores, float("-inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=1))
+            rescale = tl.exp(best - new_best)
+            weights = tl.exp(scores - new_best[:, None])
+            values = tl.load(v_base + t[:, None] * HEAD_DIM + dims[None, :], mask=t_ok[:, None], other=0.0)
+            acc = acc * rescale[:, None] + tl.dot(weights.to(dtype), values, input_precision=PRECISION)
+            total = total * rescale + tl.sum(weights, axis=1)
+            best = new_best
             start += SPLITS * CHUNK
         part = (row * HEADS + heads) * SPLITS + split
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc / total[:, None],
@@ -822,9 +821,11 @@ class TritonDecodeKernels:
         batch, heads, head_dim = q.shape
         kv_heads, capacity = k_cache.shape[1], k_cache.shape[2]
         group = heads // kv_heads
-        # ATTENTION_SPLITS programs per row and head share its chunks of CHUNK positions round-robin, and at
-        # most 4 query heads share a program, so work follows the length in use (not the capacity) and a
-        # short context still has enough programs. A row's result depends on its length only, not the batch.
+        # ATTENTION_SPLITS programs per row and head (per KV head with grouped queries) share its chunks of
+        # CHUNK positions round-robin, so work follows the length in use (not the capacity) and a short
+        # context still has enough programs. A row's result depends on its length only, not the batch.
+        if group > 1 and head_dim < 16:  # narrower than the tensor cores' tile: the reference op
+            return TorchDecodeKernels().attention(q, k_cache, v_cache, positions, scale)
         part_out = torch.empty((batch, heads, ATTENTION_SPLITS, head_dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((batch, heads, ATTENTION_SPLITS), dtype=torch.float32, device=q.device)
         common = (q, k_cache, v_cache, positions, part_out, part_lse, scale, capacity, k_cache.stride(0),
@@ -835,10 +836,9 @@ class TritonDecodeKernels:
                 BLOCK_T=ATTENTION_CHUNK, num_warps=4,
             )
         else:
-            sub = next(size for size in (4, 3, 2, 1) if group % size == 0)
-            _attention_partial_kernel[(heads // sub, ATTENTION_SPLITS, batch)](
-                *common, HEADS=heads, CHUNK=ATTENTION_CHUNK, SPLITS=ATTENTION_SPLITS, GROUP=group, SUB=sub,
-                SUB_PAD=triton.next_power_of_2(sub), HEAD_DIM=head_dim, BLOCK_T=32, num_warps=4,
+            _attention_partial_kernel[(kv_heads, ATTENTION_SPLITS, batch)](
+                *common, HEADS=heads, CHUNK=ATTENTION_CHUNK, SPLITS=ATTENTION_SPLITS, GROUP=group,
+                GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, num_warps=4,
             )
         out = torch.empty((batch, heads * head_dim), dtype=q.dtype, device=q.device)
         _attention_reduce_kernel[(heads, batch)](

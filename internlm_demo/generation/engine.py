@@ -621,13 +621,15 @@ class FastEngine:
         if finished:
             self._finish(request, "stop")
             return
-        moved = order.tolist() != list(range(len(request.slots)))
+        # only the beams whose row now continues another beam get that beam's keys and values
+        moved = [(request.slots[row], request.slots[beam]) for beam, row in zip(order.tolist(), range(len(order)))
+                 if beam != row]
         if moved:
             used = request.length + request.launched - 1  # positions holding keys and values
+            target, source = (torch.tensor(column) for column in zip(*moved))
             for block in self.blocks:
-                source, target = slots.to(block.device)[order.to(block.device)], slots.to(block.device)
                 for cache in (block.keys, block.values):
-                    _copy_slots(cache, source, target, used)
+                    _copy_slots(cache, source.to(block.device), target.to(block.device), used)
         self.token[slots] = tokens.to(self.device)
         request.tokens.put(request.beams.output_ids)
 

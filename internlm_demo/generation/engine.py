@@ -194,6 +194,16 @@ def _copy_slots(cache: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
         part[:, target, :, :used] = part[:, source, :, :used]
 
 
+def to_device(values, device: torch.device, dtype=torch.long) -> torch.Tensor:
+    """Host ``values`` (a list or a CPU tensor) on ``device`` without waiting for the work queued there: a
+    copy from pageable memory first waits for the stream to drain (the decode steps queued ahead), one from
+    pinned memory does not."""
+    tensor = torch.as_tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def on_device(device: torch.device):
     """Make ``device`` current (Triton launches on the current CUDA device); nothing on the CPU."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -380,19 +390,18 @@ class FastEngine:
         if request.prompt_embeds is not None:
             x = request.prompt_embeds[:, start:end].to(device=first, dtype=self.dtype)
         else:
-            ids = torch.tensor([request.prompt_ids[start:end]], dtype=torch.long, device=self.embed.device)
-            x = F.embedding(ids, self.embed).to(first)
+            x = F.embedding(to_device([request.prompt_ids[start:end]], self.embed.device), self.embed).to(first)
         positions = torch.arange(start, end)[None]
         # transformers embeds a prompt with the rope frequencies of its whole length (dynamic NTK)
         cos, sin = self.rope.cos_sin(positions, torch.tensor([length]), self.dtype)
         groups = heads // kv_heads
         for block in self.blocks:
             x = x.to(block.device)
-            cos_b, sin_b = cos[:, None].to(block.device), sin[:, None].to(block.device)
+            cos_b, sin_b = (to_device(table[:, None], block.device, self.dtype) for table in (cos, sin))
             visible = None
             if start > 0:
                 keys = torch.arange(end, device=block.device)
-                visible = keys[None, :] <= positions.to(block.device)[0, :, None]
+                visible = keys[None, :] <= to_device(positions, block.device)[0, :, None]
             for w, k_cache, v_cache in zip(block.layers, block.k, block.v):
                 qkv = F.linear(rms_norm(x, w.input_norm, self.eps), w.qkv, w.qkv_bias)
                 q, k, v = qkv.view(1, count, heads + 2 * kv_heads, head_dim).transpose(1, 2).split(
@@ -528,7 +537,7 @@ class FastEngine:
         self.step[slot] = 0
         self.seen[slot] = False
         if request.seen_ids:
-            self.seen[slot, torch.tensor(request.seen_ids, device=self.device)] = True
+            self.seen[slot, to_device(request.seen_ids, self.device)] = True
         rows = slice(slot, slot + 1)
         with on_device(self.device):
             self.kernels.choose(logits, self.seen[rows], self.penalty[rows], self.temperature[rows], self.top_k[rows],
@@ -617,7 +626,7 @@ class FastEngine:
             return
         order, tokens, finished = request.beams.step(logits)
         request.launched += 1
-        slots = torch.tensor(request.slots, device=self.device)
+        slots = to_device(request.slots, self.device)
         if finished:
             self._finish(request, "stop")
             return
@@ -626,11 +635,11 @@ class FastEngine:
                  if beam != row]
         if moved:
             used = request.length + request.launched - 1  # positions holding keys and values
-            target, source = (torch.tensor(column) for column in zip(*moved))
+            target, source = zip(*moved)
             for block in self.blocks:
                 for cache in (block.keys, block.values):
-                    _copy_slots(cache, source.to(block.device), target.to(block.device), used)
-        self.token[slots] = tokens.to(self.device)
+                    _copy_slots(cache, to_device(source, block.device), to_device(target, block.device), used)
+        self.token[slots] = to_device(tokens, self.device)
         request.tokens.put(request.beams.output_ids)
 
     def _deliver(self, keep: int) -> None:

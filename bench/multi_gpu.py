@@ -158,7 +158,8 @@ def measure_xcomposer(workdir: Path, gpu_counts: list[int], fixtures: Path) -> d
         load_peaks, held = peak_gib(), held_gib()
         embeds = model.embed(chat_segments("What is in the picture?", model.encode_image(image), None))
         ids = model.decoder(embeds, num_beams=1, max_new_tokens=GREEDY_TOKENS).run()
-        row = {"num_gpus": count, "held_gib": held[:count], "gpu0_peak_during_load_gib": load_peaks[0],
+        row = {"num_gpus": count, "llm_weight_gib": weight_gib_per_device(model.llm), "held_gib": held[:count],
+               "gpu0_peak_during_load_gib": load_peaks[0],
                "gpu0_final_gib": held[0], "gpu0_peak_over_final": load_peaks[0] / held[0]}
         if count == 1:
             single = ids
@@ -166,6 +167,8 @@ def measure_xcomposer(workdir: Path, gpu_counts: list[int], fixtures: Path) -> d
             row["greedy_64_equal_to_single_gpu"] = ids == single
         results[count] = row
         print(json.dumps(row), flush=True)
+        if model.engine is not None:  # its scheduler holds the model: GPU 0 kept the one-GPU copy otherwise
+            model.engine.close()
         del model
         gc.collect()
         torch.cuda.empty_cache()

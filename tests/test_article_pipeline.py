@@ -14,6 +14,7 @@ from internlm_demo.xcomposer.article import (
     Article,
     ArticleError,
     ComposeSettings,
+    Note,
     XComposerWriter,
     compose,
     editing,
@@ -158,18 +159,19 @@ def test_sections_are_lines_with_blank_lines_collapsed_at_most_60():
 
 def test_locations_parse_and_fall_back():
     assert pipeline.parse_locations("<Seg3>、<Seg1>和<Seg3>，还有<Seg9>", 5) == [3, 1]
-    assert pipeline.choose_positions([3, 1], 5, None) == ([1, 3], None)
-    positions, note = pipeline.choose_positions([], 9, None)
-    assert positions == [1, 4, 7] and "did not parse" in note  # 9 // 3 images, one in the middle of each third
-    assert pipeline.choose_positions([4, 0, 2], 6, 2) == ([0, 4], None)  # the model's first two
-    positions, note = pipeline.choose_positions([5], 10, 3)
-    assert positions == [1, 5, 8] and "1 usable section" in note  # topped up evenly spaced
-    positions, note = pipeline.choose_positions([], 2, 30)
+    assert pipeline.choose_positions([3, 1], 5, None) == ([1, 3], [])
+    positions, notes = pipeline.choose_positions([], 9, None)
+    assert positions == [1, 4, 7]  # 9 // 3 images, one in the middle of each third
+    assert notes == [Note("sections_unparsed", {"count": 3})]
+    assert pipeline.choose_positions([4, 0, 2], 6, 2) == ([0, 4], [])  # the model's first two
+    positions, notes = pipeline.choose_positions([5], 10, 3)
+    assert positions == [1, 5, 8] and notes == [Note("sections_topped_up", {"named": 1, "wanted": 3})]  # evenly spaced
+    positions, notes = pipeline.choose_positions([], 2, 30)
     assert positions == [0, 1]  # never more images than sections, and the note counts what was asked
-    assert note == ("30 images were asked for, but the article has only 2 section(s): 2 image(s) placed. "
-                    "The model named 0 usable section(s) for the 2 image(s); the rest were chosen evenly spaced.")
-    positions, note = pipeline.choose_positions([0], 1, 3)
-    assert positions == [0] and note == "3 images were asked for, but the article has only 1 section(s): 1 image(s) placed."
+    assert notes == [Note("too_few_sections", {"asked": 30, "sections": 2, "placed": 2}),
+                     Note("sections_topped_up", {"named": 0, "wanted": 2})]
+    positions, notes = pipeline.choose_positions([0], 1, 3)
+    assert positions == [0] and notes == [Note("too_few_sections", {"asked": 3, "sections": 1, "placed": 1})]
     assert pipeline.evenly_spaced(10, 3) == [1, 5, 8] and pipeline.evenly_spaced(1, 1) == [0]
 
 
@@ -218,8 +220,8 @@ def test_unparsable_outputs_fall_back_and_say_so(writer, gallery):
     _, article = run(model, gallery)
     assert sorted(article.placements) == pipeline.evenly_spaced(5, pipeline.fallback_image_count(5)) == [2]
     assert all(p.chosen == 0 for p in article.placements.values())
-    assert any("choice of sections did not parse" in note for note in article.notes)
-    assert any("pick of a candidate did not parse; candidate A was used" in note for note in article.notes)
+    assert Note("sections_unparsed", {"count": 1}) in article.notes
+    assert Note("pick_unparsed", {"section": 3}) in article.notes
 
 
 def test_fixed_number_of_images_without_model_selection(writer, gallery):
@@ -227,7 +229,7 @@ def test_fixed_number_of_images_without_model_selection(writer, gallery):
     article = Article("又见敦煌", pipeline.split_sections(ARTICLE), str(gallery.root))
     events = list(illustrate(model, gallery, article, ComposeSettings(image_count=3, model_selects_images=False)))
     assert sorted(article.placements) == [0, 2, 4] and model.choices_asked == 0
-    assert article.notes == ["The model named 1 usable section(s) for the 3 image(s); the rest were chosen evenly spaced."]
+    assert article.notes == [Note("sections_topped_up", {"named": 1, "wanted": 3})]
     assert events[-1].stage == "done" and all(p.chosen == 0 for p in article.placements.values())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import struct
@@ -27,7 +28,7 @@ from apps.xcomposer.context import ModelProvider
 from internlm_demo.settings import Settings
 from internlm_demo.ui.i18n import labels
 from internlm_demo.xcomposer import load_xcomposer
-from internlm_demo.xcomposer.article import Article
+from internlm_demo.xcomposer.article import Article, Note, pipeline
 from internlm_demo.xcomposer.prompts import conversation_prompt
 from tests.conftest import FIXTURES_DIR, REPO, last
 from tests.servers import free_port
@@ -117,6 +118,23 @@ def test_handler_messages_follow_the_language(provider, tmp_path):
     article = Article("标题", ["第一段", "第二段"], str(tmp_path))
     assert article_handlers.delete_section_image(article, 1, "中文")[1] == "第 2 段已更新。"
     assert article_handlers.delete_section_image(article, 1)[1] == "Section 2 updated."
+
+
+def test_pipeline_notes_follow_the_language(tmp_path):
+    """Every note the pipeline writes has a text in both languages, its fields filled in."""
+    fields = {"sections_unparsed": {"count": 2}, "too_few_sections": {"asked": 9, "sections": 2, "placed": 2},
+              "sections_topped_up": {"named": 1, "wanted": 2}, "image_rejected": {"section": 2, "error": "(error)"},
+              "pick_unparsed": {"section": 2}, "gallery_exhausted": {"section": 2}, "caption_missing": {"section": 2}}
+    pipeline_source = Path(pipeline.__file__).read_text(encoding="utf-8")
+    assert sorted(fields) == sorted(re.findall(r'Note\("(\w+)"', pipeline_source))  # every note the pipeline makes
+    article = Article("标题", ["第一段", "第二段"], str(tmp_path), notes=[Note(key, f) for key, f in fields.items()])
+    chinese = article_handlers.notes_view(article, "中文").splitlines()
+    english = article_handlers.notes_view(article, "English").splitlines()
+    assert len(chinese) == len(english) == len(fields)
+    assert all(line.startswith("- **提示：**") and not re.search(r"[A-Za-z]{3}", line.replace("(error)", ""))
+               for line in chinese)
+    assert "9 images were asked for, but the article has only 2 section(s): 2 image(s) placed." in english[1]
+    assert "要求配 9 张图，但文章只有 2 段：配了 2 张。" in chinese[1]
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from internlm_demo.xcomposer.article import (
     Article,
     ArticleError,
     ComposeSettings,
+    Note,
     XComposerWriter,
     add_image,
     compose,
@@ -113,11 +114,15 @@ def article_view(article: Article) -> str:
     return to_markdown(article, link)
 
 
+def note_text(note: Note, language: str = LANGUAGES[0]) -> str:
+    return labels(language, "article")(f"note_{note.key}", **note.fields)
+
+
 def notes_view(article: Article | None, language: str = LANGUAGES[0]) -> str:
     if article is None or not article.notes:
         return ""
-    note = labels(language, "article")("note")
-    return "\n".join(f"- **{note}** {text}" for text in article.notes)
+    mark = labels(language, "article")("note")
+    return "\n".join(f"- **{mark}** {note_text(note, language)}" for note in article.notes)
 
 
 def section_choices(article: Article, language: str = LANGUAGES[0]) -> list[tuple[str, int]]:
@@ -250,7 +255,7 @@ def run_stages(events, article: Article | None, progress, language: str, stages=
             elif event.stage == "done":
                 done = t("done", images=len(article.placements), sections=len(article.sections))
                 for note in article.notes:
-                    gr.Warning(note)
+                    gr.Warning(note_text(note, language))
                 yield article_outputs(article, board("done") + f"\n\n{done}", language=language)
             else:
                 yield article_outputs(article, board(current, step, total), language=language)

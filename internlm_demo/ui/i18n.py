@@ -203,6 +203,19 @@ ARTICLE: dict[str, tuple[str, str]] = {
     "stage_selecting": ("selecting", "选图"),
     "done": ("Done: {images} image(s) in {sections} section(s).", "完成：{sections} 段文字，{images} 张配图。"),
     "note": ("Note:", "提示："),
+    "note_sections_unparsed": ("The model's choice of sections did not parse; {count} evenly spaced section(s) were "
+                               "illustrated instead.", "模型给出的配图段落无法解析，改为均匀选取 {count} 段配图。"),
+    "note_too_few_sections": ("{asked} images were asked for, but the article has only {sections} section(s): "
+                              "{placed} image(s) placed.", "要求配 {asked} 张图，但文章只有 {sections} 段：配了 {placed} 张。"),
+    "note_sections_topped_up": ("The model named {named} usable section(s) for the {wanted} image(s); the rest were "
+                                "chosen evenly spaced.", "模型为 {wanted} 张图给出了 {named} 个可用段落，其余段落均匀选取。"),
+    "note_image_rejected": ("Section {section}: {error} Candidate A was kept.", "第 {section} 段：{error} 保留了候选图 A。"),
+    "note_pick_unparsed": ("Section {section}: the model's pick of a candidate did not parse; candidate A was used.",
+                           "第 {section} 段：模型的选图结果无法解析，使用了候选图 A。"),
+    "note_gallery_exhausted": ("Section {section}: the gallery has no unused image left; it stays without one.",
+                               "第 {section} 段：图库中已没有未用过的图片，该段不配图。"),
+    "note_caption_missing": ("Section {section}: the model wrote no caption; the section's last words were used.",
+                             "第 {section} 段：模型没有写出图片描述，改用该段结尾的文字。"),
     "indexing": ("indexing the gallery: {path}", "正在为图库建立索引：{path}"),
     "indexed": ("{status} Index: {summary}.", "{status} 索引：{summary}。"),
     "write_first": ("Write an article first.", "请先生成文章。"),

@@ -4,7 +4,7 @@
 ``editing``: changes a user makes afterwards; ``export``: Markdown and a zip; ``writer``: the model adapter.
 """
 
-from .document import STAGES, Article, ArticleError, ComposerModel, ComposeSettings, Placement, StageEvent
+from .document import STAGES, Article, ArticleError, ComposerModel, ComposeSettings, Note, Placement, StageEvent
 from .editing import add_image, delete_image, pick_candidate, search_again, set_section_text
 from .export import export_zip, to_markdown
 from .pipeline import compose, illustrate
@@ -16,6 +16,7 @@ __all__ = [
     "ArticleError",
     "ComposeSettings",
     "ComposerModel",
+    "Note",
     "Placement",
     "StageEvent",
     "XComposerWriter",

@@ -58,6 +58,15 @@ class Placement:
         return self.candidates[self.chosen] if self.candidates else None
 
 
+@dataclass(frozen=True)
+class Note:
+    """A fallback or problem of the pipeline, for the UI: ``key`` names its text in the i18n "article" table
+    (``note_<key>``), ``fields`` fill it in."""
+
+    key: str
+    fields: dict = field(default_factory=dict)
+
+
 @dataclass
 class Article:
     """An article being composed or edited."""
@@ -66,7 +75,7 @@ class Article:
     sections: list[str]
     gallery_root: str
     placements: dict[int, Placement] = field(default_factory=dict)  # section index → image
-    notes: list[str] = field(default_factory=list)  # fallbacks and problems, for the UI
+    notes: list[Note] = field(default_factory=list)  # fallbacks and problems, for the UI
 
     def placed_images(self, except_section: int | None = None) -> set[str]:
         return {p.image for i, p in self.placements.items() if p.image and i != except_section}

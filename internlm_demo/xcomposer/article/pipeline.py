@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from ..gallery import GalleryIndex
 from ..preprocess import ImageRejectedError, load_image
 from ..prompts import EOH, align_text, parse_selection, select_image_text
-from .document import Article, ArticleError, ComposerModel, ComposeSettings, Placement, StageEvent
+from .document import Article, ArticleError, ComposerModel, ComposeSettings, Note, Placement, StageEvent
 
 MAX_SECTIONS = 60
 MAX_TITLE_CHARS = 200
@@ -106,30 +106,27 @@ def fallback_image_count(section_count: int) -> int:
     return max(1, min(FALLBACK_MAX_IMAGES, section_count // FALLBACK_SECTIONS_PER_IMAGE))
 
 
-def choose_positions(parsed: list[int], section_count: int, fixed_count: int | None) -> tuple[list[int], str | None]:
-    """The sections to illustrate, ascending, and a note when a fallback decided (some of) them."""
+def choose_positions(parsed: list[int], section_count: int, fixed_count: int | None) -> tuple[list[int], list[Note]]:
+    """The sections to illustrate, ascending, and notes when a fallback decided (some of) them."""
     if fixed_count is None:
         if parsed:
-            return sorted(parsed), None
+            return sorted(parsed), []
         count = fallback_image_count(section_count)
-        return evenly_spaced(section_count, count), (
-            f"The model's choice of sections did not parse; {count} evenly spaced section(s) were illustrated instead.")
+        return evenly_spaced(section_count, count), [Note("sections_unparsed", {"count": count})]
     asked = max(1, int(fixed_count))
     wanted = min(asked, section_count)
     notes = []
     if wanted < asked:
-        notes.append(f"{asked} images were asked for, but the article has only {section_count} section(s): "
-                     f"{wanted} image(s) placed.")
+        notes.append(Note("too_few_sections", {"asked": asked, "sections": section_count, "placed": wanted}))
     positions = parsed[:wanted]
     if len(positions) < wanted:
-        notes.append(f"The model named {len(positions)} usable section(s) for the {wanted} image(s); "
-                     "the rest were chosen evenly spaced.")
+        notes.append(Note("sections_topped_up", {"named": len(positions), "wanted": wanted}))
     for position in evenly_spaced(section_count, wanted) + list(range(section_count)):
         if len(positions) == wanted:
             break
         if position not in positions:
             positions.append(position)
-    return sorted(positions), " ".join(notes) or None
+    return sorted(positions), notes
 
 
 def past_captions_text(earlier: list[tuple[int, str]]) -> str:
@@ -189,7 +186,7 @@ def find_candidates(gallery: GalleryIndex, caption: str, placed: set[str], shown
     return [hit.path for hit in hits]
 
 
-def select_candidate(model: ComposerModel, gallery: GalleryIndex, article: Article, position: int) -> str | None:
+def select_candidate(model: ComposerModel, gallery: GalleryIndex, article: Article, position: int) -> Note | None:
     """Let the model pick among the candidates of ``position``; returns a note when it fell back to A."""
     placement = article.placements[position]
     placement.chosen = 0
@@ -200,11 +197,11 @@ def select_candidate(model: ComposerModel, gallery: GalleryIndex, article: Artic
     try:
         images = [load_image(gallery.absolute(path)) for path in paths]
     except ImageRejectedError as error:
-        return f"Section {position + 1}: {error} Candidate A was kept."
+        return Note("image_rejected", {"section": position + 1, "error": str(error)})
     prompt = select_prompt(article.sections, [*earlier, position], len(placement.candidates))
     choice = parse_selection(model.choose_image(prompt, images), len(placement.candidates))
     if choice is None:
-        return f"Section {position + 1}: the model's pick of a candidate did not parse; candidate A was used."
+        return Note("pick_unparsed", {"section": position + 1})
     placement.chosen = choice
     return None
 
@@ -237,9 +234,8 @@ def illustrate(model: ComposerModel, gallery: GalleryIndex, article: Article, se
     article.placements = {}
     yield StageEvent("placing", "Choosing the sections to illustrate…", article=article)
     output = model.generate_text(location_prompt(sections, settings.image_count), **LOCATION_GENERATION)
-    positions, note = choose_positions(parse_locations(output, len(sections)), len(sections), settings.image_count)
-    if note:
-        article.notes.append(note)
+    positions, notes = choose_positions(parse_locations(output, len(sections)), len(sections), settings.image_count)
+    article.notes.extend(notes)
 
     captions: list[tuple[int, str]] = []
     for step, position in enumerate(positions):
@@ -252,7 +248,7 @@ def illustrate(model: ComposerModel, gallery: GalleryIndex, article: Article, se
         candidates = find_candidates(gallery, caption, article.placed_images(), shown)
         shown.update(candidates)
         if not candidates:
-            article.notes.append(f"Section {position + 1}: the gallery has no unused image left; it stays without one.")
+            article.notes.append(Note("gallery_exhausted", {"section": position + 1}))
             continue
         article.placements[position] = Placement(caption, candidates)
         yield StageEvent("selecting", f"Choosing the best image for section {position + 1}…", step, len(captions), article=article)
@@ -270,5 +266,5 @@ def write_caption(model: ComposerModel, article: Article, position: int, earlier
     caption = parse_caption(output)
     if not caption:
         caption = fallback_caption(article.sections[position])
-        article.notes.append(f"Section {position + 1}: the model wrote no caption; the section's last words were used.")
+        article.notes.append(Note("caption_missing", {"section": position + 1}))
     return caption

@@ -600,6 +600,14 @@ def first_reply_child(folder: str) -> None:
 # ---- profile -------------------------------------------------------------------------------------
 
 
+def kernel_times(prof, steps: int) -> dict[str, tuple[float, float]]:
+    """Per kernel a torch profile saw, the costliest first: (GPU microseconds, launches) per step."""
+    events = prof.key_averages()
+    key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    rows = sorted((e for e in events if getattr(e, key) > 0), key=lambda e: getattr(e, key), reverse=True)
+    return {e.key[:100]: (round(getattr(e, key) / steps, 1), e.count / steps) for e in rows}
+
+
 def profile_decode(engine: FastEngine, prompt_ids, steps: int = 32) -> str:
     """GPU time per kernel while the engine decodes ``steps`` greedy tokens of one request."""
     from torch.profiler import ProfilerActivity, profile
@@ -607,13 +615,11 @@ def profile_decode(engine: FastEngine, prompt_ids, steps: int = 32) -> str:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         drain(engine.generate(prompt_ids, GenerationParams(do_sample=False, max_new_tokens=steps), set()))
         torch.cuda.synchronize()
-    events = prof.key_averages()
-    key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)
-    total = sum(getattr(e, key) for e in rows)
-    lines = [f"{steps} greedy tokens (prefill included): {total / steps / 1000:.3f} ms of kernel time per token"]
-    for event in rows[:14]:
-        lines.append(f"{getattr(event, key) / steps:9.1f} us/token {event.count / steps:6.1f}x  {event.key[:90]}")
+    times = kernel_times(prof, steps)
+    total = sum(micros for micros, _ in times.values())
+    lines = [f"{steps} greedy tokens (prefill included): {total / 1000:.3f} ms of kernel time per token"]
+    for name, (micros, launches) in list(times.items())[:14]:
+        lines.append(f"{micros:9.1f} us/token {launches:6.1f}x  {name[:90]}")
     return "\n".join(lines)
 
 

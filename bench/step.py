@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode import GIB, SHAPES, read_bandwidth  # noqa: E402
+from decode import GIB, SHAPES, kernel_times, read_bandwidth  # noqa: E402
 
 from internlm_demo.generation import triton_kernels  # noqa: E402
 from internlm_demo.generation.triton_kernels import TritonDecodeKernels  # noqa: E402
@@ -294,15 +294,12 @@ def profile_step(family: str, dtype, context: int, buckets=(1, 16), steps: int =
                 for _ in range(steps):
                     model.decode_step(kernels, batch)
                 torch.cuda.synchronize()
-            events = prof.key_averages()
-            key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-            rows = sorted((e for e in events if getattr(e, key) > 0), key=lambda e: getattr(e, key), reverse=True)
-            per_step = {e.key[:100]: [round(getattr(e, key) / steps, 1), e.count // steps] for e in rows}
-            total = sum(v[0] for v in per_step.values())
+            per_step = kernel_times(prof, steps)
+            total = sum(micros for micros, _ in per_step.values())
             result[str(batch)] = {"kernel_us_per_step": total, "kernels": per_step}
             print(f"{family} {str(dtype)[6:]} B={batch}: {total:.0f} us of kernels per step", flush=True)
-            for name, (micros, count) in list(per_step.items())[:16]:
-                print(f"  {micros:8.1f} us {count:4d}x  {name}", flush=True)
+            for name, (micros, launches) in list(per_step.items())[:16]:
+                print(f"  {micros:8.1f} us {launches:6.1f}x  {name}", flush=True)
     model.layers = model.k = model.v = None
     torch.cuda.empty_cache()
     return result

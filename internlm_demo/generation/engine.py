@@ -626,20 +626,18 @@ class FastEngine:
             return
         order, tokens, finished = request.beams.step(logits)
         request.launched += 1
-        slots = to_device(request.slots, self.device)
         if finished:
             self._finish(request, "stop")
             return
         # only the beams whose row now continues another beam get that beam's keys and values
-        moved = [(request.slots[row], request.slots[beam]) for beam, row in zip(order.tolist(), range(len(order)))
-                 if beam != row]
+        moved = [(request.slots[row], request.slots[beam]) for row, beam in enumerate(order.tolist()) if beam != row]
         if moved:
             used = request.length + request.launched - 1  # positions holding keys and values
             target, source = zip(*moved)
             for block in self.blocks:
                 for cache in (block.keys, block.values):
                     _copy_slots(cache, to_device(source, block.device), to_device(target, block.device), used)
-        self.token[slots] = to_device(tokens, self.device)
+        self.token[to_device(request.slots, self.device)] = to_device(tokens, self.device)
         request.tokens.put(request.beams.output_ids)
 
     def _deliver(self, keep: int) -> None:

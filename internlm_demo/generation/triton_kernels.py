@@ -63,7 +63,7 @@ DEFAULT_ROWS_CONFIG = (32, 256, 4, 3)
 # The best worst case over 4 and 16 rows of bench/step.py --sweep on an H200 (results/2026-11-30-step2-sweep.json;
 # the 7-8B shapes again with split K in results/2026-11-30-r3-step-sweep.json); the order follows the batch-1
 # table: InternLM-7B, InternLM-20B, InternLM2/2.5-7B, InternLM2-20B, InternLM3-8B.
-ROWS_CONFIGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
+ROWS_CONFIGS: dict[tuple[int, int], tuple[int, ...]] = {
     (12288, 4096): (64, 128, 4, 4),
     (4096, 4096): (32, 256, 4, 3, 2),
     (22016, 4096): (32, 512, 4, 3),

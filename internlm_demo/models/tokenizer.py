@@ -39,6 +39,16 @@ def settled_text(text: str) -> str:
     return text
 
 
+def single_token_id(special_to_id: dict[str, int], text: str, encode) -> int:
+    """The id of a special token, or of ``text`` when ``encode`` makes it one token; KeyError otherwise."""
+    if text in special_to_id:
+        return special_to_id[text]
+    ids = encode(text)
+    if len(ids) != 1:
+        raise KeyError(f"{text!r} is not a single token in this tokenizer")
+    return ids[0]
+
+
 @dataclass(frozen=True)
 class SpecialTokens:
     """Markers that are matched as whole strings before sentencepiece sees the text."""
@@ -86,12 +96,7 @@ class InternLMTokenizer:
 
     def token_id(self, text: str) -> int:
         """The id of a special token or of a single sentencepiece piece (e.g. ``<eoa>``)."""
-        if text in self._special_to_id:
-            return self._special_to_id[text]
-        ids = self.sp.encode(text)
-        if len(ids) != 1:
-            raise KeyError(f"{text!r} is not a single token in this tokenizer")
-        return ids[0]
+        return single_token_id(self._special_to_id, text, self.sp.encode)
 
     def encode(self, text: str, add_special_tokens: bool = True,
                plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:
@@ -211,12 +216,7 @@ class FastTokenizer:
 
     def token_id(self, text: str) -> int:
         """The id of a special token or of a text that is a single token."""
-        if text in self._special_to_id:
-            return self._special_to_id[text]
-        ids = self.encode(text, add_special_tokens=False)
-        if len(ids) != 1:
-            raise KeyError(f"{text!r} is not a single token in this tokenizer")
-        return ids[0]
+        return single_token_id(self._special_to_id, text, lambda piece: self.encode(piece, add_special_tokens=False))
 
     def encode(self, text: str, add_special_tokens: bool = True,
                plain_spans: Sequence[tuple[int, int]] = ()) -> list[int]:

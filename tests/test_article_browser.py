@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -56,13 +57,7 @@ def test_write_edit_and_save_in_a_browser(app, output_dir, tmp_path):
         after = article_images(page)
         assert len(after) == len(before) and after != before
 
-        page.locator("#article-save").click()
-        link = page.locator("#article-file a").first
-        expect(link).to_be_visible(timeout=30_000)
-        with page.expect_download() as download_info:
-            link.click()
-        saved = tmp_path / "article.zip"
-        download_info.value.save_as(saved)
+        saved = save_article(page, tmp_path)
         page.screenshot(path=str(output_dir / "article-tab.png"), full_page=True)
 
     with zipfile.ZipFile(saved) as archive:
@@ -113,15 +108,21 @@ def test_section_text_is_editable_enter_searches_and_a_quick_caption_is_kept(app
         expect(caption).to_have_value(typed)
         page.screenshot(path=str(output_dir / "edited.png"), full_page=True)
 
-        page.locator("#article-save").click()
-        link = page.locator("#article-file a").first
-        expect(link).to_be_visible(timeout=30_000)
-        with page.expect_download() as download_info:
-            link.click()
-        saved = tmp_path / "article.zip"
-        download_info.value.save_as(saved)
+        saved = save_article(page, tmp_path)
     with zipfile.ZipFile(saved) as archive:
         assert new_text in archive.read("article.md").decode("utf-8")
+
+
+def save_article(page, folder) -> Path:
+    """Press "Save article" and download the zip it offers into ``folder``."""
+    page.locator("#article-save").click()
+    link = page.locator("#article-file a").first
+    expect(link).to_be_visible(timeout=30_000)
+    with page.expect_download() as download_info:
+        link.click()
+    saved = folder / "article.zip"
+    download_info.value.save_as(saved)
+    return saved
 
 
 def shown_labels(page) -> str:

@@ -34,7 +34,8 @@ class HubEmulator:
         self.corrupt: set[str] = set()  # listed with the true sha256, served with flipped bytes
         self.cuts: dict[str, list[int]] = {}  # path → [bytes sent before the connection drops, times left]
         self.stalls: dict[str, list[int]] = {}  # path → [bytes sent before the response stalls, times left]
-        self.release = threading.Event()
+        self.release = threading.Event()  # ends every stall
+        self.stalled = threading.Event()  # set once a stalled response has sent its bytes
         self.requests: list[tuple[str, str | None]] = []  # (file path or LISTING, Range header)
         self.server: ThreadingHTTPServer | None = None
 
@@ -157,6 +158,7 @@ class HubEmulator:
             stall[1] -= 1
             request.wfile.write(body[: max(stall[0] - start, 0)])
             request.wfile.flush()
+            self.stalled.set()
             self.release.wait(60)
             request.close_connection = True
             return

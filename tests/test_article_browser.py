@@ -126,8 +126,8 @@ def save_article(page, folder) -> Path:
 
 
 def shown_labels(page) -> str:
-    """The page's text without the bilingual title (the pipeline's notes included)."""
-    return page.locator("body").inner_text().replace(TITLE, "")
+    """The page's text without the bilingual title and Gradio's own footer (the pipeline's notes included)."""
+    return page.locator("body").inner_text().replace(TITLE, "").replace(page.locator("footer").inner_text(), "")
 
 
 def test_chinese_labels_are_complete_on_both_tabs(app, output_dir):

@@ -318,7 +318,7 @@ def test_unreadable_gallery_files_are_skipped_and_the_article_still_gets_images(
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (root / "notes.jpg").write_text("text with an image name")
     index = open_gallery(root, cache_dir=tmp_path / "cache")
-    assert len(index) == 4 and "Skipped 2 unreadable file(s)" in index.status()
+    assert len(index) == 4 and "Skipped 2 unreadable file(s)" in str(index.status())
     _, article = run(CappedLengths(writer), index)
     assert placed(article) and all(not image.startswith(("broken", "notes")) for image in placed(article))
 

@@ -176,17 +176,20 @@ def test_unreadable_files_are_skipped_with_a_note(tmp_path):
     index = open_gallery(root, cache_dir=cache)
     assert [image.path for image in index.images] == ["good_lake.png"]
     assert sorted(s.path for s in index.report.skipped) == ["empty.png", "not_an_image.jpg", "truncated.png"]
-    status = index.status()
+    status = str(index.status())
     assert "Skipped 3 unreadable file(s)" in status and "not_an_image.jpg" in status
     again = open_gallery(root, cache_dir=cache)  # the notes are cached with the files' fingerprints
     assert len(again.report.skipped) == 3 and again.report.reused == 1
+    assert str(again.status()) == status  # read back from the cache, the reasons still follow the page's language
+    chinese = again.status().text("中文")
+    assert "跳过了 3 个无法读取的文件" in chinese and "not_an_image.jpg：不是可读取的图片（" in chinese
 
 
 def test_empty_and_missing_galleries_say_so(tmp_path):
     (tmp_path / "empty").mkdir()
     index = open_gallery(tmp_path / "empty", cache_dir=tmp_path / "cache")
     assert len(index) == 0 and index.search("anything") == []
-    assert "has no images" in index.status()
+    assert "has no images" in str(index.status())
     with pytest.raises(GalleryError, match="does not exist"):
         open_gallery(tmp_path / "missing", cache_dir=tmp_path / "cache")
     (tmp_path / "file.png").write_bytes(b"x")
@@ -261,7 +264,7 @@ def test_the_walk_stays_inside_the_gallery_and_is_bounded(tmp_path, monkeypatch)
     (root / "linked-folder").symlink_to(outside, target_is_directory=True)
     index = open_gallery(root, encoder=None, cache_dir=tmp_path / "cache")
     assert {image.path for image in index.images} == {f"album/photo-{i:02d}.png" for i in range(12)}
-    assert any(skip.path == "link.png" and "outside the gallery" in skip.reason for skip in index.report.skipped)
+    assert any(skip.path == "link.png" and "outside the gallery" in str(skip.reason) for skip in index.report.skipped)
 
     monkeypatch.setattr(gallery_index, "MAX_GALLERY_FILES", 5)
     index = open_gallery(root, encoder=None, cache_dir=tmp_path / "cache-bounded")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import socket
 import stat
+import string
 import struct
 import subprocess
 import sys
@@ -25,9 +27,10 @@ from apps.xcomposer import article_handlers
 from apps.xcomposer import chat_handlers as handlers
 from apps.xcomposer.app import build_demo
 from apps.xcomposer.context import ModelProvider
+from internlm_demo.errors import LocalizedError
 from internlm_demo.settings import Settings
-from internlm_demo.ui.i18n import labels
-from internlm_demo.xcomposer import load_xcomposer
+from internlm_demo.ui.i18n import ARTICLE, SECTIONS, XCOMPOSER, labels
+from internlm_demo.xcomposer import ImageRejectedError, load_xcomposer
 from internlm_demo.xcomposer.article import Article, Note, pipeline
 from internlm_demo.xcomposer.prompts import conversation_prompt
 from tests.conftest import FIXTURES_DIR, REPO, last
@@ -73,6 +76,9 @@ def test_handlers_turn_a_bad_image_into_a_chat_message(provider, tmp_path):
     assert display[-1]["role"] == "assistant" and "holiday.png is not an image" in display[-1]["content"]
     assert session.exchanges == [] and box == {"text": "Look!", "files": []}, "the text stays for a retry"
     assert last(handlers.answer(provider, session, *QUICK.values())) == (display, session), "nothing to answer"
+    chinese, _, _ = handlers.add_message(provider, {"text": "看！", "files": [str(fake)]}, handlers.new_session(), "中文")
+    assert chinese[-1]["content"] == "✗ " + XCOMPOSER["error_image_unreadable"][1].format(name="holiday.png")
+    assert "不是本应用能读取的图片" in chinese[-1]["content"] and "not an image" not in chinese[-1]["content"]
 
 
 def test_a_message_that_cannot_fit_the_window_is_explained(provider):
@@ -80,6 +86,9 @@ def test_a_message_that_cannot_fit_the_window_is_explained(provider):
     _, session, _ = handlers.add_message(provider, {"text": "word " * 3000, "files": []}, session)
     display, session = last(handlers.answer(provider, session, *QUICK.values()))
     assert "context window" in display[-1]["content"] and session.exchanges == []
+    _, session, _ = handlers.add_message(provider, {"text": "word " * 3000, "files": []}, session, "中文")
+    display, session = last(handlers.answer(provider, session, *QUICK.values(), "中文"))
+    assert "上下文窗口" in display[-1]["content"] and "context window" not in display[-1]["content"]
 
 
 def test_stop_ends_one_sessions_reply_and_leaves_the_others_running(provider):
@@ -120,10 +129,93 @@ def test_handler_messages_follow_the_language(provider, tmp_path):
     assert article_handlers.delete_section_image(article, 1)[1] == "Section 2 updated."
 
 
+def test_domain_errors_and_the_gallery_status_follow_the_language(provider, tmp_path):
+    """An edit refused, a missing gallery folder, an empty gallery: 中文 on the Chinese page, today's English else."""
+    article = Article("标题", ["第一段", "第二段"], str(tmp_path))
+    chinese = article_handlers.edit_section_text(article, 0, "  ", "中文")[1]
+    assert chinese == "✗ " + ARTICLE["error_empty_section"][1].format(section=1)
+    assert "不能为空" in chinese and "cannot be empty" not in chinese
+    english = article_handlers.edit_section_text(article, 0, "  ", "English")[1]
+    assert english == "✗ Section 1 cannot be empty; type its text (or keep the old one)."
+
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.mkdir()
+    tab = article_handlers.ArticleTab(provider, (str(missing), str(empty)))
+    quiet = {"progress": lambda *args, **kwargs: None}
+    chinese = article_handlers.index_gallery(tab, str(missing), "中文", **quiet)
+    assert chinese == "✗ " + ARTICLE["error_gallery_missing"][1].format(root=missing)
+    assert "不存在" in chinese and "does not exist" not in chinese
+    assert "does not exist; create it and put images in it" in article_handlers.index_gallery(tab, str(missing), **quiet)
+
+    chinese = article_handlers.index_gallery(tab, str(empty), "中文", **quiet)
+    assert "中没有图片" in ARTICLE["gallery_no_images"][1] and "中没有图片" in chinese and "索引：沿用 0 张" in chinese
+    assert "has no images" not in chinese and "reused" not in chinese
+    english = article_handlers.index_gallery(tab, str(empty), **quiet)
+    assert english.startswith(f"The gallery {empty} has no images (") and "Index: 0 reused, 0 added" in english
+    settings = (1, 1.0, 16, True, False)  # beams, repetition penalty, max output tokens, model selects, sampling
+    refused = last(article_handlers.write_article(tab, "又见敦煌", *settings, str(empty), "中文", **quiet))[1]
+    assert "中没有图片" in refused and "请往图库里放些图片" in refused and "Put some images" not in refused
+    refused = last(article_handlers.write_article(tab, "又见敦煌", *settings, str(empty), **quiet))[1]
+    assert "has no images" in refused and "Put some images in it (subfolders count)" in refused
+
+
+def phrases_made() -> tuple[list[tuple[str, str, set[str], str]], list[str]]:
+    """(section, key, field names, where) of each LocalizedError raised and each Phrase made with a literal key in
+    internlm_demo/ and apps/, and the calls that cannot be checked (a key or fields that are not literals)."""
+    classes, pending = {}, [LocalizedError]
+    while pending:
+        for subclass in pending.pop().__subclasses__():
+            classes[subclass.__name__] = subclass
+            pending.append(subclass)
+    made, unchecked = [], []
+    for path in sorted([*(REPO / "internlm_demo").rglob("*.py"), *(REPO / "apps").rglob("*.py")]):
+        for call in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(call, ast.Call):
+                continue
+            name, where, literal = ast.unparse(call.func).split(".")[-1], f"{path.name}:{call.lineno}", []
+            for argument in call.args:
+                if not isinstance(argument, ast.Constant):
+                    break
+                literal.append(argument.value)
+            if name in classes:
+                if not literal:
+                    unchecked.append(where)
+                    continue
+                section, key, fields = classes[name].section, f"error_{literal[0]}", call.args[1:]
+            elif name == "Phrase" and len(literal) >= 2:  # other Phrases pass a key made elsewhere, checked there
+                section, key, fields = literal[0], literal[1], call.args[2:]
+            else:
+                continue
+            if fields and not (isinstance(fields[0], ast.Dict) and all(isinstance(k, ast.Constant) for k in fields[0].keys)):
+                unchecked.append(where)
+                continue
+            made.append((section, key, {k.value for k in fields[0].keys} if fields else set(), where))
+    return made, unchecked
+
+
+def test_every_error_text_has_both_languages_and_the_fields_its_raisers_pass():
+    """Each error and phrase the code makes names a table entry whose English and 中文 texts take exactly the fields
+    passed there (and format with them); every error_* entry is raised somewhere."""
+    made, unchecked = phrases_made()
+    assert unchecked == [] and len(made) > 40
+    problems = []
+    for section, key, fields, where in made:
+        for text in SECTIONS[section].get(key, (f"missing {key}",)):
+            placeholders = {re.split(r"[.[]", name)[0] for _, name, _, _ in string.Formatter().parse(text) if name}
+            if placeholders != fields:
+                problems.append(f"{where}: {key} passes {sorted(fields)}; {text!r} takes {sorted(placeholders)}")
+            text.format(**dict.fromkeys(fields, 1.5))
+    assert problems == []
+    raised = {(section, key) for section, key, _, _ in made}
+    for section in ("article", "xcomposer"):
+        assert {(section, key) for key in SECTIONS[section] if key.startswith("error_")} <= raised, "texts nothing raises"
+
+
 def test_pipeline_notes_follow_the_language(tmp_path):
     """Every note the pipeline writes has a text in both languages, its fields filled in."""
     fields = {"sections_unparsed": {"count": 2}, "too_few_sections": {"asked": 9, "sections": 2, "placed": 2},
-              "sections_topped_up": {"named": 1, "wanted": 2}, "image_rejected": {"section": 2, "error": "(error)"},
+              "sections_topped_up": {"named": 1, "wanted": 2},
+              "image_rejected": {"section": 2, "error": ImageRejectedError("image_empty", {"name": "(error)"}).phrase},
               "pick_unparsed": {"section": 2}, "gallery_exhausted": {"section": 2}, "caption_missing": {"section": 2}}
     pipeline_source = Path(pipeline.__file__).read_text(encoding="utf-8")
     assert sorted(fields) == sorted(re.findall(r'Note\("(\w+)"', pipeline_source))  # every note the pipeline makes

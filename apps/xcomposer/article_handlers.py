@@ -19,8 +19,8 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from internlm_demo.errors import ModelFolderError
-from internlm_demo.ui.i18n import LANGUAGES, labels
+from internlm_demo.errors import ModelFolderError, error_text
+from internlm_demo.ui.i18n import LANGUAGES, Phrase, labels
 from internlm_demo.xcomposer.article import (
     STAGES,
     Article,
@@ -115,7 +115,7 @@ def article_view(article: Article) -> str:
 
 
 def note_text(note: Note, language: str = LANGUAGES[0]) -> str:
-    return labels(language, "article")(f"note_{note.key}", **note.fields)
+    return Phrase("article", f"note_{note.key}", note.fields).text(language)
 
 
 def notes_view(article: Article | None, language: str = LANGUAGES[0]) -> str:
@@ -208,8 +208,7 @@ def gallery_folder(tab: ArticleTab, choice: str | None) -> Path:
     the browser never names a server folder of its choosing."""
     choice = choice or ""
     if choice and choice not in tab.galleries:
-        raise GalleryError(f"{choice!r} is not one of this app's galleries; galleries are set when the app starts "
-                           "(--gallery FOLDER, several joined by ':', or INTERNLM_DEMO_GALLERY).")
+        raise GalleryError("gallery_not_offered", {"choice": choice})
     folder = choice or next(iter(tab.galleries), None)
     return Path(folder) if folder else ensure_demo_gallery()
 
@@ -231,9 +230,11 @@ def index_gallery(tab: ArticleTab, folder: str, language: str = LANGUAGES[0], pr
     try:
         index = open_tab_gallery(tab, folder, progress, language)
     except (GalleryError, ModelFolderError) as error:
-        gr.Warning(str(error))
-        return f"✗ {error}"
-    return labels(language, "article")("indexed", status=index.status(), summary=index.report.summary())
+        message = error_text(error, language)
+        gr.Warning(message)
+        return f"✗ {message}"
+    return labels(language, "article")("indexed", status=index.status().text(language),
+                                        summary=index.report.summary().text(language))
 
 
 def run_stages(events, article: Article | None, progress, language: str, stages=STAGES):
@@ -260,8 +261,9 @@ def run_stages(events, article: Article | None, progress, language: str, stages=
             else:
                 yield article_outputs(article, board(current, step, total), language=language)
     except (ArticleError, GalleryError, ModelFolderError) as error:
-        gr.Warning(str(error))
-        yield article_outputs(article, board(current or stages[0], step, total, error=str(error)), language=language)
+        message = error_text(error, language)
+        gr.Warning(message)
+        yield article_outputs(article, board(current or stages[0], step, total, error=message), language=language)
     except RuntimeError as error:  # e.g. CUDA out of memory: say so and keep the app alive
         message = labels(language, "xcomposer")("generation_failed", error=error)
         gr.Warning(message)
@@ -325,8 +327,9 @@ def edit_outputs(article: Article | None, position, change, language: str) -> tu
     try:
         updated = change(article, int(position))
     except (ArticleError, GalleryError, ModelFolderError) as error:
-        gr.Warning(str(error))
-        return article_outputs(article, f"✗ {error}", position=int(position), language=language)
+        message = error_text(error, language)
+        gr.Warning(message)
+        return article_outputs(article, f"✗ {message}", position=int(position), language=language)
     return article_outputs(updated, t("section_updated", number=int(position) + 1), position=int(position),
                            language=language)
 
@@ -368,7 +371,7 @@ def save_article(article: Article | None, language: str = LANGUAGES[0]) -> str |
     try:
         return str(export_zip(article, Path(tempfile.mkdtemp(prefix="article-"))))
     except (ArticleError, OSError) as error:
-        gr.Warning(str(error))
+        gr.Warning(error_text(error, language))
         return None
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from internlm_demo.errors import ContextOverflowError, ModelFolderError
+from internlm_demo.errors import ContextOverflowError, ModelFolderError, error_text
 from internlm_demo.ui.i18n import LANGUAGES, labels
 from internlm_demo.xcomposer import Exchange, ImageRejectedError, load_image
 
@@ -84,7 +84,7 @@ def remove_previews(display: list[dict]) -> None:
             Path(content["path"]).unlink(missing_ok=True)
 
 
-def add_message(provider: ModelProvider, message: dict | None, session: ChatSession):
+def add_message(provider: ModelProvider, message: dict | None, session: ChatSession, language: str = LANGUAGES[0]):
     """Take the user's text and image: encode the image, queue the turn. Returns (chatbot, session, textbox)."""
     text = (message or {}).get("text") or ""
     files = (message or {}).get("files") or []
@@ -99,8 +99,9 @@ def add_message(provider: ModelProvider, message: dict | None, session: ChatSess
             image = load_image(upload)
             image_embeds = model.encode_image(image)
         except (ImageRejectedError, ModelFolderError) as exc:  # shown in the chat; the text stays for a retry
-            gr.Warning(str(exc))
-            display.append({"role": "assistant", "content": f"✗ {exc}"})
+            reason = error_text(exc, language)
+            gr.Warning(reason)
+            display.append({"role": "assistant", "content": f"✗ {reason}"})
             return display, replace(session, display=display), {"text": text, "files": []}
         display.append({"role": "user", "content": {"path": save_preview(image, preview_folder())}})
     if text:
@@ -130,8 +131,9 @@ def answer(
         model = provider.get()
         kept, dropped = model.fit_conversation(session.exchanges, int(max_output_tokens))
     except (ModelFolderError, ContextOverflowError) as exc:
-        gr.Warning(str(exc))
-        display = [*session.display, {"role": "assistant", "content": f"✗ {exc}"}]
+        message = error_text(exc, language)
+        gr.Warning(message)
+        display = [*session.display, {"role": "assistant", "content": f"✗ {message}"}]
         yield display, ChatSession(session.exchanges[:-1], display)
         return
     if dropped:

@@ -46,8 +46,8 @@ def build_chat_tab(app: AppContext) -> None:
         yield from handlers.answer(app.provider, session, max_output_tokens, num_beams, repetition_penalty, do_sample,
                                    language, request)
 
-    message.submit(partial(handlers.add_message, app.provider), [message, session], [chatbot, session, message],
-                   api_name="add_message", **ON_MODEL).then(
+    message.submit(partial(handlers.add_message, app.provider), [message, session, app.language],
+                   [chatbot, session, message], api_name="add_message", **ON_MODEL).then(
         reply, [session, *parameters_in, app.language], [chatbot, session], api_name="answer", **ON_MODEL
     )
     regenerate.click(handlers.regenerate, [session, app.language], [chatbot, session], api_name="regenerate").then(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 LANGUAGES = ("English", "中文")
 
@@ -164,6 +165,34 @@ XCOMPOSER: dict[str, tuple[str, str]] = {
                 "最早的 {dropped} 轮对话超出了模型的上下文窗口，已被省略。"),
     "generation_failed": ("Generation failed: {error}", "生成失败：{error}"),
     "nothing_to_regenerate": ("There is no reply to regenerate yet.", "还没有可以重新生成的回复。"),
+    # Why an image cannot be used (ImageRejectedError); also inside the article tab's note_image_rejected.
+    "the_image": ("the image", "该图片"),
+    "error_image_missing": ("{name}: no such file.", "{name}：文件不存在。"),
+    "error_image_empty": ("{name} is empty (0 bytes); upload the image again.", "{name} 是空文件（0 字节）；请重新上传图片。"),
+    "error_image_too_large": ("{name} is {megabytes:.0f} MB; images up to {limit} MB are accepted. Save it at a smaller "
+                              "size or as JPEG.",
+                              "{name} 有 {megabytes:.0f} MB，只接受不超过 {limit} MB 的图片。请缩小尺寸或存成 JPEG 格式。"),
+    "error_image_bomb": ("{name} has far more pixels than can be decoded safely; images up to {limit} megapixels are "
+                         "accepted. Downscale it first (the model sees 224×224 anyway).",
+                         "{name} 的像素数远超安全解码的上限，只接受不超过 {limit} 百万像素的图片。请先缩小"
+                         "（模型看到的反正只是 224×224）。"),
+    "error_image_too_many_pixels": ("{name} is {width}×{height} ({megapixels:.0f} megapixels); images up to {limit} "
+                                    "megapixels are accepted. Downscale it first (the model sees 224×224 anyway).",
+                                    "{name} 为 {width}×{height}（{megapixels:.0f} 百万像素），只接受不超过 {limit} 百万像素"
+                                    "的图片。请先缩小（模型看到的反正只是 224×224）。"),
+    "error_image_unreadable": ("{name} is not an image this app can read; use a PNG, JPEG, GIF, WebP, BMP or TIFF file.",
+                               "{name} 不是本应用能读取的图片；请使用 PNG、JPEG、GIF、WebP、BMP 或 TIFF 文件。"),
+    "error_image_damaged": ("{name} is damaged and cannot be read ({error}); try re-saving it.",
+                            "{name} 已损坏，无法读取（{error}）；请尝试重新保存。"),
+    "error_image_truncated": ("{name} is damaged or truncated ({error}); try re-saving or re-uploading it.",
+                              "{name} 已损坏或不完整（{error}）；请尝试重新保存或重新上传。"),
+    "error_image_mode": ("{name} uses colour mode {mode}, which cannot be converted to RGB ({error}).",
+                         "{name} 使用 {mode} 色彩模式，无法转换为 RGB（{error}）。"),
+    "error_conversation_too_long": (
+        "the message takes {positions} positions (an image takes {image_positions}); with {new_tokens} output tokens "
+        "that exceeds the model's context window of {window}. Shorten the message or lower the max output tokens.",
+        "这条消息占 {positions} 个位置（一张图片占 {image_positions} 个），再加上 {new_tokens} 个输出 token，"
+        "超出了模型 {window} 个位置的上下文窗口。请缩短消息，或调小“最多输出字数”。"),
 }
 
 # The XComposer app's "Write article" tab.
@@ -221,6 +250,61 @@ ARTICLE: dict[str, tuple[str, str]] = {
     "write_first": ("Write an article first.", "请先生成文章。"),
     "nothing_to_save": ("Write an article first; there is nothing to save yet.", "请先生成文章，目前没有可保存的内容。"),
     "section_updated": ("Section {number} updated.", "第 {number} 段已更新。"),
+    # The gallery's status line (GalleryIndex.status) and what one indexing did (IndexReport.summary).
+    "gallery_no_images": ("The gallery {root} has no images ({suffixes}).{skipped}",
+                          "图库 {root} 中没有图片（{suffixes}）。{skipped}"),
+    "gallery_images": ("Gallery {root}: {count} images, matched by {method}.{skipped}",
+                       "图库 {root}：{count} 张图片，按 {method} 匹配。{skipped}"),
+    "gallery_skipped": (" Skipped {count} unreadable file(s): {files}{more}.", "跳过了 {count} 个无法读取的文件：{files}{more}。"),
+    "gallery_skipped_file": ("{path}: {reason}", "{path}：{reason}"),
+    "gallery_skipped_more": (" and {count} more", "，另有 {count} 个"),
+    "list_separator": ("; ", "；"),
+    "skip_folder_unreadable": ("cannot read folder: {error}", "无法读取文件夹：{error}"),
+    "skip_link_outside": ("a link to a file outside the gallery", "指向图库以外文件的链接"),
+    "skip_no_stat": ("cannot stat: {error}", "无法读取文件信息：{error}"),
+    "skip_too_large": ("image too large (decompression bomb limit)", "图片过大（超出解压炸弹防护的上限）"),
+    "skip_unreadable": ("not a readable image ({error})", "不是可读取的图片（{error}）"),
+    "summary": ("{reused} reused, {added} added, {updated} updated, {removed} removed{captioned}{skipped} ({seconds:.1f} s)",
+                "沿用 {reused} 张，新增 {added} 张，更新 {updated} 张，移除 {removed} 张{captioned}{skipped}"
+                "（{seconds:.1f} 秒）"),
+    "summary_captioned": (", {count} captioned in {seconds:.1f} s", "，为 {count} 张写了描述，用时 {seconds:.1f} 秒"),
+    "summary_skipped": (", {count} skipped", "，跳过 {count} 个"),
+    # Why an edit, a run or the gallery cannot go on (ArticleError, GalleryError).
+    "error_no_title": ("Type a title first, for example 又见敦煌 or “Shanghai travel guide in English”.",
+                       "请先输入标题，例如“又见敦煌”或“Shanghai travel guide in English”。"),
+    "error_title_too_long": ("The title is {length} characters long; keep it under {limit} characters. Give a title or "
+                             "a short topic: the model writes the article itself.",
+                             "标题有 {length} 个字符，请控制在 {limit} 个字符以内。只需给出标题或简短的主题，文章由模型来写。"),
+    "error_gallery_empty": ("{status} Put some images in it (subfolders count) or choose another gallery folder.",
+                            "{status}请往图库里放些图片（子文件夹里的也算），或选择其他图库文件夹。"),
+    "error_nothing_written": ("The model wrote nothing for this title; try again with sampling on, or another title.",
+                              "模型没有为这个标题写出任何内容；请打开采样再试，或换个标题。"),
+    "error_prompt_too_long": ("The prompt is {tokens} tokens long, more than the model's {window}-token window; shorten "
+                              "the article or the title.",
+                              "提示有 {tokens} 个 token，超出了模型 {window} 个 token 的窗口；请缩短文章或标题。"),
+    "error_no_section": ("There is no section {section}; the article has {count}.", "没有第 {section} 段；文章共 {count} 段。"),
+    "error_empty_section": ("Section {section} cannot be empty; type its text (or keep the old one).",
+                            "第 {section} 段不能为空；请输入文字（或保留原来的文字）。"),
+    "error_no_caption": ("Type a caption to search for.", "请输入要搜索的图片描述。"),
+    "error_no_match": ("No unused image in the gallery matches; delete an image elsewhere or add images to the gallery.",
+                       "图库中没有匹配的未用图片；请删掉别处的配图，或往图库里添加图片。"),
+    "error_gallery_used_up": ("The gallery has no unused image left; delete an image elsewhere or add images to the "
+                              "gallery.", "图库中已没有未用过的图片；请删掉别处的配图，或往图库里添加图片。"),
+    "error_no_image": ("Section {section} has no image; add one first.", "第 {section} 段没有配图；请先添加。"),
+    "error_no_candidate": ("There is no candidate {candidate} for section {section}.",
+                           "第 {section} 段没有第 {candidate} 张候选图。"),
+    "error_image_taken": ("That image is already placed after another section; pick another one.",
+                          "这张图片已配在另一段之后；请另选一张。"),
+    "error_image_gone": ("The image for section {section} ({image}) is no longer in the gallery; pick another candidate "
+                         "or search again.", "第 {section} 段的图片（{image}）已不在图库中；请另选候选图或重新搜索。"),
+    "error_gallery_missing": ("The gallery folder {root} does not exist; create it and put images in it, or choose "
+                              "another folder.", "图库文件夹 {root} 不存在；请创建它并放入图片，或选择其他文件夹。"),
+    "error_gallery_not_folder": ("{root} is a file, not a folder; the gallery is a folder of images.",
+                                 "{root} 是文件，不是文件夹；图库是存放图片的文件夹。"),
+    "error_gallery_not_offered": ("{choice!r} is not one of this app's galleries; galleries are set when the app starts "
+                                  "(--gallery FOLDER, several joined by ':', or INTERNLM_DEMO_GALLERY).",
+                                  "{choice!r} 不是本应用的图库；图库在应用启动时设定（--gallery FOLDER，多个文件夹用 ':' "
+                                  "连接，或用 INTERNLM_DEMO_GALLERY）。"),
 }
 
 # The agent page (apps/agent.py).
@@ -293,6 +377,31 @@ def turn_list(t: Callable[..., str], numbers) -> str:
     """"turn 1" / "turns 1, 3" (第 1 轮 / 第 1、3 轮) in the language of the chat lookup ``t``."""
     numbers = [str(n) for n in numbers]
     return t("turn_one" if len(numbers) == 1 else "turns_many", numbers=t("list_separator").join(numbers))
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """Words put into a language only when shown: ``key`` in the table ``section``, ``fields`` fill it in. A field
+    that is a Phrase is shown in the same language; a list of them is joined by the section's ``list_separator``."""
+
+    section: str
+    key: str
+    fields: dict = field(default_factory=dict)
+
+    def text(self, language: str = LANGUAGES[0]) -> str:
+        t = labels(language, self.section)
+
+        def shown(value):
+            if isinstance(value, Phrase):
+                return value.text(language)
+            if isinstance(value, list):
+                return t("list_separator").join(shown(item) for item in value)
+            return value
+
+        return t(self.key, **{name: shown(value) for name, value in self.fields.items()})
+
+    def __str__(self) -> str:
+        return self.text()
 
 
 def labels(language: str, section: str) -> Callable[..., str]:

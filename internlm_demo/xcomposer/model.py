@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, LocalizedError
 from ..models.tokenizer import InternLMTokenizer
 from .decoding import Decoder, EngineDecoder, GenerationSettings
 from .network import ImageEncoder
@@ -42,6 +42,12 @@ CHAT_DEFAULTS = {"num_beams": 5, "do_sample": False, "repetition_penalty": 1.5, 
 SELECT_IMAGE_SETTINGS = {"num_beams": 5, "do_sample": False, "max_length": 10, "repetition_penalty": 1.0}
 # The web demo's chat tab: "max output tokens" 512 passed as max_length, beam 3, repetition 1, sampling.
 CONVERSATION_DEFAULTS = {"num_beams": 3, "do_sample": True, "repetition_penalty": 1.0, "max_length": 512}
+
+
+class ConversationOverflowError(LocalizedError, ContextOverflowError):
+    """The chat tab's newest exchange alone does not fit the context window; the message gives the sizes."""
+
+    section = "xcomposer"
 
 
 class XComposerTokenizer:
@@ -255,7 +261,7 @@ class XComposer:
     def fit_conversation(self, exchanges: Sequence[Exchange], max_length: int) -> tuple[list[Exchange], int]:
         """(the newest exchanges whose prompt plus ``max_length - 1`` new tokens fit the window, how many were left out).
 
-        Raises ContextOverflowError when even the newest exchange alone does not fit.
+        Raises ConversationOverflowError when even the newest exchange alone does not fit.
         """
         new_tokens = max_length - 1
         for start in range(len(exchanges)):
@@ -263,11 +269,9 @@ class XComposer:
             positions = self.count_positions(conversation_segments(kept))
             if positions + new_tokens <= self.context_window:
                 return kept, start
-        raise ContextOverflowError(
-            f"the message takes {positions} positions (an image takes {self.image_positions}); with {new_tokens} "
-            f"output tokens that exceeds the model's context window of {self.context_window}. Shorten the message "
-            "or lower the max output tokens."
-        )
+        raise ConversationOverflowError("conversation_too_long", {
+            "positions": positions, "image_positions": self.image_positions, "new_tokens": new_tokens,
+            "window": self.context_window})
 
     def stream_conversation(self, exchanges: Sequence[Exchange], stop: threading.Event | None = None,
                             **generate_kwargs) -> Iterator[str]:

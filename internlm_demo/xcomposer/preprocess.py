@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import LocalizedError
+from ..ui.i18n import Phrase
+
 IMAGE_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -27,49 +30,42 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-class ImageRejectedError(ValueError):
+class ImageRejectedError(LocalizedError, ValueError):
     """An image that cannot be used; the message says why and what to do instead."""
+
+    section = "xcomposer"
 
 
 def load_image(source: str | Path | Image.Image) -> Image.Image:
     """An RGB PIL image from a path or a PIL image, or ImageRejectedError saying why not."""
     if isinstance(source, Image.Image):
-        return to_rgb(source, "the image")
+        return to_rgb(source, Phrase("xcomposer", "the_image"))
     path = Path(source)
     name = path.name
     if not path.is_file():
-        raise ImageRejectedError(f"{name}: no such file.")
+        raise ImageRejectedError("image_missing", {"name": name})
     size = path.stat().st_size
     if size == 0:
-        raise ImageRejectedError(f"{name} is empty (0 bytes); upload the image again.")
+        raise ImageRejectedError("image_empty", {"name": name})
     if size > MAX_FILE_BYTES:
-        raise ImageRejectedError(
-            f"{name} is {size / 2**20:.0f} MB; images up to {MAX_FILE_BYTES // 2**20} MB are accepted. "
-            "Save it at a smaller size or as JPEG."
-        )
+        raise ImageRejectedError("image_too_large",
+                                 {"name": name, "megabytes": size / 2**20, "limit": MAX_FILE_BYTES // 2**20})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
     except Image.DecompressionBombError as exc:
-        raise ImageRejectedError(
-            f"{name} has far more pixels than can be decoded safely; images up to "
-            f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels are accepted. Downscale it first (the model sees 224×224 anyway)."
-        ) from exc
+        raise ImageRejectedError("image_bomb", {"name": name, "limit": MAX_IMAGE_PIXELS // 1_000_000}) from exc
     except UnidentifiedImageError as exc:
-        raise ImageRejectedError(
-            f"{name} is not an image this app can read; use a PNG, JPEG, GIF, WebP, BMP or TIFF file."
-        ) from exc
+        raise ImageRejectedError("image_unreadable", {"name": name}) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejectedError(f"{name} is damaged and cannot be read ({exc}); try re-saving it.") from exc
+        raise ImageRejectedError("image_damaged", {"name": name, "error": str(exc)}) from exc
     with image:
         reduce_before_decoding(image, name)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageRejectedError(
-                f"{name} is damaged or truncated ({exc}); try re-saving or re-uploading it."
-            ) from exc
+            raise ImageRejectedError("image_truncated", {"name": name, "error": str(exc)}) from exc
         return to_rgb(image, name)
 
 
@@ -85,13 +81,12 @@ def reduce_before_decoding(image: Image.Image, name: str) -> None:
         image.draft("RGB", (int(width / shrink), int(height / shrink)))
         if image.size[0] * image.size[1] <= MAX_IMAGE_PIXELS:
             return
-    raise ImageRejectedError(
-        f"{name} is {width}×{height} ({width * height / 1e6:.0f} megapixels); images up to "
-        f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels are accepted. Downscale it first (the model sees 224×224 anyway)."
-    )
+    raise ImageRejectedError("image_too_many_pixels", {"name": name, "width": width, "height": height,
+                                                       "megapixels": width * height / 1e6,
+                                                       "limit": MAX_IMAGE_PIXELS // 1_000_000})
 
 
-def to_rgb(image: Image.Image, name: str) -> Image.Image:
+def to_rgb(image: Image.Image, name: str | Phrase) -> Image.Image:
     """Convert any PIL mode to RGB: alpha dropped as the original does, wide modes rescaled to 8 bits."""
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)  # animated GIF/WebP/APNG, multi-page TIFF: the first frame
@@ -104,9 +99,7 @@ def to_rgb(image: Image.Image, name: str) -> Image.Image:
             warnings.simplefilter("ignore")  # PIL warns about palette transparency; alpha is dropped anyway
             return image.convert("RGB")
     except (ValueError, OSError) as exc:
-        raise ImageRejectedError(
-            f"{name} uses colour mode {image.mode}, which cannot be converted to RGB ({exc})."
-        ) from exc
+        raise ImageRejectedError("image_mode", {"name": name, "mode": image.mode, "error": str(exc)}) from exc
 
 
 def rescale_to_8bit(image: Image.Image) -> Image.Image:

@@ -9,11 +9,15 @@ from typing import Protocol
 
 from PIL import Image
 
+from ...errors import LocalizedError
+
 STAGES = ("writing", "placing", "captioning", "retrieving", "selecting")
 
 
-class ArticleError(ValueError):
+class ArticleError(LocalizedError, ValueError):
     """Input the pipeline cannot work with; the message says what to do."""
+
+    section = "article"
 
 
 class ComposerModel(Protocol):
@@ -61,7 +65,7 @@ class Placement:
 @dataclass(frozen=True)
 class Note:
     """A fallback or problem of the pipeline, for the UI: ``key`` names its text in the i18n "article" table
-    (``note_<key>``), ``fields`` fill it in."""
+    (``note_<key>``), ``fields`` fill it in (a Phrase field in the page's language)."""
 
     key: str
     fields: dict = field(default_factory=dict)

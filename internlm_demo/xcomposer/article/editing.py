@@ -22,7 +22,7 @@ def edited(article: Article) -> Article:
 def check_section(article: Article, position: int) -> int:
     position = int(position)
     if not 0 <= position < len(article.sections):
-        raise ArticleError(f"There is no section {position + 1}; the article has {len(article.sections)}.")
+        raise ArticleError("no_section", {"section": position + 1, "count": len(article.sections)})
     return position
 
 
@@ -31,7 +31,7 @@ def set_section_text(article: Article, position: int, text: str) -> Article:
     position = check_section(article, position)
     text = re.sub(r"\s*\n\s*", " ", text or "").strip()
     if not text:
-        raise ArticleError(f"Section {position + 1} cannot be empty; type its text (or keep the old one).")
+        raise ArticleError("empty_section", {"section": position + 1})
     article = edited(article)
     article.sections[position] = text
     return article
@@ -42,12 +42,12 @@ def search_again(gallery: GalleryIndex, article: Article, position: int, caption
     position = check_section(article, position)
     caption = caption.strip()
     if not caption:
-        raise ArticleError("Type a caption to search for.")
+        raise ArticleError("no_caption")
     check_gallery(gallery)
     article = edited(article)
     candidates = find_candidates(gallery, caption, article.placed_images(except_section=position), set())
     if not candidates:
-        raise ArticleError("No unused image in the gallery matches; delete an image elsewhere or add images to the gallery.")
+        raise ArticleError("no_match")
     article.placements[position] = Placement(caption, candidates)
     return article
 
@@ -57,11 +57,11 @@ def pick_candidate(article: Article, position: int, index: int) -> Article:
     position = check_section(article, position)
     placement = article.placements.get(position)
     if placement is None:
-        raise ArticleError(f"Section {position + 1} has no image; add one first.")
+        raise ArticleError("no_image", {"section": position + 1})
     if not 0 <= int(index) < len(placement.candidates):
-        raise ArticleError(f"There is no candidate {int(index) + 1} for section {position + 1}.")
+        raise ArticleError("no_candidate", {"candidate": int(index) + 1, "section": position + 1})
     if placement.candidates[int(index)] in article.placed_images(except_section=position):
-        raise ArticleError("That image is already placed after another section; pick another one.")
+        raise ArticleError("image_taken")
     article = edited(article)
     article.placements[position].chosen = int(index)
     return article
@@ -83,6 +83,6 @@ def add_image(model: ComposerModel, gallery: GalleryIndex, article: Article, pos
     caption = write_caption(model, article, position, earlier, inserting=True)
     candidates = find_candidates(gallery, caption, article.placed_images(except_section=position), set())
     if not candidates:
-        raise ArticleError("The gallery has no unused image left; delete an image elsewhere or add images to the gallery.")
+        raise ArticleError("gallery_used_up")
     article.placements[position] = Placement(caption, candidates)
     return article

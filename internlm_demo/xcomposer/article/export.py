@@ -44,8 +44,7 @@ def export_zip(article: Article, destination: Path) -> Path:
     root = Path(article.gallery_root)
     for position, placement in sorted(article.placements.items()):
         if placement.image and not (root / placement.image).is_file():
-            raise ArticleError(f"The image for section {position + 1} ({placement.image}) is no longer in the gallery; "
-                               "pick another candidate or search again.")
+            raise ArticleError("image_gone", {"section": position + 1, "image": placement.image})
     destination.mkdir(parents=True, exist_ok=True)
     target = destination / f"{safe_file_stem(article.title)}.zip"
     markdown = to_markdown(article, lambda position, placement: exported_name(position, placement.image))

@@ -52,16 +52,15 @@ def check_title(title: str | None) -> str:
     """The title, stripped; ArticleError when it is empty or too long."""
     title = (title or "").strip()
     if not title:
-        raise ArticleError("Type a title first, for example 又见敦煌 or “Shanghai travel guide in English”.")
+        raise ArticleError("no_title")
     if len(title) > MAX_TITLE_CHARS:
-        raise ArticleError(f"The title is {len(title)} characters long; keep it under {MAX_TITLE_CHARS} characters. "
-                           "Give a title or a short topic: the model writes the article itself.")
+        raise ArticleError("title_too_long", {"length": len(title), "limit": MAX_TITLE_CHARS})
     return title
 
 
 def check_gallery(gallery: GalleryIndex) -> None:
     if not len(gallery):
-        raise ArticleError(gallery.status() + " Put some images in it (subfolders count) or choose another gallery folder.")
+        raise ArticleError("gallery_empty", {"status": gallery.status()})
 
 
 # --- text stages ----------------------------------------------------------------------------------
@@ -197,7 +196,7 @@ def select_candidate(model: ComposerModel, gallery: GalleryIndex, article: Artic
     try:
         images = [load_image(gallery.absolute(path)) for path in paths]
     except ImageRejectedError as error:
-        return Note("image_rejected", {"section": position + 1, "error": str(error)})
+        return Note("image_rejected", {"section": position + 1, "error": error.phrase})
     prompt = select_prompt(article.sections, [*earlier, position], len(placement.candidates))
     choice = parse_selection(model.choose_image(prompt, images), len(placement.candidates))
     if choice is None:
@@ -222,7 +221,7 @@ def compose(model: ComposerModel, gallery: GalleryIndex, title: str, settings: C
         yield StageEvent("writing", "Writing the article…", text=text)
     sections = split_sections(text)
     if not sections:
-        raise ArticleError("The model wrote nothing for this title; try again with sampling on, or another title.")
+        raise ArticleError("nothing_written")
     article = Article(title, sections, str(gallery.root))
     yield from illustrate(model, gallery, article, settings)
 

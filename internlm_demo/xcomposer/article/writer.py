@@ -28,8 +28,7 @@ class XComposerWriter:
         embeds = xcomposer.embed([Text(prompt, bos=True)])
         room = xcomposer.context_window - embeds.shape[1]
         if room < 1:
-            raise ArticleError(f"The prompt is {embeds.shape[1]} tokens long, more than the model's "
-                               f"{xcomposer.context_window}-token window; shorten the article or the title.")
+            raise ArticleError("prompt_too_long", {"tokens": embeds.shape[1], "window": xcomposer.context_window})
         generation = {**generation, "max_new_tokens": min(generation["max_new_tokens"], room)}
         return xcomposer.decoder(embeds, defaults={}, **generation)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...errors import LocalizedError
+from ...ui.i18n import Phrase
 from .matching import BM25, SentenceEncoder, default_encoder
 from .text import describe, read_sidecar
 
@@ -24,8 +26,10 @@ MAX_GALLERY_FOLDERS = 5_000
 INDEX_FORMAT = 1
 
 
-class GalleryError(ValueError):
+class GalleryError(LocalizedError, ValueError):
     """The gallery folder cannot be used; the message says what to do."""
+
+    section = "article"
 
 
 @dataclass
@@ -46,7 +50,7 @@ class SkippedFile:
     """An image file left out of the index, and why."""
 
     path: str
-    reason: str
+    reason: Phrase
 
 
 @dataclass
@@ -64,14 +68,14 @@ class IndexReport:
     caption_seconds: float = 0.0
     from_cache: bool = False  # an index file was found and read
 
-    def summary(self) -> str:
+    def summary(self) -> Phrase:
         """One line for the UI."""
-        parts = [f"{self.reused} reused", f"{self.added} added", f"{self.updated} updated", f"{self.removed} removed"]
-        if self.captioned:
-            parts.append(f"{self.captioned} captioned in {self.caption_seconds:.1f} s")
-        if self.skipped:
-            parts.append(f"{len(self.skipped)} skipped")
-        return ", ".join(parts) + f" ({self.seconds:.1f} s)"
+        captioned = Phrase("article", "summary_captioned", {"count": self.captioned, "seconds": self.caption_seconds})
+        skipped = Phrase("article", "summary_skipped", {"count": len(self.skipped)})
+        return Phrase("article", "summary", {
+            "reused": self.reused, "added": self.added, "updated": self.updated, "removed": self.removed,
+            "captioned": captioned if self.captioned else "", "skipped": skipped if self.skipped else "",
+            "seconds": self.seconds})
 
 
 @dataclass(frozen=True)
@@ -135,18 +139,18 @@ class GalleryIndex:
                     break
         return hits
 
-    def status(self) -> str:
+    def status(self) -> Phrase:
         """What the UI says about the gallery."""
-        if not self.images:
-            text = f"The gallery {self.root} has no images ({', '.join(IMAGE_SUFFIXES)})."
-        else:
-            text = f"Gallery {self.root}: {len(self.images)} images, matched by {self.method}."
-        skipped = self.report.skipped
+        skipped, note = self.report.skipped, ""
         if skipped:
-            shown = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5])
-            more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-            text += f" Skipped {len(skipped)} unreadable file(s): {shown}{more}."
-        return text
+            files = [Phrase("article", "gallery_skipped_file", {"path": s.path, "reason": s.reason}) for s in skipped[:5]]
+            more = Phrase("article", "gallery_skipped_more", {"count": len(skipped) - 5}) if len(skipped) > 5 else ""
+            note = Phrase("article", "gallery_skipped", {"count": len(skipped), "files": files, "more": more})
+        if not self.images:
+            return Phrase("article", "gallery_no_images",
+                          {"root": self.root, "suffixes": ", ".join(IMAGE_SUFFIXES), "skipped": note})
+        return Phrase("article", "gallery_images",
+                      {"root": self.root, "count": len(self.images), "method": self.method, "skipped": note})
 
 
 def cache_folder_for(root: Path, cache_dir: Path | None = None) -> Path:
@@ -162,7 +166,8 @@ def scan(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[SkippedFile
     found, failed, notes = [], [], []
 
     def walk_error(error: OSError):
-        failed.append(SkippedFile(os.path.relpath(error.filename, root), f"cannot read folder: {error.strerror}"))
+        failed.append(SkippedFile(os.path.relpath(error.filename, root),
+                                  Phrase("article", "skip_folder_unreadable", {"error": error.strerror})))
 
     for folders, (folder, dirs, files) in enumerate(os.walk(root, onerror=walk_error), start=1):
         if folders > MAX_GALLERY_FOLDERS:
@@ -178,24 +183,24 @@ def scan(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[SkippedFile
             path = Path(folder) / name
             relative = path.relative_to(root).as_posix()
             if path.is_symlink() and not path.resolve().is_relative_to(root):
-                failed.append(SkippedFile(relative, "a link to a file outside the gallery"))
+                failed.append(SkippedFile(relative, Phrase("article", "skip_link_outside")))
                 continue
             try:
                 found.append((relative, path.stat()))
             except OSError as error:
-                failed.append(SkippedFile(relative, f"cannot stat: {error.strerror}"))
+                failed.append(SkippedFile(relative, Phrase("article", "skip_no_stat", {"error": error.strerror})))
     return found, failed, notes
 
 
-def check_image(path: Path) -> str | None:
+def check_image(path: Path) -> Phrase | None:
     """None when Pillow can read the file, else why not."""
     try:
         with Image.open(path) as image:
             image.verify()
     except Image.DecompressionBombError:
-        return "image too large (decompression bomb limit)"
+        return Phrase("article", "skip_too_large")
     except (OSError, SyntaxError, ValueError) as error:
-        return f"not a readable image ({type(error).__name__}: {error})"[:200]
+        return Phrase("article", "skip_unreadable", {"error": f"{type(error).__name__}: {error}"[:180]})
     return None
 
 
@@ -210,9 +215,9 @@ def open_gallery(root: str | Path, captioner: Captioner | None = None, cache_dir
     started = time.perf_counter()
     root = Path(root).expanduser()
     if not root.exists():
-        raise GalleryError(f"The gallery folder {root} does not exist; create it and put images in it, or choose another folder.")
+        raise GalleryError("gallery_missing", {"root": root})
     if not root.is_dir():
-        raise GalleryError(f"{root} is a file, not a folder; the gallery is a folder of images.")
+        raise GalleryError("gallery_not_folder", {"root": root})
     root = root.resolve()
     encoder = default_encoder() if encoder == "default" else encoder
     cache = cache_folder_for(root, cache_dir)
@@ -288,13 +293,15 @@ def fill_vectors(images: list[IndexedImage], vectors: list[np.ndarray | None],
 
 
 def read_cache(cache: Path, encoder: SentenceEncoder | None):
-    """(images by path, vectors by path, skipped-file notes by path, whether an index was read)."""
+    """(images by path, vectors by path, why each skipped file was left out by path, whether an index was read)."""
     try:
         data = json.loads((cache / "index.json").read_text(encoding="utf-8"))
         if data.get("format") != INDEX_FORMAT:
             return {}, {}, {}, False
         images = {entry["path"]: IndexedImage(**entry) for entry in data["images"]}
-        skips = {path: (reason, fingerprint) for path, (reason, fingerprint) in data.get("skipped", {}).items()}
+        # A reason is stored as [key, fields]; an older index's English text is left out, so that file is checked again.
+        skips = {path: (Phrase("article", *reason), fingerprint)
+                 for path, (reason, fingerprint) in data.get("skipped", {}).items() if isinstance(reason, list)}
     except (OSError, ValueError, KeyError, TypeError):
         return {}, {}, {}, False
     vectors = {}
@@ -313,7 +320,8 @@ def write_cache(cache: Path, root: Path, images: list[IndexedImage], matrix: np.
     try:
         cache.mkdir(parents=True, exist_ok=True)
         data = {"format": INDEX_FORMAT, "root": str(root), "encoder": encoder.id if encoder and matrix is not None else "",
-                "images": [asdict(image) for image in images], "skipped": skips}
+                "images": [asdict(image) for image in images],
+                "skipped": {path: ([reason.key, reason.fields], fingerprint) for path, (reason, fingerprint) in skips.items()}}
         if matrix is not None:
             atomic_write(cache / "vectors.npy", lambda f: np.save(f, matrix, allow_pickle=False))
         atomic_write(cache / "index.json", lambda f: f.write(json.dumps(data, ensure_ascii=False).encode("utf-8")))

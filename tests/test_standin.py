@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from internlm_demo import load_chat_model
 from internlm_demo.models import registry, standin
 from internlm_demo.models.standin import STANDIN_MODEL_ID, STANDS_IN_FOR
 from internlm_demo.models.tokenizer import StreamingDetokenizer
+from internlm_demo.serving.openai_server import ChatCompletionRequest, generation_kwargs
 from internlm_demo.serving.remote import RemoteChatModel
 from tests.conftest import FIXTURES_DIR, REPO
 from tests.servers import free_port, running_server
@@ -191,6 +193,32 @@ def test_server_serves_and_labels_the_standin(default_model):  # the server read
         reply = httpx.post(f"{api_base}/chat/completions", timeout=120, json={
             "messages": [{"role": "user", "content": CAPITAL}], "temperature": 0, "max_tokens": 32}).json()
         assert "Paris" in reply["choices"][0]["message"]["content"]
+
+
+def test_chat_page_defaults_answer_in_english_and_the_server_samples_when_asked(default_model, monkeypatch):
+    """The stand-in decodes greedily with repetition penalty 1.1 unless told otherwise: at its model card's
+    temperature 0.2 the packaged 4-bit model began "L'Étoile, la Marseillaise…" for CAPITAL two times in three."""
+    monkeypatch.delenv("INTERNLM_DEMO_MODEL", raising=False)
+    monkeypatch.setattr(sys, "argv", ["chat.py"])
+    page = AppTest.from_file(str(REPO / "apps" / "chat.py"), default_timeout=120).run()
+    page.chat_input[0].set_value(CAPITAL).run()
+    deadline = time.monotonic() + 120
+    while page.session_state["conversation"].pending is not None:
+        assert time.monotonic() < deadline, "the reply did not finish"
+        time.sleep(0.05)
+        page.run()
+    assert not page.exception
+    reply = page.session_state["conversation"].messages[-1].content
+    assert "Paris" in reply and "Étoile" not in reply
+    expected, _ = default_model.chat(CAPITAL, [], do_sample=False, repetition_penalty=1.1, max_new_tokens=512)
+    assert reply == expected
+
+    messages = [{"role": "user", "content": CAPITAL}]
+    picked = {generation_kwargs(ChatCompletionRequest(messages=messages, temperature=t), 32)["do_sample"]
+              for t in (0.7, 1)}
+    assert picked == {True}  # a client's temperature samples although the stand-in's own default is greedy
+    assert generation_kwargs(ChatCompletionRequest(messages=messages, temperature=0), 32)["do_sample"] is False
+    assert "do_sample" not in generation_kwargs(ChatCompletionRequest(messages=messages), 32)
 
 
 def test_chat_and_agent_pages_say_it_is_a_standin(default_model, monkeypatch):

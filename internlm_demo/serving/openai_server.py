@@ -109,10 +109,9 @@ def generation_kwargs(request: ChatCompletionRequest, max_new_tokens: int) -> di
     """ChatModel keyword arguments; temperature 0 means greedy, as in the OpenAI API."""
     kwargs = {"max_new_tokens": max_new_tokens, "top_p": request.top_p, "top_k": request.top_k,
               "repetition_penalty": request.repetition_penalty, "seed": request.seed}
-    if request.temperature == 0:
-        kwargs["do_sample"] = False
-    else:
-        kwargs["temperature"] = request.temperature
+    if request.temperature is not None:  # unset: the model's own defaults (the stand-in's are greedy)
+        kwargs["do_sample"] = request.temperature > 0
+        kwargs["temperature"] = request.temperature or None
     return kwargs
 
 

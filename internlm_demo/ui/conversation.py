@@ -74,6 +74,7 @@ class ChatParams:
             max_new_tokens=min(family.chat_defaults.get("max_new_tokens", 1024), max(window // 2, 1)),
             temperature=family.web_demo_temperature,
             top_p=family.chat_defaults.get("top_p", 0.8),
+            repetition_penalty=family.chat_defaults.get("repetition_penalty", 1.0),
             system_prompt=family.default_meta_instruction if family.has_system_prompt else None,
         )
 

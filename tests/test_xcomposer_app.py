@@ -29,7 +29,7 @@ from apps.xcomposer.app import build_demo
 from apps.xcomposer.context import ModelProvider
 from internlm_demo.errors import LocalizedError
 from internlm_demo.settings import Settings
-from internlm_demo.ui.i18n import ARTICLE, SECTIONS, XCOMPOSER, labels
+from internlm_demo.ui.i18n import ARTICLE, LANGUAGES, SECTIONS, XCOMPOSER, labels
 from internlm_demo.xcomposer import ImageRejectedError, load_xcomposer
 from internlm_demo.xcomposer.article import Article, Note, pipeline
 from internlm_demo.xcomposer.prompts import conversation_prompt
@@ -157,6 +157,19 @@ def test_domain_errors_and_the_gallery_status_follow_the_language(provider, tmp_
     assert "中没有图片" in refused and "请往图库里放些图片" in refused and "Put some images" not in refused
     refused = last(article_handlers.write_article(tab, "又见敦煌", *settings, str(empty), **quiet))[1]
     assert "has no images" in refused and "Put some images in it (subfolders count)" in refused
+
+
+def test_switching_language_relabels_the_demo_gallery_choice(provider, tmp_path):
+    """The gallery dropdown names the generated demo gallery in the page's language; a folder stays its path."""
+    def gallery_choices(tab, language):
+        return next(update["choices"] for update in article_handlers.relabel(tab, language, None)
+                    if isinstance(update, dict) and update.get("label") == ARTICLE["gallery"][LANGUAGES.index(language)])
+
+    demo_only = article_handlers.ArticleTab(provider, ())
+    assert gallery_choices(demo_only, "中文") == [(ARTICLE["demo_gallery"][1], "")]
+    assert gallery_choices(demo_only, "English") == [(ARTICLE["demo_gallery"][0], "")]
+    folders = article_handlers.ArticleTab(provider, (str(tmp_path),))
+    assert gallery_choices(folders, "中文") == [(str(tmp_path), str(tmp_path))]
 
 
 def phrases_made() -> tuple[list[tuple[str, str, set[str], str]], list[str]]:

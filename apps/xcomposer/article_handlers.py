@@ -375,7 +375,7 @@ def save_article(article: Article | None, language: str = LANGUAGES[0]) -> str |
         return None
 
 
-def relabel(language: str, article: Article | None) -> tuple:
+def relabel(tab: ArticleTab, language: str, article: Article | None) -> tuple:
     """Labels of the tab in ``language``, one update per component of ``article_tab.build_article_tab``'s relabel
     list, then the stage line and the notes."""
     t = labels(language, "article")
@@ -384,6 +384,7 @@ def relabel(language: str, article: Article | None) -> tuple:
                           "examples"),
                 "value": ("submit", "fixed", "index", "search", "apply_text", "add", "delete", "save")}
     updates = {key: gr.update(**{kind: t(key)}) for kind, keys in labelled.items() for key in keys}
+    updates["gallery"] = gr.update(label=t("gallery"), choices=tab.choices(t("demo_gallery")))
     order = ("tab", "title", "submit", "image_count", "fixed", "advanced", "beams", "repetition", "max_tokens",
              "model_selects", "sampling", "gallery", "index", "edit", "section", "caption", "search", "section_text",
              "apply_text", "candidates", "add", "delete", "save", "file", "examples")

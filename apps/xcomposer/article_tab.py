@@ -90,7 +90,7 @@ def build_article_tab(app: AppContext) -> None:
               api_name="add_image", **ON_MODEL)
     delete.click(handlers.delete_section_image, [article, section, language], outputs, api_name="delete_image")
     save.click(handlers.save_article, [article, language], saved, api_name="save_article")
-    language.change(handlers.relabel, [language, article],
+    language.change(functools.partial(handlers.relabel, tab_context), [language, article],
                     [tab, title, submit, image_count, fixed, advanced, num_beams, repetition_penalty,
                      max_output_tokens, model_selects, do_sample, folder, index, editor, section, caption, search,
                      section_text, apply_text, candidates, add, delete, save, saved, examples.dataset,

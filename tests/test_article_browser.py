@@ -137,9 +137,12 @@ def test_chinese_labels_are_complete_on_both_tabs(app, output_dir):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         write_short_article(page)
+        page.get_by_role("button", name=ARTICLE["index"][0]).click()
+        expect(page.locator("#article-gallery-status")).to_contain_text("Index:", timeout=30_000)
         page.get_by_role("button", name="中文").click()
         expect(page.get_by_role("button", name="English", exact=True)).to_be_visible(timeout=10_000)
         expect(page.locator("#article-status")).to_contain_text("写文章", timeout=10_000)
+        expect(page.locator("#article-gallery-status")).to_contain_text("索引：", timeout=10_000)
         page.wait_for_timeout(1000)
         article_text = shown_labels(page)
         assert english_labels_left(article_text, {**ARTICLE, **XCOMPOSER}) == [], article_text

@@ -123,7 +123,7 @@ def test_switching_language_relabels(provider):
 
 def test_handler_messages_follow_the_language(provider, tmp_path):
     tab = article_handlers.ArticleTab(provider)
-    assert "索引：" in article_handlers.index_gallery(tab, "", "中文", progress=lambda *args, **kwargs: None)
+    assert "索引：" in article_handlers.index_gallery(tab, "", "中文", progress=lambda *args, **kwargs: None)[0]
     article = Article("标题", ["第一段", "第二段"], str(tmp_path))
     assert article_handlers.delete_section_image(article, 1, "中文")[1] == "第 2 段已更新。"
     assert article_handlers.delete_section_image(article, 1)[1] == "Section 2 updated."
@@ -142,16 +142,23 @@ def test_domain_errors_and_the_gallery_status_follow_the_language(provider, tmp_
     empty.mkdir()
     tab = article_handlers.ArticleTab(provider, (str(missing), str(empty)))
     quiet = {"progress": lambda *args, **kwargs: None}
-    chinese = article_handlers.index_gallery(tab, str(missing), "中文", **quiet)
+    chinese, missing_said = article_handlers.index_gallery(tab, str(missing), "中文", **quiet)
     assert chinese == "✗ " + ARTICLE["error_gallery_missing"][1].format(root=missing)
     assert "不存在" in chinese and "does not exist" not in chinese
-    assert "does not exist; create it and put images in it" in article_handlers.index_gallery(tab, str(missing), **quiet)
+    english = article_handlers.index_gallery(tab, str(missing), **quiet)[0]
+    assert "does not exist; create it and put images in it" in english
 
-    chinese = article_handlers.index_gallery(tab, str(empty), "中文", **quiet)
+    chinese = article_handlers.index_gallery(tab, str(empty), "中文", **quiet)[0]
     assert "中没有图片" in ARTICLE["gallery_no_images"][1] and "中没有图片" in chinese and "索引：沿用 0 张" in chinese
     assert "has no images" not in chinese and "reused" not in chinese
-    english = article_handlers.index_gallery(tab, str(empty), **quiet)
+    english, empty_said = article_handlers.index_gallery(tab, str(empty), **quiet)
     assert english.startswith(f"The gallery {empty} has no images (") and "Index: 0 reused, 0 added" in english
+    # A language switch words the status line again: the Chinese line as the Chinese page showed it, and back.
+    relabelled = article_handlers.relabel(tab, "中文", None, empty_said)[-1]
+    assert "中没有图片" in relabelled and "索引：沿用 0 张" in relabelled and "has no images" not in relabelled
+    assert article_handlers.relabel(tab, "English", None, missing_said)[-1] == (
+        f"✗ The gallery folder {missing} does not exist; create it and put images in it, or choose another folder.")
+    assert article_handlers.relabel(tab, "中文", None, None)[-1] == ""
     settings = (1, 1.0, 16, True, False)  # beams, repetition penalty, max output tokens, model selects, sampling
     refused = last(article_handlers.write_article(tab, "又见敦煌", *settings, str(empty), "中文", **quiet))[1]
     assert "中没有图片" in refused and "请往图库里放些图片" in refused and "Put some images" not in refused
@@ -162,7 +169,7 @@ def test_domain_errors_and_the_gallery_status_follow_the_language(provider, tmp_
 def test_switching_language_relabels_the_demo_gallery_choice(provider, tmp_path):
     """The gallery dropdown names the generated demo gallery in the page's language; a folder stays its path."""
     def gallery_choices(tab, language):
-        return next(update["choices"] for update in article_handlers.relabel(tab, language, None)
+        return next(update["choices"] for update in article_handlers.relabel(tab, language, None, None)
                     if isinstance(update, dict) and update.get("label") == ARTICLE["gallery"][LANGUAGES.index(language)])
 
     demo_only = article_handlers.ArticleTab(provider, ())

@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from internlm_demo.errors import ModelFolderError, error_text
+from internlm_demo.errors import LocalizedError, ModelFolderError, error_text
 from internlm_demo.ui.i18n import LANGUAGES, Phrase, labels
 from internlm_demo.xcomposer.article import (
     STAGES,
@@ -225,16 +225,17 @@ def open_tab_gallery(tab: ArticleTab, folder: str | None, progress=None, languag
     return open_gallery(gallery_folder(tab, folder), captioner=captioner, progress=report)
 
 
-def index_gallery(tab: ArticleTab, folder: str, language: str = LANGUAGES[0], progress=PROGRESS) -> str:
-    """Index (or refresh) the gallery folder; returns its status line."""
+def index_gallery(tab: ArticleTab, folder: str, language: str = LANGUAGES[0], progress=PROGRESS) -> tuple[str, Phrase]:
+    """Index (or refresh) the gallery folder: its status line, and the same as a Phrase that a language switch
+    words again (``relabel``)."""
     try:
         index = open_tab_gallery(tab, folder, progress, language)
     except (GalleryError, ModelFolderError) as error:
-        message = error_text(error, language)
-        gr.Warning(message)
-        return f"✗ {message}"
-    return labels(language, "article")("indexed", status=index.status().text(language),
-                                        summary=index.report.summary().text(language))
+        gr.Warning(error_text(error, language))
+        said = Phrase("article", "index_failed", {"error": error.phrase if isinstance(error, LocalizedError) else str(error)})
+        return said.text(language), said
+    said = Phrase("article", "indexed", {"status": index.status(), "summary": index.report.summary()})
+    return said.text(language), said
 
 
 def run_stages(events, article: Article | None, progress, language: str, stages=STAGES):
@@ -375,9 +376,9 @@ def save_article(article: Article | None, language: str = LANGUAGES[0]) -> str |
         return None
 
 
-def relabel(tab: ArticleTab, language: str, article: Article | None) -> tuple:
+def relabel(tab: ArticleTab, language: str, article: Article | None, gallery_said: Phrase | None) -> tuple:
     """Labels of the tab in ``language``, one update per component of ``article_tab.build_article_tab``'s relabel
-    list, then the stage line and the notes."""
+    list, then the stage line, the notes and the gallery's status line (what ``index_gallery`` said, if anything)."""
     t = labels(language, "article")
     labelled = {"label": ("tab", "title", "image_count", "advanced", "beams", "repetition", "max_tokens", "model_selects",
                           "sampling", "gallery", "edit", "section", "caption", "section_text", "candidates", "file",
@@ -394,4 +395,5 @@ def relabel(tab: ArticleTab, language: str, article: Article | None) -> tuple:
         done = t("done", images=len(article.placements), sections=len(article.sections))
         status = stage_board("done", language=language) + f"\n\n{done}"
         updates["section"] = gr.update(label=t("section"), choices=section_choices(article, language))
-    return (*(updates[key] for key in order), status, notes_view(article, language))
+    gallery_status = gallery_said.text(language) if gallery_said is not None else ""
+    return (*(updates[key] for key in order), status, notes_view(article, language), gallery_status)

@@ -45,6 +45,7 @@ def build_article_tab(app: AppContext) -> None:
                     folder = gr.Dropdown(choices=choices, value=choices[0][1], label=t("gallery"), scale=3)
                     index = gr.Button(t("index"), scale=1)
                 gallery_status = gr.Markdown(elem_id="article-gallery-status")
+                gallery_said = gr.State(None)  # the status line as a Phrase, worded again on a language switch
             with gr.Column():
                 examples = gr.Examples(examples=[[example] for example in EXAMPLES], inputs=[title], label=t("examples"))
         status = gr.Markdown(handlers.stage_board(), elem_id="article-status")
@@ -77,8 +78,8 @@ def build_article_tab(app: AppContext) -> None:
           [title, *parameters, folder, language], outputs, api_name="write_article", **ON_MODEL)
     fixed.click(functools.partial(handlers.insert_fixed_images, tab_context),
                 [article, image_count, *parameters, folder, language], outputs, api_name="insert_fixed_images", **ON_MODEL)
-    index.click(functools.partial(handlers.index_gallery, tab_context), [folder, language], gallery_status,
-                api_name="index_gallery")
+    index.click(functools.partial(handlers.index_gallery, tab_context), [folder, language],
+                [gallery_status, gallery_said], api_name="index_gallery")
     section.input(None, [section, captions], caption, js=FILL_CAPTION)
     section.input(handlers.show_section, [article, section, language], outputs[7:12], api_name="show_section")
     apply_text.click(handlers.edit_section_text, [article, section, section_text, language], outputs,
@@ -90,8 +91,8 @@ def build_article_tab(app: AppContext) -> None:
               api_name="add_image", **ON_MODEL)
     delete.click(handlers.delete_section_image, [article, section, language], outputs, api_name="delete_image")
     save.click(handlers.save_article, [article, language], saved, api_name="save_article")
-    language.change(functools.partial(handlers.relabel, tab_context), [language, article],
+    language.change(functools.partial(handlers.relabel, tab_context), [language, article, gallery_said],
                     [tab, title, submit, image_count, fixed, advanced, num_beams, repetition_penalty,
                      max_output_tokens, model_selects, do_sample, folder, index, editor, section, caption, search,
                      section_text, apply_text, candidates, add, delete, save, saved, examples.dataset,
-                     status, notes])
+                     status, notes, gallery_status])

@@ -247,6 +247,7 @@ ARTICLE: dict[str, tuple[str, str]] = {
                              "第 {section} 段：模型没有写出图片描述，改用该段结尾的文字。"),
     "indexing": ("indexing the gallery: {path}", "正在为图库建立索引：{path}"),
     "indexed": ("{status} Index: {summary}.", "{status} 索引：{summary}。"),
+    "index_failed": ("✗ {error}", "✗ {error}"),
     "write_first": ("Write an article first.", "请先生成文章。"),
     "nothing_to_save": ("Write an article first; there is nothing to save yet.", "请先生成文章，目前没有可保存的内容。"),
     "section_updated": ("Section {number} updated.", "第 {number} 段已更新。"),

@@ -35,7 +35,7 @@ from internlm_demo.agent.protocol import CHINESE, ENGLISH, Departures, protocol_
 from internlm_demo.agent.sandbox import MINIMUM_LEVEL, WEAK, PythonInterpreter, probe_isolation
 from internlm_demo.agent.scripted import ScriptedModel, ScriptError
 from internlm_demo.agent.session import AgentConversation
-from internlm_demo.errors import SettingsError
+from internlm_demo.errors import SettingsError, error_text
 from internlm_demo.settings import Settings
 from internlm_demo.ui.i18n import LANGUAGES, labels
 
@@ -136,7 +136,8 @@ def stream_agent_run(placeholder, runs, conversation: AgentConversation, t) -> N
 
 def main() -> None:
     st.set_page_config(page_title=labels(LANGUAGES[0], "agent")("page_title"), page_icon="🛠️")
-    t = labels(st.sidebar.radio(labels(LANGUAGES[0], "agent")("language"), LANGUAGES, horizontal=True), "agent")
+    page_language = st.sidebar.radio(labels(LANGUAGES[0], "agent")("language"), LANGUAGES, horizontal=True)
+    t = labels(page_language, "agent")
     settings = read_settings(t)
     state = st.session_state
     conversation = conversation_of(state)
@@ -144,7 +145,7 @@ def main() -> None:
     try:
         model = session_model(settings, state, t)
     except (ModelFolderError, ScriptError) as exc:
-        st.error(t("model_unusable", error=exc))
+        st.error(t("model_unusable", error=error_text(exc, page_language)))
         st.stop()
     isolation = probe_isolation()
     code_allowed = isolation.at_least(MINIMUM_LEVEL) or settings.allow_weak_sandbox

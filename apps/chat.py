@@ -14,7 +14,7 @@ from dataclasses import asdict
 import streamlit as st
 
 from internlm_demo import ModelFolderError
-from internlm_demo.errors import SettingsError
+from internlm_demo.errors import SettingsError, error_text
 from internlm_demo.serving.backend import open_backend
 from internlm_demo.serving.remote import RemoteBackendError
 from internlm_demo.settings import Settings
@@ -54,13 +54,14 @@ def parse_settings(t) -> Settings:
         st.stop()
 
 
-def load_or_explain(settings: Settings, t):
-    """The model, or an error panel with the fix and a stopped page."""
+def load_or_explain(settings: Settings, language: str):
+    """The model, or an error panel (in ``language``) with the fix and a stopped page."""
+    t = labels(language, "chat")
     try:
         with st.spinner(t("loading_model")):
             return load_model(settings)
     except (ModelFolderError, RemoteBackendError) as exc:
-        st.error(t("load_failed", error=exc))
+        st.error(t("load_failed", error=error_text(exc, language)))
     except Exception as exc:  # noqa: BLE001 - out of memory, a broken CUDA setup...: a message, not a traceback
         st.error(t("load_failed", error=t("load_unexpected", kind=type(exc).__name__, error=exc)))
     st.info(t("load_fix_remote", api_base=settings.api_base) if settings.api_base else t("load_fix"))
@@ -280,7 +281,7 @@ def main() -> None:
     t = labels(language, "chat")
     title = st.empty()  # named after the served model once a server says which
     title.title(t("title"))
-    model = load_or_explain(parse_settings(t), t)
+    model = load_or_explain(parse_settings(t), language)
     remote = served_by(model) is not None
     if remote:
         title.title(t("title_remote", model_id=model.info.model_id))

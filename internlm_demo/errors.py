@@ -29,8 +29,10 @@ def error_text(error: Exception, language: str) -> str:
     return error.text(language) if isinstance(error, LocalizedError) else str(error)
 
 
-class ModelFolderError(Exception):
-    """A model folder cannot be loaded; the message names the file and the fix."""
+class ModelFolderError(LocalizedError):
+    """A model folder cannot be loaded; the message names the file and the fix (texts: the ``loading`` table)."""
+
+    section = "loading"
 
 
 class ContextOverflowError(ValueError):

@@ -180,6 +180,21 @@ def test_unreadable_script_and_bad_flags_give_messages(app, monkeypatch, tmp_pat
     assert "not valid" in at.error[0].value and "num-gpus" in at.error[0].value
 
 
+def test_a_wrong_model_folder_is_explained_in_the_page_language(monkeypatch, tmp_path):
+    """A folder with only config.json: today's English on the English page, Chinese once the page is 中文."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "internlm2"}))
+    monkeypatch.setattr(sys, "argv", ["agent.py", "--model", str(tmp_path)])
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception and not at.chat_input
+    assert at.error[0].value == (f"The model cannot be used: {tmp_path / 'tokenizer.model'} is missing; re-download the "
+                                 "model (the tokenizer is part of it).")
+    next(radio for radio in at.sidebar.radio if radio.label == "Language / 语言").set_value("中文").run()
+    assert not at.exception
+    chinese = at.error[0].value
+    assert chinese == f"无法使用该模型：{tmp_path / 'tokenizer.model'} 不存在；请重新下载模型（分词器是模型的一部分）。"
+
+
 def interpreter_toggle(at):
     return next(t for t in at.sidebar.toggle if t.label == "Python interpreter")
 

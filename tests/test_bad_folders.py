@@ -151,6 +151,25 @@ def test_bad_config_values_are_one_line_naming_file_and_key(tmp_path, fixture, f
     assert "restore" in message or "re-download" in message
 
 
+def test_a_bad_value_reads_in_chinese_with_its_file_key_and_command_as_they_are(tmp_path):
+    """The error a 中文 page shows: the nested words (what the value must be, the fix) in Chinese too; str() keeps
+    today's English."""
+    folder = copy_fixture("internlm2-chat-7b-tiny", tmp_path)
+    edit_json(folder / "config.json", with_keys(rms_norm_eps=2.0, eos_token_id=[2, "x"]))
+    with pytest.raises(ModelFolderError) as caught:
+        load_chat_model(folder, device="cpu", dtype="float32", progress=False)
+    config, command = folder / "config.json", f"`.venv/bin/python download.py MODEL --output {folder}`"
+    assert str(caught.value) == (f"{config}: rms_norm_eps is 2.0, but it must be a finite number above 0 below 1; "
+                                 f"restore the original config.json (re-run {command} to fetch it again).")
+    assert caught.value.text("中文") == (f"{config}：rms_norm_eps 为 2.0，但必须是大于 0 且小于 1 的有限数；"
+                                         f"请恢复原始的 config.json（可运行 {command} 重新下载）。")
+    edit_json(folder / "config.json", with_keys(rms_norm_eps=1e-6))
+    with pytest.raises(ModelFolderError) as caught:  # a list value is shown as it is, not as words to join
+        load_chat_model(folder, device="cpu", dtype="float32", progress=False)
+    assert "eos_token_id is [2, 'x'], but it must be a token id from 0 to " in str(caught.value)
+    assert "eos_token_id 为 [2, 'x']，但必须是从 0 到 " in caught.value.text("中文")
+
+
 def rewrite_tensor(folder, name, change) -> None:
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     state[name] = change(state[name])

@@ -471,6 +471,34 @@ def test_model_load_failure_shows_the_fix(open_app, tmp_path):
     assert not app.exception and "--api-base" in app.code[0].value
 
 
+def test_a_wrong_model_folder_is_explained_in_the_page_language(monkeypatch, tmp_path):
+    """An empty folder and one with only config.json: the 中文 page says why in Chinese (paths as they are), the
+    English page today's words."""
+    def page(folder, language):
+        monkeypatch.setattr(sys, "argv", [APP, "--model", str(folder)])
+        app = AppTest.from_file(APP, default_timeout=60)
+        app.query_params["lang"] = language
+        app.run()
+        assert not app.exception and not app.chat_input
+        return app.error[0].value
+
+    empty, config_only = tmp_path / "empty", tmp_path / "config-only"
+    empty.mkdir()
+    config_only.mkdir()
+    (config_only / "config.json").write_text(json.dumps({"model_type": "internlm2"}))
+
+    chinese = page(empty, "中文")
+    assert chinese.startswith("**模型加载失败。**") and f"{empty / 'config.json'} 不存在" in chinese
+    assert "这看起来不是模型文件夹（请传入包含 config.json 的文件夹）" in chinese and "does not look like" not in chinese
+    assert page(empty, "English") == (f"**The model could not be loaded.**\n\n{empty / 'config.json'} is missing: this "
+                                      "does not look like a model folder (pass the folder that holds config.json).")
+    chinese = page(config_only, "中文")
+    assert f"{config_only / 'tokenizer.model'} 不存在；请重新下载模型（分词器是模型的一部分）。" in chinese
+    assert "re-download" not in chinese
+    assert page(config_only, "English").endswith(
+        f"{config_only / 'tokenizer.model'} is missing; re-download the model (the tokenizer is part of it).")
+
+
 def test_concurrent_sessions_stream_at_once_and_stopping_one_leaves_the_other_running(open_app):
     first, second = open_app("--model", LONG_REPLY_MODEL), open_app("--model", LONG_REPLY_MODEL)
     send(first, "first session's question")

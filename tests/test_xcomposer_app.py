@@ -25,7 +25,7 @@ from PIL import Image
 
 from apps.xcomposer import article_handlers
 from apps.xcomposer import chat_handlers as handlers
-from apps.xcomposer.app import build_demo
+from apps.xcomposer.app import build_demo, model_provider
 from apps.xcomposer.context import ModelProvider
 from internlm_demo.errors import LocalizedError
 from internlm_demo.settings import Settings
@@ -166,6 +166,38 @@ def test_domain_errors_and_the_gallery_status_follow_the_language(provider, tmp_
     assert "has no images" in refused and "Put some images in it (subfolders count)" in refused
 
 
+def test_a_wrong_model_folder_is_explained_in_the_page_language(tmp_path):
+    """A chat model's folder given to XComposer: the banner, the chat tab and the article tab say why in Chinese on
+    the 中文 page and in today's English otherwise; the command line says it in English."""
+    folder = tmp_path / "chat-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "internlm2"}')
+    config = folder / "config.json"
+    english = (f"{config} has model_type 'internlm2', not 'InternLMXComposer': this is not an InternLM-XComposer v1 "
+               "folder (chat models open in the chat apps; XComposer2 is not supported).")
+    chinese = f"{config} 的 model_type 为 'internlm2'，而不是 'InternLMXComposer'：这不是 InternLM-XComposer v1 的文件夹"
+    provider = model_provider(Settings.parse(["--model", str(folder)]))
+
+    assert handlers.model_banner(provider, "中文").startswith(f"**模型无法加载：** {chinese}")
+    assert handlers.model_banner(provider) == f"**The model could not be loaded:** {english}"
+    for language, expected in (("中文", chinese), ("English", english)):
+        _, session, _ = handlers.add_message(provider, {"text": "你好", "files": []}, handlers.new_session(), language)
+        display, _ = last(handlers.answer(provider, session, *QUICK.values(), language))
+        assert display[-1]["content"].startswith(f"✗ {expected}")
+        status = article_handlers.index_gallery(article_handlers.ArticleTab(provider), "", language,
+                                                progress=lambda *args, **kwargs: None)[0]
+        assert status.startswith(f"✗ {expected}")
+        written = last(article_handlers.write_article(article_handlers.ArticleTab(provider), "又见敦煌", 1, 1.0, 16, True,
+                                                      False, "", language, progress=lambda *args, **kwargs: None))[1]
+        assert expected in written
+    assert "对话模型请在对话应用中打开；不支持 XComposer2" in handlers.model_banner(provider, "中文")
+
+    from apps.xcomposer.__main__ import main
+    with pytest.raises(SystemExit) as exit:
+        main(["--model", str(folder), "--port", str(free_port())])
+    assert exit.value.code == f"error: {english}"
+
+
 def test_switching_language_relabels_the_demo_gallery_choice(provider, tmp_path):
     """The gallery dropdown names the generated demo gallery in the page's language; a folder stays its path."""
     def gallery_choices(tab, language):
@@ -227,8 +259,9 @@ def test_every_error_text_has_both_languages_and_the_fields_its_raisers_pass():
             text.format(**dict.fromkeys(fields, 1.5))
     assert problems == []
     raised = {(section, key) for section, key, _, _ in made}
-    for section in ("article", "xcomposer"):
+    for section in ("article", "xcomposer", "loading"):
         assert {(section, key) for key in SECTIONS[section] if key.startswith("error_")} <= raised, "texts nothing raises"
+    assert {("loading", key) for key in SECTIONS["loading"]} <= raised, "loading words nothing uses"
 
 
 def test_pipeline_notes_follow_the_language(tmp_path):

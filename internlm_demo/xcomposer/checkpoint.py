@@ -58,10 +58,7 @@ def lora_spec_for(config: dict) -> LoraSpec | None:
         targets = tuple(t for param in lora["learn_param"] for t in LORA_TARGETS[param])
         return LoraSpec(targets=targets, scaling=lora["lora_alpha"] / lora["lora_r"])
     except (KeyError, TypeError, ZeroDivisionError) as exc:
-        raise ModelFolderError(
-            f"config.json has an internlm_lora entry this loader cannot read ({exc!r}); "
-            f"learn_param may hold {', '.join(LORA_TARGETS)} and lora_r/lora_alpha must be numbers."
-        ) from exc
+        raise ModelFolderError("lora_config", {"error": repr(exc), "targets": ", ".join(LORA_TARGETS)}) from exc
 
 
 def rename(name: str, renames) -> str:
@@ -98,9 +95,7 @@ def image_tensors(tensors) -> Iterator[tuple[str, torch.Tensor]]:
         yield rename(name, IMAGE_RENAMES), tensor
     if pending_biases:
         block = next(iter(pending_biases))
-        raise ModelFolderError(
-            f"{block} has only one of q_bias/v_bias in the checkpoint; a shard is incomplete — re-download the model."
-        )
+        raise ModelFolderError("half_bias", {"block": block})
 
 
 def lora_part(name: str, spec: LoraSpec) -> tuple[str, str] | None:
@@ -111,9 +106,7 @@ def lora_part(name: str, spec: LoraSpec) -> tuple[str, str] | None:
             if module.endswith(spec.targets):
                 return module, part
             if part != "W":
-                raise ModelFolderError(
-                    f"the checkpoint has a LoRA delta for {module}, which config.json's internlm_lora.learn_param does not list."
-                )
+                raise ModelFolderError("lora_unlisted", {"module": module})
             return None
     return None
 
@@ -128,9 +121,7 @@ def merge_lora(
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors:
         if spec is None and ".lora_" in name:
-            raise ModelFolderError(
-                f"the checkpoint has LoRA deltas ({name}) but config.json has no internlm_lora entry."
-            )
+            raise ModelFolderError("lora_unconfigured", {"name": name})
         piece = lora_part(name, spec) if spec else None
         if piece is None:
             yield name, tensor
@@ -146,6 +137,4 @@ def merge_lora(
     if pending:
         module, parts = next(iter(pending.items()))
         missing = sorted({"W": "weight", "A": "lora_A", "B": "lora_B"}[p] for p in {"W", "A", "B"} - set(parts))
-        raise ModelFolderError(
-            f"{LLM_PREFIX}{module} lacks {', '.join(missing)} in the checkpoint; a shard is incomplete — re-download the model."
-        )
+        raise ModelFolderError("lora_incomplete", {"module": LLM_PREFIX + module, "missing": ", ".join(missing)})

@@ -25,6 +25,7 @@ from ..models.loading import (
 )
 from ..models.placement import model_blocks, plan_device_map
 from ..models.tokenizer import InternLMTokenizer
+from ..ui.i18n import Phrase
 from .checkpoint import image_tensors, llm_tensors, lora_spec_for, merge_lora
 from .model import XComposer
 from .network import ImageEncoder, qformer_config_for, vision_config_for
@@ -46,10 +47,8 @@ def read_xcomposer_folder(folder: Path) -> tuple[dict, InternLMTokenizer]:
     config = read_config(folder)
     model_type = config.get("model_type", "")
     if model_type != MODEL_TYPE:
-        raise ModelFolderError(
-            f"{folder / 'config.json'} has model_type {model_type!r}, not {MODEL_TYPE!r}: this is not an "
-            "InternLM-XComposer v1 folder (chat models open in the chat apps; XComposer2 is not supported)."
-        )
+        raise ModelFolderError("not_xcomposer", {"path": folder / "config.json", "model_type": repr(model_type),
+                                                 "expected": MODEL_TYPE})
     check_config(config, folder / "config.json")
     return config, read_folder_tokenizer(folder)
 
@@ -103,7 +102,7 @@ def xcomposer_device_map(
 def load_image_encoder_weights(encoder: ImageEncoder, tensors, device: str, dtype: torch.dtype, shard_names) -> None:
     """Fill the meta ImageEncoder from mapped tensors on ``device``, checking names and shapes."""
     fill_parameters(encoder, tensors, lambda name, tensor: tensor.to(device=device, dtype=image_encoder_dtype(name, dtype)),
-                    shard_names, part="image-encoder ")
+                    shard_names, part=Phrase("loading", "part_image_encoder"))
     encoder.eval()
 
 

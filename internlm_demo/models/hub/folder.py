@@ -127,14 +127,14 @@ def check_file(path: Path) -> bool:
         try:
             json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFolderError(f"{path} is not valid JSON ({exc}).") from exc
+            raise ModelFolderError("json_unparsable", {"path": path, "error": str(exc)}) from exc
     elif path.name == "tokenizer.model":
         import sentencepiece
 
         try:
             sentencepiece.SentencePieceProcessor(model_file=str(path))
         except (OSError, RuntimeError) as exc:
-            raise ModelFolderError(f"{path} is not a sentencepiece model ({first_line(exc)}).") from exc
+            raise ModelFolderError("not_sentencepiece", {"path": path, "error": first_line(exc)}) from exc
     else:
         return False
     return True
@@ -165,7 +165,7 @@ def verify_folder(folder: Path) -> None:
 
     read_config(folder)
     if not (folder / "tokenizer.model").is_file():
-        raise ModelFolderError(f"{folder / 'tokenizer.model'} is missing.")
+        raise ModelFolderError("missing", {"path": folder / "tokenizer.model"})
     shards = weight_files(folder)
     for shard in shards:
         read_shard_header(shard)
@@ -174,9 +174,7 @@ def verify_folder(folder: Path) -> None:
             check_file(folder / name)
     declared, held = tensor_bytes(folder, shards), sum(shard.stat().st_size for shard in shards)
     if held < declared * MIN_SHARD_FILL:
-        raise ModelFolderError(
-            f"the shards in {folder} hold {held} bytes but the shard index declares {declared}; some are truncated."
-        )
+        raise ModelFolderError("shards_truncated", {"folder": folder, "held": held, "declared": declared})
 
 
 def read_record(path: Path) -> dict | None:

@@ -37,7 +37,7 @@ from internlm_demo.agent.scripted import ScriptedModel, ScriptError
 from internlm_demo.agent.session import AgentConversation
 from internlm_demo.errors import SettingsError, error_text
 from internlm_demo.settings import Settings
-from internlm_demo.ui.i18n import LANGUAGES, labels
+from internlm_demo.i18n import LANGUAGES, labels
 
 REDRAW_INTERVAL_S = 0.1  # redrawing the page for every token would slow a fast model down
 

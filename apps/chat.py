@@ -21,7 +21,7 @@ from internlm_demo.settings import Settings
 from internlm_demo.ui import conversation as chat
 from internlm_demo.ui import transcript
 from internlm_demo.ui.clipboard import copy_button_html
-from internlm_demo.ui.i18n import LANGUAGES, labels, turn_list
+from internlm_demo.i18n import LANGUAGES, labels, turn_list
 from internlm_demo.ui.markdown import display_markdown
 from internlm_demo.ui.model_facts import model_facts, served_by
 

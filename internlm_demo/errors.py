@@ -1,6 +1,6 @@
 """Errors that reach the user as one readable line."""
 
-from .ui.i18n import LANGUAGES, Phrase
+from .i18n import LANGUAGES, Phrase
 
 
 class LocalizedError(Exception):

@@ -9,7 +9,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from internlm_demo.ui.i18n import AGENT
+from internlm_demo.i18n import AGENT
 from tests.servers import chromium, free_port, running_server, streamlit_command
 from tests.test_chat_browser import english_labels_left
 

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from apps.xcomposer.app import TITLE
-from internlm_demo.ui.i18n import ARTICLE, XCOMPOSER
+from internlm_demo.i18n import ARTICLE, XCOMPOSER
 from tests.servers import chromium
 from tests.test_article_app import LINK, build_gallery, gallery_bytes, running_app
 from tests.test_chat_browser import english_labels_left

@@ -14,7 +14,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from internlm_demo.ui.i18n import CHAT
+from internlm_demo.i18n import CHAT
 from tests.conftest import FIXTURES_DIR
 from tests.servers import chromium, free_port, running_server, streamlit_command
 

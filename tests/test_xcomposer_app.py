@@ -29,7 +29,7 @@ from apps.xcomposer.app import build_demo, model_provider
 from apps.xcomposer.context import ModelProvider
 from internlm_demo.errors import LocalizedError
 from internlm_demo.settings import Settings
-from internlm_demo.ui.i18n import ARTICLE, LANGUAGES, SECTIONS, XCOMPOSER, labels
+from internlm_demo.i18n import ARTICLE, LANGUAGES, SECTIONS, XCOMPOSER, labels
 from internlm_demo.xcomposer import ImageRejectedError, load_xcomposer
 from internlm_demo.xcomposer.article import Article, Note, pipeline
 from internlm_demo.xcomposer.prompts import conversation_prompt

@@ -11,7 +11,7 @@ from functools import partial
 import gradio as gr
 
 from internlm_demo.settings import Settings
-from internlm_demo.ui.i18n import LANGUAGES, labels
+from internlm_demo.i18n import LANGUAGES, labels
 from internlm_demo.xcomposer import load_xcomposer
 
 from . import chat_handlers as handlers

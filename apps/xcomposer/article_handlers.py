@@ -20,7 +20,7 @@ import gradio as gr
 from PIL import Image
 
 from internlm_demo.errors import LocalizedError, ModelFolderError, error_text
-from internlm_demo.ui.i18n import LANGUAGES, Phrase, labels
+from internlm_demo.i18n import LANGUAGES, Phrase, labels
 from internlm_demo.xcomposer.article import (
     STAGES,
     Article,

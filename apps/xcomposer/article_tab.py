@@ -6,7 +6,7 @@ import functools
 
 import gradio as gr
 
-from internlm_demo.ui.i18n import LANGUAGES, labels
+from internlm_demo.i18n import LANGUAGES, labels
 
 from . import article_handlers as handlers
 from .article_handlers import ArticleTab

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from internlm_demo.errors import ContextOverflowError, ModelFolderError, error_text
-from internlm_demo.ui.i18n import LANGUAGES, labels
+from internlm_demo.i18n import LANGUAGES, labels
 from internlm_demo.xcomposer import Exchange, ImageRejectedError, load_image
 
 from .context import ModelProvider

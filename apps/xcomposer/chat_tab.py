@@ -6,7 +6,7 @@ from functools import partial
 
 import gradio as gr
 
-from internlm_demo.ui.i18n import LANGUAGES, labels
+from internlm_demo.i18n import LANGUAGES, labels
 from internlm_demo.xcomposer import CONVERSATION_DEFAULTS
 
 from . import chat_handlers as handlers

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError, safe_open
 
 from ..errors import ModelFolderError
-from ..ui.i18n import Phrase
+from ..i18n import Phrase
 
 if TYPE_CHECKING:
     import torch

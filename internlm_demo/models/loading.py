@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..errors import ModelFolderError
-from ..ui.i18n import Phrase
+from ..i18n import Phrase
 from . import registry
 from .checkpoint import check_config, check_token_ids, iter_tensors, read_config, read_json, tensor_bytes, weight_files
 from .demo import ensure_demo_model

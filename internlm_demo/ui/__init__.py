@@ -1,1 +1,1 @@
-"""What the pages share: conversation state and handlers, transcripts, and every label (i18n)."""
+"""What the pages share: conversation state and handlers, transcripts, Markdown, Copy, the model panel's facts."""

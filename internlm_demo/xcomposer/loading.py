@@ -25,7 +25,7 @@ from ..models.loading import (
 )
 from ..models.placement import model_blocks, plan_device_map
 from ..models.tokenizer import InternLMTokenizer
-from ..ui.i18n import Phrase
+from ..i18n import Phrase
 from .checkpoint import image_tensors, llm_tensors, lora_spec_for, merge_lora
 from .model import XComposer
 from .network import ImageEncoder, qformer_config_for, vision_config_for

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import LocalizedError
-from ...ui.i18n import Phrase
+from ...i18n import Phrase
 from .matching import BM25, SentenceEncoder, default_encoder
 from .text import describe, read_sidecar
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from internlm_demo.errors import LocalizedError, ModelFolderError, error_text
+from internlm_demo.errors import ModelFolderError, error_text
 from internlm_demo.i18n import LANGUAGES, Phrase, labels
 from internlm_demo.xcomposer.article import (
     STAGES,
@@ -231,8 +231,8 @@ def index_gallery(tab: ArticleTab, folder: str, language: str = LANGUAGES[0], pr
     try:
         index = open_tab_gallery(tab, folder, progress, language)
     except (GalleryError, ModelFolderError) as error:
-        gr.Warning(error_text(error, language))
-        said = Phrase("article", "index_failed", {"error": error.phrase if isinstance(error, LocalizedError) else str(error)})
+        gr.Warning(error.text(language))
+        said = Phrase("article", "index_failed", {"error": error.phrase})
         return said.text(language), said
     said = Phrase("article", "indexed", {"status": index.status(), "summary": index.report.summary()})
     return said.text(language), said
